@@ -1,0 +1,149 @@
+"""Composition root: settings -> ledger, cloud (real or the embedded emulator), clock, engine.
+
+The only place that reads the real clock and picks concrete adapters; tests build an ``App``
+from a config file like any operator would, pointing it at an emulator.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
+from daemon.config import LoadedConfig
+from daemon.errors import ConfigError
+from daemon.ledger import SqlLedger, open_ledger
+from daemon.observe import register_secrets
+from daemon.policy import Policy, Settings
+from daemon.replicate import Engine
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def instance_id() -> str:
+    """host:pid:start, recorded on every lease this process holds."""
+    return f"{socket.gethostname()}:{os.getpid()}:{int(utc_now().timestamp())}"
+
+
+@dataclass
+class App:
+    loaded: LoadedConfig
+    engine: Engine
+    ledger: SqlLedger
+    emulator: Any = None
+    closed: bool = field(default=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded.settings
+
+    def policies(self, names: list[str] | None = None) -> list[Policy]:
+        """Enabled policies, or the named ones (enabled or not); unknown names are an error."""
+        known = {policy.name: policy for policy in self.settings.policies}
+        if not names:
+            return [policy for policy in known.values() if policy.enabled]
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            known_names = ", ".join(known) or "none"
+            raise ConfigError(
+                [f"{self.loaded.path}: no policy named {', '.join(unknown)}; known: {known_names}"]
+            )
+        return [known[name] for name in names]
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ledger.release_jobs(self.engine.owner)
+        self.ledger.close()
+        if self.emulator is not None:
+            self.emulator.stop()
+
+
+def build_app(loaded: LoadedConfig, *, open_cloud: bool = True) -> App:
+    settings = loaded.settings
+    register_secrets(loaded.secrets)
+    ledger = open_ledger(settings.ledger.url)
+    emulator = _start_emulator(settings) if open_cloud else None
+    try:
+        cloud = HuaweiCloud(_credentials(settings, emulator), _options(settings, emulator))
+    except BaseException:
+        ledger.close()
+        if emulator is not None:
+            emulator.stop()
+        raise
+    engine = Engine(
+        cloud=cloud,
+        ledger=ledger,
+        clock=utc_now,
+        owner=instance_id(),
+        lease=settings.cloud.lease,
+        max_in_flight_per_region=settings.cloud.max_in_flight_per_region,
+        rng=random.Random(),
+        concurrency=settings.cloud.concurrency,
+    )
+    return App(loaded=loaded, engine=engine, ledger=ledger, emulator=emulator)
+
+
+def _start_emulator(settings: Settings) -> Any:
+    """``cloud.provider: emulator``: the local CBR + IAM server, in this process."""
+    if settings.cloud.provider != "emulator":
+        return None
+    from daemon.emulator import Emulator
+
+    options = settings.cloud.emulator
+    state = Path(options.state) if options.state else None
+    if state is not None:
+        state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    emulator = Emulator(
+        Path(options.scenario) if options.scenario else {},
+        state_file=state,
+        permissive=options.permissive,
+        time_scale=options.time_scale,
+    )
+    emulator.start()
+    return emulator
+
+
+def _credentials(settings: Settings, emulator: Any) -> Credentials:
+    configured = settings.cloud.credentials
+    if configured is not None:
+        return Credentials(
+            access_key=configured.access_key,
+            secret_key=configured.secret_key,
+            security_token=configured.security_token,
+            domain_id=configured.domain_id or (emulator.domain_id if emulator else None),
+        )
+    if emulator is None:
+        raise ConfigError(["cloud.credentials: required for provider huaweicloud"])
+    return Credentials(
+        access_key=SecretStr(emulator.access_key),
+        secret_key=SecretStr(emulator.secret_key),
+        domain_id=emulator.domain_id,
+    )
+
+
+def _options(settings: Settings, emulator: Any) -> CloudOptions:
+    cloud = settings.cloud
+    return CloudOptions(
+        cbr_endpoints=dict(cloud.endpoints.cbr),
+        iam_endpoint=cloud.endpoints.iam,
+        projects=dict(cloud.projects),
+        verify_tls=cloud.verify_tls,
+        ca_bundle=str(cloud.ca_bundle) if cloud.ca_bundle else None,
+        proxy=cloud.proxy,
+        connect_timeout=cloud.connect_timeout,
+        read_timeout=cloud.timeout,
+        requests_per_second=cloud.requests_per_second,
+        concurrency=cloud.concurrency,
+        all_regions_endpoint=emulator.url if emulator is not None else None,
+    )

@@ -1,0 +1,352 @@
+"""What each CLI command does with a built ``App``, and how it prints: tables for people,
+JSON with ``--json``. Exit codes follow DESIGN.md §8."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from daemon import exitcodes, manual, replicate
+from daemon.app import App
+from daemon.errors import CloudError, PermissionDeniedError, RefusedError
+from daemon.model import Backup, Decision, Job, JobState, Vault
+from daemon.policy import Policy
+from daemon.run import RunReport, run_policies, wait_for_run
+from daemon.sweep import resolve_policy
+
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str, sort_keys=True), flush=True)
+
+
+# -- check-config --cloud ------------------------------------------------------------------
+
+
+def check_cloud(app: App) -> int:
+    """Resolve every enabled policy against the cloud, as a sweep would, without scanning."""
+    code = exitcodes.OK
+    for policy in app.policies():
+        try:
+            resolved = resolve_policy(app.engine, policy)
+        except RefusedError as refusal:
+            print(f"policy {policy.name}: {refusal}", file=sys.stderr)
+            code = exitcodes.REPLICATION_FAILED
+            continue
+        target = resolved.target
+        vaults = ", ".join(f"{vault.name} ({vault.id})" for vault in resolved.source_vaults)
+        _out(
+            f"policy {policy.name}: ok; source {target.source_region} project "
+            f"{target.source_project_id} vaults {vaults}; destination "
+            f"{target.destination.region} project {target.destination.project_id} vault "
+            f"{target.destination.vault_id}"
+        )
+    return code
+
+
+# -- --run-once ----------------------------------------------------------------------------
+
+
+class _DecisionPrinter:
+    """``--dry-run`` output: one row per backup (a table, or JSON lines collected)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.rows: list[dict[str, Any]] = []
+        self.header_printed = False
+
+    def __call__(self, policy: Policy, vault: Vault, backup: Backup, decision: Decision) -> None:
+        row = {
+            "policy": policy.name,
+            "vault": vault.name,
+            "backup_id": backup.id,
+            "backup_name": backup.name,
+            "action": str(decision.action),
+            "reason": str(decision.reason),
+        }
+        if self.as_json:
+            self.rows.append(row)
+            return
+        if not self.header_printed:
+            _out(f"{'POLICY':<20} {'VAULT':<16} {'BACKUP':<38} {'ACTION':<8} REASON  NAME")
+            self.header_printed = True
+        _out(
+            f"{policy.name:<20} {vault.name:<16} {backup.id:<38} {row['action']:<8} "
+            f"{row['reason']}  {backup.name}"
+        )
+
+
+def run_once(
+    app: App,
+    *,
+    policies: list[str] | None,
+    dry_run: bool,
+    wait: bool,
+    wait_timeout: timedelta,
+    as_json: bool,
+) -> int:
+    chosen = app.policies(policies)
+    printer = _DecisionPrinter(as_json) if dry_run else None
+    run = run_policies(app.engine, chosen, dry_run=dry_run, sink=printer)
+    if wait and not dry_run:
+        wait_for_run(app.engine, run, timeout=wait_timeout)
+    _print_run(app, run, printer, as_json=as_json, dry_run=dry_run)
+    return _run_exit_code(run)
+
+
+def _print_run(
+    app: App, run: RunReport, printer: _DecisionPrinter | None, *, as_json: bool, dry_run: bool
+) -> None:
+    if as_json:
+        document: dict[str, Any] = {
+            "dry_run": dry_run,
+            "policies": [_sweep_dict(r) for r in run.sweeps],
+        }
+        if printer is not None:
+            document["decisions"] = printer.rows
+        document["jobs"] = {
+            "failed": run.failed_jobs,
+            "given_up": run.given_up_jobs,
+            "unfinished": run.unfinished_jobs,
+        }
+        _json(document)
+        return
+    for report in run.sweeps:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(report.reasons.items()))
+        if report.error:
+            print(f"policy {report.policy}: {report.error_reason}: {report.error}", file=sys.stderr)
+        outcome = f"error {report.error_reason}" if report.error else "ok"
+        _out(
+            f"policy {report.policy}: {outcome}; "
+            f"{report.backups_seen} backups seen ({reasons or 'none'}); "
+            f"{report.enqueued} queued, {report.adopted} adopted, {report.submitted} submitted"
+        )
+
+
+def _sweep_dict(report: Any) -> dict[str, Any]:
+    return {
+        "policy": report.policy,
+        "backups_seen": report.backups_seen,
+        "reasons": dict(report.reasons),
+        "enqueued": report.enqueued,
+        "adopted": report.adopted,
+        "submitted": report.submitted,
+        "error": report.error,
+        "error_reason": report.error_reason,
+    }
+
+
+def _run_exit_code(run: RunReport) -> int:
+    if run.cloud_unreachable:
+        return exitcodes.UNAVAILABLE
+    if run.policy_errors or run.given_up_jobs or run.failed_jobs:
+        return exitcodes.REPLICATION_FAILED
+    return exitcodes.OK
+
+
+# -- status and history --------------------------------------------------------------------
+
+
+def status(app: App, *, as_json: bool) -> int:
+    ledger = app.ledger
+    now = app.engine.now()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    sweeps = ledger.last_sweeps()
+    counts = ledger.job_counts()
+    policies: list[dict[str, Any]] = []
+    for policy in app.settings.policies:
+        last = sweeps.get(policy.name)
+        oldest = ledger.oldest_pending_backup(policy.name)
+        policies.append(
+            {
+                "policy": policy.name,
+                "enabled": policy.enabled,
+                "last_sweep": last.finished_at if last else None,
+                "last_result": (last.error_reason or "error")
+                if last and last.error
+                else ("ok" if last else None),
+                "jobs": {str(state): counts.get((policy.name, state), 0) for state in JobState},
+                "oldest_pending_backup": oldest,
+                "traffic_today_bytes": ledger.traffic_bytes(policy=policy.name, since=midnight),
+                "traffic_total_bytes": ledger.traffic_bytes(policy=policy.name),
+            }
+        )
+    manual_jobs = {str(state): counts.get((None, state), 0) for state in JobState}
+    bindings: list[dict[str, Any]] = [
+        {
+            "source_vault_id": binding.source_vault_id,
+            "source_vault_name": binding.source_vault_name,
+            "destination_region": binding.destination_region,
+            "destination_vault_id": binding.destination_vault_id,
+            "origin": binding.origin,
+            "created_at": binding.created_at,
+            "state": binding.state,
+        }
+        for binding in ledger.list_bindings()
+    ]
+    if as_json:
+        _json({"policies": policies, "manual_jobs": manual_jobs, "vault_bindings": bindings})
+        return exitcodes.OK
+    for row in policies:
+        jobs = ", ".join(f"{state} {count}" for state, count in row["jobs"].items() if count)
+        last_sweep = f"{_when(row['last_sweep'])} ({row['last_result'] or 'never'})"
+        oldest_text = _when(row["oldest_pending_backup"])
+        traffic = (
+            f"today {_size(row['traffic_today_bytes'])}, total {_size(row['traffic_total_bytes'])}"
+        )
+        _out(
+            f"{row['policy']}: last sweep {last_sweep}; jobs: {jobs or 'none'}; "
+            f"oldest pending backup {oldest_text}; traffic {traffic}"
+        )
+    manual_line = ", ".join(f"{state} {count}" for state, count in manual_jobs.items() if count)
+    if manual_line:
+        _out(f"manual jobs: {manual_line}")
+    for binding in bindings:
+        vault = binding["source_vault_name"] or binding["source_vault_id"]
+        pending = " (intent: POST outcome unknown)" if binding["state"] == "intent" else ""
+        _out(
+            f"vault {vault} -> {binding['destination_region']} since "
+            f"{_when(binding['created_at'])} by {binding['origin']}{pending}"
+        )
+    return exitcodes.OK
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ") if moment else "-"
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+def history(app: App, *, backup: str | None, policy: str | None, limit: int, as_json: bool) -> int:
+    entries = app.ledger.history(source_backup_id=backup, policy=policy, limit=limit)
+    if as_json:
+        _json(
+            [
+                entry.__dict__ if hasattr(entry, "__dict__") else _entry_dict(entry)
+                for entry in entries
+            ]
+        )
+        return exitcodes.OK
+    for entry in entries:
+        _out(
+            f"{_when(entry.at)} {entry.source_backup_id} -> {entry.destination_region} "
+            f"[{entry.policy or 'manual'}] {entry.outcome}"
+            f"{' ' + entry.error_code if entry.error_code else ''}"
+            f"{' request ' + entry.request_id if entry.request_id else ''}"
+        )
+    return exitcodes.OK
+
+
+def _entry_dict(entry: Any) -> dict[str, Any]:
+    return {name: getattr(entry, name) for name in entry.__slots__}
+
+
+# -- manual commands -----------------------------------------------------------------------
+
+
+def _source_region(app: App, given: str | None) -> str:
+    if given:
+        return given
+    regions = {policy.source.region for policy in app.settings.policies}
+    if len(regions) == 1:
+        return regions.pop()
+    raise ValueError(
+        "--source-region is required: the policies use "
+        + (", ".join(sorted(regions)) if regions else "no source region")
+    )
+
+
+def _request(app: App, args: argparse.Namespace) -> manual.ManualRequest:
+    return manual.ManualRequest(
+        source_region=_source_region(app, args.source_region),
+        destination_region=args.to_region,
+        destination_vault=args.to_vault,
+        destination_project=args.to_project,
+    )
+
+
+def replicate_backup(app: App, args: argparse.Namespace) -> int:
+    result = manual.replicate_backup(
+        app.engine,
+        _request(app, args),
+        args.backup_id,
+        name=args.name,
+        description=args.description,
+    )
+    return _finish_manual(app, result, args)
+
+
+def replicate_vault(app: App, args: argparse.Namespace) -> int:
+    result = manual.replicate_vault(app.engine, _request(app, args), args.vault)
+    return _finish_manual(app, result, args)
+
+
+def _finish_manual(app: App, result: manual.ManualResult, args: argparse.Namespace) -> int:
+    jobs = list(result.jobs)
+    if args.wait:
+        jobs = _wait_jobs(app, jobs, timedelta(seconds=args.wait_timeout))
+    if args.json:
+        _json({"message": result.message, "jobs": [_job_dict(job) for job in jobs]})
+    else:
+        _out(result.message)
+        for job in jobs:
+            _out(
+                f"  {job.source_backup_id} -> {job.destination_region}: {job.state}"
+                f"{' (' + str(job.last_error_code) + ')' if job.last_error_code else ''}"
+            )
+    if any(job.state in (JobState.FAILED, JobState.GIVEN_UP) for job in jobs):
+        return exitcodes.REPLICATION_FAILED
+    return exitcodes.OK
+
+
+def _job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "source_backup_id": job.source_backup_id,
+        "destination_region": job.destination_region,
+        "state": str(job.state),
+        "replication_record_id": job.replication_record_id,
+        "replica_backup_id": job.replica_backup_id,
+        "replica_name": job.replica_name,
+        "last_error_code": job.last_error_code,
+    }
+
+
+def _wait_jobs(app: App, jobs: Iterable[Job], timeout: timedelta) -> list[Job]:
+    """Poll the manual jobs until they succeed or fail, or the timeout passes."""
+    from daemon.retrying import RetryPolicy
+
+    deadline = time.monotonic() + timeout.total_seconds()
+    keys = [job.key for job in jobs]
+    while True:
+        current = [app.ledger.get_job(*key) for key in keys]
+        live = [job for job in current if job is not None]
+        if all(job.state != JobState.REPLICATING for job in live) or time.monotonic() >= deadline:
+            return live
+        try:
+            replicate.track_jobs(app.engine, live, RetryPolicy(max_attempts=1))
+        except PermissionDeniedError:
+            raise
+        except CloudError as error:
+            print(f"waiting: {error}", file=sys.stderr)
+        time.sleep(1.0)
+
+
+def retry(app: App, backup_id: str, region: str) -> int:
+    job = manual.retry_job(app.engine, backup_id, region)
+    _out(f"backup {backup_id} -> {region}: {job.state}; the next run submits it")
+    return exitcodes.OK

@@ -1,0 +1,661 @@
+"""Find and read the config (DESIGN.md §8), resolve secrets, build the settings.
+
+Every problem is collected and reported at once, one line each:
+``FILE:LINE: field.path: what is wrong; how to fix it``. No message carries a secret value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from daemon.errors import ConfigError
+from daemon.policy import Loc, Policy, Settings, policy_conflicts
+
+MAX_FILE_BYTES = 1 << 20  # RELIABILITY.md §5: refuse anything bigger before parsing
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SAFE_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "merge")
+)
+# Where ``X_file`` may replace a secret ``X``: (path suffix, secret keys).
+_SECRET_PLACES: tuple[tuple[Loc, frozenset[str]], ...] = (
+    (("cloud", "credentials"), frozenset({"access_key", "secret_key", "security_token"})),
+    (("notify", "webhook"), frozenset({"secret"})),
+)
+_SQLITE_RELATIVE = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/)(?!:memory:)(.+)$")
+_PASSWORD_IN_URL = re.compile(r"(?<=://)([^:/@]*):([^@/]+)@")
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """Validated settings and where they came from."""
+
+    settings: Settings
+    path: Path
+    files: tuple[Path, ...]  # the main file and every policies_dir file read
+    secrets: tuple[str, ...]  # every secret value loaded, for the log redactor
+
+
+@dataclass
+class _Document:
+    """One parsed YAML file and the line of every field path in it."""
+
+    path: Path
+    data: Any
+    lines: dict[Loc, int]
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where one policy was written: its file and its path there."""
+
+    document: _Document
+    base: Loc
+
+
+@dataclass
+class _Locator:
+    """Maps a field path of the merged settings to (file, line, shown path)."""
+
+    main: _Document
+    origins: list[_Origin] = field(default_factory=list)
+    aliases: dict[Loc, Loc] = field(default_factory=dict)  # secret -> its ``_file`` key
+
+    def locate(self, loc: Loc) -> tuple[Path, int | None, Loc]:
+        loc = self._unalias(loc)
+        index = loc[1] if len(loc) >= 2 and loc[0] == "policies" else None
+        if isinstance(index, int) and index < len(self.origins):
+            return self._locate_policy(self.origins[index], loc[2:])
+        return self.main.path, _nearest_line(self.main.lines, loc), loc
+
+    def _unalias(self, loc: Loc) -> Loc:
+        for secret, file_key in self.aliases.items():
+            if loc[: len(secret)] == secret:
+                return file_key + loc[len(secret) :]
+        return loc
+
+    def _locate_policy(self, origin: _Origin, rest: Loc) -> tuple[Path, int | None, Loc]:
+        own = origin.base + rest
+        inherited = ("defaults", *rest)
+        if own not in origin.document.lines and rest and inherited in self.main.lines:
+            # The value came from ``defaults``: point there, where it must be fixed.
+            return self.main.path, self.main.lines[inherited], inherited
+        shown = ("policies", *origin.base[-1:], *rest)
+        return origin.document.path, _nearest_line(origin.document.lines, own), shown
+
+
+@dataclass
+class _Problems:
+    locator: _Locator | None = None
+    lines: list[str] = field(default_factory=list)
+    tainted: set[Loc] = field(default_factory=set)  # already reported: skip follow-up errors
+
+    def file(self, path: Path, message: str, line: int | None = None) -> None:
+        self.lines.append(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+    def at(self, loc: Loc, message: str) -> None:
+        assert self.locator is not None
+        path, line, shown = self.locator.locate(loc)
+        self.file(path, f"{_dotted(shown)}: {message}", line)
+
+    def unique(self) -> list[str]:
+        return list(dict.fromkeys(self.lines))
+
+
+def _dotted(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _nearest_line(lines: Mapping[Loc, int], loc: Loc) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def _writable_by_others(mode: int) -> bool:
+    return bool(mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _parent_problem(path: Path) -> str | None:
+    parent = path.parent
+    mode = parent.stat().st_mode
+    if _writable_by_others(mode) and not mode & stat.S_ISVTX:
+        return (
+            f"directory {parent} is writable by group or others and not sticky "
+            f"(mode {stat.S_IMODE(mode):04o}); run `chmod go-w {parent}`"
+        )
+    return None
+
+
+def _config_file_problems(path: Path, mode: int) -> list[str]:
+    problems = []
+    if _writable_by_others(mode):
+        problems.append(
+            f"is writable by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"run `chmod 640 {path}`"
+        )
+    parent = _parent_problem(path)
+    return [*problems, parent] if parent else problems
+
+
+def _read_yaml(path: Path, problems: _Problems) -> _Document | None:
+    """Check, read and parse one config file; ``None`` when it cannot be used."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        problems.file(path, f"cannot read: {error.strerror}; check the path")
+        return None
+    for problem in _config_file_problems(path, info.st_mode):
+        problems.file(path, problem)
+    if info.st_size > MAX_FILE_BYTES:
+        problems.file(path, f"is {info.st_size} bytes; config files are limited to 1 MiB")
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        problems.file(path, f"cannot read: {error}; save it as UTF-8 text")
+        return None
+    return _parse_yaml(path, text, problems)
+
+
+def _parse_yaml(path: Path, text: str, problems: _Problems) -> _Document | None:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else None
+        problems.file(path, f"invalid YAML: {error.problem or error}; fix the syntax", line)
+        return None
+    except yaml.YAMLError as error:
+        problems.file(path, f"invalid YAML: {error}; fix the syntax")
+        return None
+    if root is None:
+        return _Document(path, None, {})
+    lines: dict[Loc, int] = {}
+    if not _walk_nodes(root, (), lines, lambda line, msg: problems.file(path, msg, line)):
+        return None
+    return _Document(path, yaml.safe_load(text), lines)
+
+
+def _walk_nodes(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], report: Callable[[int, str], None]
+) -> bool:
+    """Record each path's line; report unsafe tags and duplicate keys. True when clean."""
+    lines.setdefault(loc, node.start_mark.line + 1)
+    clean = True
+    if node.tag not in _SAFE_TAGS:
+        report(
+            node.start_mark.line + 1,
+            f"{_dotted(loc)}: YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not "
+            "allowed (plain YAML only); remove the tag",
+        )
+        clean = False
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            clean &= _walk_nodes(item, (*loc, index), lines, report)
+    elif isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen and name != "<<":
+                report(key.start_mark.line + 1, f"{_dotted((*loc, name))}: key given twice")
+                clean = False
+            seen.add(name)
+            lines[(*loc, name)] = key.start_mark.line + 1
+            clean &= _walk_nodes(value, (*loc, name), lines, report)
+    return clean
+
+
+# --- assembling the raw settings -------------------------------------------------------
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``; mappings merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _policy_files(
+    raw: dict[str, Any], base: Path, environ: Mapping[str, str], problems: _Problems
+) -> list[Path]:
+    directory = raw.get("policies_dir")
+    if directory is None:
+        return []
+    if not isinstance(directory, str):
+        return []  # the model reports the wrong type
+    resolved = base / _substitute_text(directory, ("policies_dir",), environ, problems)
+    raw["policies_dir"] = str(resolved)
+    if not resolved.is_dir():
+        problems.at(("policies_dir",), f"{resolved} is not a directory; create it or fix the path")
+        return []
+    return sorted(resolved.glob("*.yaml"))
+
+
+def _collect_policies(main: _Document, files: list[Path], problems: _Problems) -> list[Any]:
+    """Every policy of the main file and of ``files``, recording where each was written."""
+    assert problems.locator is not None
+    found: list[Any] = []
+    sources: list[tuple[_Document, Loc, Any]] = [(main, ("policies",), main.data.get("policies"))]
+    for path in files:
+        document = _read_yaml(path, problems)
+        if document is not None:
+            sources.append((document, (), document.data))
+    for document, base, entries in sources:
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            line = _nearest_line(document.lines, base)
+            problems.file(document.path, f"{_dotted(base)}: must be a YAML list of policies", line)
+            continue
+        for index, entry in enumerate(entries):
+            problems.locator.origins.append(_Origin(document, (*base, index)))
+            found.append(entry)
+    return found
+
+
+def _inheritable(defaults: Mapping[str, Any], policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of ``defaults`` a policy inherits.
+
+    A null default means "no default". A policy that names its schedule kind (cron or
+    interval) does not inherit the other kind, nor the default's kind.
+    """
+    inherited = {key: value for key, value in defaults.items() if value is not None}
+    schedule, own = inherited.get("schedule"), policy.get("schedule")
+    names_kind = isinstance(own, Mapping) and ("cron" in own or "interval" in own)
+    if isinstance(schedule, Mapping) and names_kind:
+        inherited["schedule"] = {k: v for k, v in schedule.items() if k not in ("cron", "interval")}
+    return inherited
+
+
+def _merge_defaults(raw: dict[str, Any], policies: list[Any]) -> list[Any]:
+    defaults = raw.get("defaults")
+    if not isinstance(defaults, Mapping):
+        return policies
+    return [
+        _deep_merge(_inheritable(defaults, p), p) if isinstance(p, Mapping) else p for p in policies
+    ]
+
+
+# --- environment and secrets -------------------------------------------------------------
+
+
+def _substitute_text(text: str, loc: Loc, environ: Mapping[str, str], problems: _Problems) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match[1]
+        if name not in environ:
+            problems.at(loc, f"environment variable {name} is not set; set it or edit the file")
+            problems.tainted.add(loc)
+            return ""
+        return environ[name]
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+def _substitute(value: Any, loc: Loc, environ: Mapping[str, str], problems: _Problems) -> Any:
+    """``value`` with every ``${NAME}`` in its strings read from ``environ``."""
+    if isinstance(value, str):
+        return _substitute_text(value, loc, environ, problems)
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, (*loc, str(k)), environ, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, (*loc, i), environ, problems) for i, v in enumerate(value)]
+    return value
+
+
+def _secret_file_problem(path: Path) -> str | None:
+    try:
+        info = path.lstat()
+    except OSError as error:
+        return f"secret file {path}: {error.strerror}; create it or fix the path"
+    if stat.S_ISLNK(info.st_mode):
+        return f"secret file {path} is a symlink; name the file itself"
+    if not stat.S_ISREG(info.st_mode):
+        return f"secret file {path} is not a regular file; name a file"
+    if info.st_mode & 0o077:
+        return (
+            f"secret file {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+        )
+    if info.st_size > MAX_FILE_BYTES:
+        return f"secret file {path} is larger than 1 MiB; name the right file"
+    return _parent_problem(path)
+
+
+def _read_secret(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    # Files written by editors or `echo` end with a newline that is not part of the secret.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+class _SecretResolver:
+    """Replaces ``X_file`` keys by the content of the named files."""
+
+    def __init__(self, base: Path, problems: _Problems) -> None:
+        self.base = base
+        self.problems = problems
+        self.values: list[str] = []
+
+    def resolve(self, value: Any, loc: Loc = ()) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(item, (*loc, i)) for i, item in enumerate(value)]
+        if not isinstance(value, Mapping):
+            return value
+        resolved = {k: self.resolve(v, (*loc, str(k))) for k, v in value.items()}
+        for suffix, keys in _SECRET_PLACES:
+            if loc[-len(suffix) :] == suffix:
+                self._read_files(resolved, loc, keys)
+        return resolved
+
+    def _read_files(self, mapping: dict[str, Any], loc: Loc, keys: frozenset[str]) -> None:
+        for key in sorted(keys):
+            file_key = f"{key}_file"
+            if file_key not in mapping:
+                continue
+            assert self.problems.locator is not None
+            self.problems.locator.aliases[(*loc, key)] = (*loc, file_key)
+            name = mapping.pop(file_key)
+            if key in mapping:
+                self.problems.at((*loc, key), f"give {key} or {file_key}, not both; drop one")
+            elif isinstance(name, str):
+                mapping[key] = self._read(self.base / name, (*loc, key))
+            else:
+                self.problems.at((*loc, key), "write the path of the file holding the secret")
+                self.problems.tainted.add((*loc, key))
+
+    def _read(self, path: Path, loc: Loc) -> str:
+        problem = _secret_file_problem(path)
+        if problem is not None:
+            self.problems.at(loc, problem)
+            self.problems.tainted.add(loc)
+            return "unread"
+        secret = _read_secret(path)
+        self.values.append(secret)
+        return secret
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative paths are relative to the main config file's directory."""
+    cloud = raw.get("cloud")
+    if isinstance(cloud, dict):
+        if isinstance(cloud.get("ca_bundle"), str):
+            cloud["ca_bundle"] = str(base / cloud["ca_bundle"])
+        emulator = cloud.get("emulator")
+        if isinstance(emulator, dict):
+            for key in ("scenario", "state"):
+                if isinstance(emulator.get(key), str):
+                    emulator[key] = str(base / emulator[key])
+    ledger = raw.get("ledger")
+    if isinstance(ledger, dict) and isinstance(ledger.get("url"), str):
+        match = _SQLITE_RELATIVE.match(ledger["url"])
+        if match:
+            ledger["url"] = match[1] + str(base / match[2])
+
+
+# --- validation ----------------------------------------------------------------------------
+
+_HINTS = {
+    "missing": "required; add it",
+    "int_type": "write a whole number",
+    "int_parsing": "write a whole number",
+    "int_from_float": "write a whole number",
+    "float_type": "write a number",
+    "float_parsing": "write a number",
+    "bool_type": "write true or false",
+    "bool_parsing": "write true or false",
+    "string_type": "write text (quote it)",
+    "dict_type": "write a mapping (key: value)",
+    "model_type": "write a mapping (key: value)",
+    "model_attributes_type": "write a mapping (key: value)",
+    "tuple_type": "write a list",
+    "list_type": "write a list",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than_equal": "use a smaller value",
+    "string_too_short": "it must not be empty",
+    "too_short": "list at least one",
+    "string_pattern_mismatch": "see the field's format in config/cbr-replicator.yaml",
+}
+_PATTERN_HINTS = {
+    "name": "use 1-64 letters, digits, '_' or '-'",
+    "region": "write a region id such as cn-north-4",
+    "url": "write an http:// or https:// URL",
+    "listen": "write HOST:PORT, e.g. 127.0.0.1:9687",
+}
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The model whose fields sit at ``loc`` in ``Settings``, for listing allowed keys."""
+    annotation: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an index into the tuple that ``_unwrap`` already opened
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if not isinstance(part, str) or part not in annotation.model_fields:
+                return None
+            annotation = annotation.model_fields[part].annotation
+        annotation = _unwrap(annotation)
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` -> X; ``tuple[X, ...]`` -> X (the next part of a path is an index)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return options[0] if len(options) == 1 else annotation
+    if origin is tuple:
+        return typing.get_args(annotation)[0]
+    return annotation
+
+
+def _unknown_key_message(loc: Loc) -> str:
+    model = _model_at(loc[:-1])
+    allowed = sorted(model.model_fields) if model else []
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    fix = f"did you mean {close[0]}?" if close else "remove it or fix its spelling"
+    listing = f" (allowed: {', '.join(allowed)})" if allowed else ""
+    return f"unknown key; {fix}{listing}"
+
+
+def _error_message(error: Mapping[str, Any]) -> str:
+    kind, loc = error["type"], tuple(error["loc"])
+    if kind == "extra_forbidden":
+        return _unknown_key_message(loc)
+    if kind == "missing":
+        return "required field is missing; add it"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch":
+        hint = _PATTERN_HINTS.get(str(loc[-1]), _HINTS[kind])
+        return f"has the wrong format; {hint}"
+    extra = _HINTS.get(kind)
+    return f"{message}; {extra}" if extra and ";" not in message else message
+
+
+def _validate(raw: dict[str, Any], problems: _Problems) -> Settings | None:
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as error:
+        for detail in error.errors(include_input=False, include_url=False):
+            loc = tuple(detail["loc"])
+            if any(loc[: len(bad)] == bad for bad in problems.tainted):
+                continue
+            problems.at(loc, _error_message(detail))
+        return None
+
+
+def _settings_secrets(settings: Settings) -> list[str]:
+    found = []
+    credentials = settings.cloud.credentials
+    if credentials is not None:
+        found += [credentials.access_key, credentials.secret_key, credentials.security_token]
+    for notify in (settings.notify, *(policy.notify for policy in settings.policies)):
+        if notify is not None and notify.webhook is not None:
+            found.append(notify.webhook.secret)
+    values = [secret.get_secret_value() for secret in found if secret is not None]
+    password = _PASSWORD_IN_URL.search(settings.ledger.url)
+    return values + ([password[2]] if password else [])
+
+
+# --- API ----------------------------------------------------------------------------------
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read, check and validate the config at ``path``; ``ConfigError`` lists every problem."""
+    environ = os.environ if environ is None else environ
+    problems = _Problems()
+    main = _read_yaml(path, problems)
+    if main is not None and not isinstance(main.data, dict):
+        problems.file(path, "must hold a YAML mapping (ledger:, cloud:, policies:, ...)")
+        main = None
+    if main is None:
+        raise ConfigError(problems.unique())
+    problems.locator = _Locator(main)
+    base = path.absolute().parent
+    raw = dict(main.data)
+    files = _policy_files(raw, base, environ, problems)
+    raw["policies"] = _merge_defaults(raw, _collect_policies(main, files, problems))
+    raw = _substitute(raw, (), environ, problems)
+    resolver = _SecretResolver(base, problems)
+    raw = resolver.resolve(raw)
+    _resolve_paths(raw, base)
+    settings = _validate(raw, problems)
+    for loc, message in policy_conflicts(raw["policies"]):
+        problems.at(("policies", *loc), message)
+    if settings is None or problems.lines:
+        raise ConfigError(problems.unique())
+    secrets = [*resolver.values, *_settings_secrets(settings)]
+    return LoadedConfig(
+        settings, path, (path, *files), tuple(dict.fromkeys(s for s in secrets if s))
+    )
+
+
+def settings_json_schema() -> dict[str, Any]:
+    """The JSON schema of the config, with every field's description."""
+    return Settings.model_json_schema()
+
+
+# --- describing --------------------------------------------------------------------------
+
+
+def format_duration(value: timedelta) -> str:
+    """``timedelta(hours=1, minutes=30)`` -> ``1h30m``."""
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def format_size(value: int) -> str:
+    """Bytes in the largest binary unit that keeps the number readable."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:g}{unit}"
+    return f"{value}B"
+
+
+def _mask(secret: SecretStr | None) -> str:
+    return "(none)" if secret is None else "****"
+
+
+def _describe_cloud(settings: Settings) -> Iterator[str]:
+    cloud = settings.cloud
+    yield "ledger: " + _PASSWORD_IN_URL.sub(r"\1:****@", settings.ledger.url)
+    yield f"cloud: provider {cloud.provider}"
+    if cloud.credentials is not None:
+        yield (
+            f"  credentials: access_key {_mask(cloud.credentials.access_key)}, secret_key "
+            f"{_mask(cloud.credentials.secret_key)}, security_token "
+            f"{_mask(cloud.credentials.security_token)}"
+        )
+    for region, url in {"iam": cloud.endpoints.iam, **cloud.endpoints.cbr}.items():
+        if url:
+            yield f"  endpoint {region}: {url}"
+    yield (
+        f"  tls: verify {cloud.verify_tls}, ca_bundle {cloud.ca_bundle or '(system)'}; "
+        f"timeouts connect {format_duration(cloud.connect_timeout)}, read "
+        f"{format_duration(cloud.timeout)}; lease {format_duration(cloud.lease)}"
+    )
+    yield (
+        f"  limits: {cloud.requests_per_second:g} requests/s, concurrency {cloud.concurrency}, "
+        f"in flight per region {cloud.max_in_flight_per_region or 'unlimited'}"
+    )
+    if cloud.provider == "emulator":
+        yield f"  emulator: scenario {cloud.emulator.scenario}, state {cloud.emulator.state}"
+
+
+def _describe_policy(policy: Policy) -> Iterator[str]:
+    schedule, retry = policy.schedule, policy.retry
+    when = (
+        f'cron "{schedule.cron}"'
+        if schedule.cron
+        else "every " + format_duration(schedule.interval or timedelta(0))
+    )
+    budget = format_size(policy.traffic_budget_per_day) if policy.traffic_budget_per_day else None
+    yield f"policy {policy.name} ({'enabled' if policy.enabled else 'disabled'})"
+    yield f"  source: {policy.source.region} vaults {', '.join(policy.source.vaults)}"
+    yield (
+        f"  destination: {policy.destination.region} vault {policy.destination.vault}, "
+        f"project {policy.destination.project or '(region default)'}"
+    )
+    yield (
+        f"  schedule: {when} {schedule.timezone}, jitter {format_duration(schedule.jitter)}, "
+        f"period {format_duration(schedule.period)}"
+    )
+    yield (
+        f"  retry: {retry.max_attempts} attempts, backoff {format_duration(retry.initial_backoff)}"
+        f"..{format_duration(retry.max_backoff)} x{retry.multiplier:g}, jitter {retry.jitter:g}"
+    )
+    yield f'  replica: name "{policy.replica.name}", description "{policy.replica.description}"'
+    yield (
+        f"  limits: max_in_flight {policy.max_in_flight}, traffic budget "
+        f"{budget + '/day' if budget else 'none'}, rpo {format_duration(policy.rpo)}, stuck "
+        f"after {format_duration(policy.stuck_after)}, acceleration {policy.enable_acceleration}"
+    )
+
+
+def describe_settings(loaded: LoadedConfig) -> str:
+    """A human summary of the resolved settings; secrets are shown as ``****``."""
+    settings = loaded.settings
+    lines = [f"config: {', '.join(str(path) for path in loaded.files)}"]
+    lines += _describe_cloud(settings)
+    lines.append(f"metrics: {settings.metrics.listen or 'off'}; log: {settings.log.format}")
+    lines.append(f"policies: {len(settings.policies)}")
+    for policy in settings.policies:
+        lines += _describe_policy(policy)
+    text = "\n".join(lines)
+    for secret in loaded.secrets:
+        if len(secret) >= 6:  # belt and braces: a secret pasted into a URL or a name
+            text = text.replace(secret, "****")
+    return text

@@ -1,0 +1,7 @@
+"""`python -m daemon.emulator`: run the emulator as its own process."""
+
+import sys
+
+from daemon.emulator import main
+
+sys.exit(main())

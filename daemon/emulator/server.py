@@ -1,0 +1,390 @@
+"""The HTTP front of the emulator: routing, AK/SK checks, faults, request log, admin API.
+
+HTTP/1.1 with keep-alive (every answer has Content-Length), one thread per connection. Admin
+endpoints live under /__emulator__/, need no signature and never see faults or the log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from daemon.emulator import operations
+from daemon.emulator.auth import AuthError, Credentials, verify_request
+from daemon.emulator.faults import BEFORE_KINDS, Decision, FaultInjector
+from daemon.emulator.world import ApiError, Payload, Query, World
+
+ADMIN_PREFIX = "/__emulator__/"
+_P = r"(?P<project>[^/]+)"
+_ID = r"(?P<item>[^/]+)"
+ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"^/v3/projects/?$"), "list_projects"),
+    ("GET", re.compile(rf"^/v3/{_P}/backups/?$"), "list_backups"),
+    ("GET", re.compile(rf"^/v3/{_P}/backups/{_ID}/?$"), "show_backup"),
+    ("POST", re.compile(rf"^/v3/{_P}/backups/{_ID}/replicate/?$"), "replicate_backup"),
+    ("POST", re.compile(rf"^/v3/{_P}/checkpoints/replicate/?$"), "replicate_vault"),
+    ("GET", re.compile(rf"^/v3/{_P}/vaults/?$"), "list_vaults"),
+    ("GET", re.compile(rf"^/v3/{_P}/vaults/{_ID}/?$"), "show_vault"),
+    ("GET", re.compile(rf"^/v3/{_P}/replication-capabilities/?$"), "capabilities"),
+    ("GET", re.compile(rf"^/v3/{_P}/operation-logs/?$"), "oplogs"),
+]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API request as routed."""
+
+    method: str
+    raw_query: str
+    body: bytes
+    found: tuple[str, dict[str, str]] | None
+
+    @property
+    def operation(self) -> str:
+        return self.found[0] if self.found else "unknown"
+
+    @property
+    def is_iam(self) -> bool:
+        return self.operation == "list_projects"
+
+
+HTML_PAGE = b"<html><head><title>Gateway</title></head><body><h1>Service busy</h1></body></html>"
+
+
+class RequestLog:
+    """Every API request the emulator answered (or dropped), in arrival order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[Payload] = []
+        self._seq = 0
+
+    def add(self, entry: Payload) -> None:
+        with self._lock:
+            self._seq += 1
+            self._entries.append({"seq": self._seq, **entry})
+
+    def entries(self, operation: str | None = None) -> list[Payload]:
+        with self._lock:
+            return [dict(e) for e in self._entries if operation in (None, e["operation"])]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    """Holds the world, the faults and the log for the handler threads."""
+
+    daemon_threads = True
+    request_queue_size = 1024
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        world: World,
+        faults: FaultInjector,
+        credentials: Credentials,
+    ) -> None:
+        super().__init__(address, EmulatorHandler)
+        self.world = world
+        self.faults = faults
+        self.credentials = credentials
+        self.log = RequestLog()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+def route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
+    for route_method, pattern, operation in ROUTES:
+        match = pattern.match(path)
+        if match and route_method == method:
+            return operation, {k: unquote(v) for k, v in match.groupdict().items()}
+    return None
+
+
+def dispatch(
+    server: EmulatorHTTPServer, operation: str, params: dict[str, str], query: Query, body: Any
+) -> Payload:
+    """Run one API operation (caller holds the world lock)."""
+    world = server.world
+    project = params.get("project", "")
+    item = params.get("item", "")
+    handlers: dict[str, Callable[[], Payload]] = {
+        "list_projects": lambda: operations.list_projects(world, query, server.base_url),
+        "list_backups": lambda: operations.list_backups(world, project, query),
+        "show_backup": lambda: operations.show_backup(world, project, item),
+        "replicate_backup": lambda: operations.replicate_backup(world, project, item, body),
+        "replicate_vault": lambda: operations.replicate_vault(world, project, body),
+        "list_vaults": lambda: operations.list_vaults(world, project, query),
+        "show_vault": lambda: operations.show_vault(world, project, item),
+        "capabilities": lambda: operations.capabilities(world, project),
+        "oplogs": lambda: operations.list_oplogs(world, project, query),
+    }
+    return handlers[operation]()
+
+
+def error_body(code: str, message: str, request_id: str | None = None) -> bytes:
+    body: Payload = {"error_code": code, "error_msg": message}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return json.dumps(body).encode()
+
+
+class EmulatorHandler(BaseHTTPRequestHandler):
+    """One request: admin, or auth -> faults -> operation -> (faulty) answer."""
+
+    protocol_version = "HTTP/1.1"
+    server: EmulatorHTTPServer
+    request_id: str
+    entry: Payload | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Quiet: tests and the demo read the structured request log instead.
+        return
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    # ----- plumbing ----------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._record(status)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Request-Id", self.request_id)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up (e.g. its read timeout during a slow answer).
+            self.close_connection = True
+
+    def _reset(self) -> None:
+        # SO_LINGER 0 makes close() send RST: the client sees a reset, not a clean EOF.
+        self._record(None)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def _handle(self, method: str) -> None:
+        self.request_id = uuid.uuid4().hex
+        self.entry = None
+        path, _, raw_query = self.path.partition("?")
+        body = self._read_body()
+        if path.startswith(ADMIN_PREFIX):
+            self._admin(method, path[len(ADMIN_PREFIX) :].strip("/"), raw_query, body)
+            return
+        self._api(method, path, raw_query, body)
+
+    # ----- API ---------------------------------------------------------------------------
+
+    def _api(self, method: str, path: str, raw_query: str, body: bytes) -> None:
+        found = route(method, path)
+        call = Call(method, raw_query, body, found)
+        project_id = found[1].get("project", "") if found else ""
+        project = self.server.world.state["projects"].get(project_id) or {}
+        entry: Payload = {
+            "method": method,
+            "path": path,
+            "query": raw_query,
+            "params": parse_qs(raw_query, keep_blank_values=True),
+            "operation": call.operation,
+            "project_id": project_id or None,
+            "region": project.get("region"),
+            "body": _json_or_none(body) if body else None,
+            "request_id": self.request_id,
+        }
+        decision = self.server.faults.decide(call.operation, method, call.is_iam)
+        if decision.latency_seconds > 0:
+            time.sleep(decision.latency_seconds)
+        self.entry = entry
+        self._answer(call, decision, entry)
+
+    def _record(self, status: int | None) -> None:
+        # Logged before the answer leaves, so a client that got an answer always finds it.
+        if self.entry is not None:
+            self.server.log.add({**self.entry, "status": status})
+            self.entry = None
+
+    def _answer(self, call: Call, decision: Decision, entry: Payload) -> None:
+        """Answer one call, applying at most one fault (noted in the log entry)."""
+        entry["fault"] = None
+        try:
+            verify_request(call.method, self.path, self.headers.get, call.body, self.credentials)
+        except AuthError as error:
+            message = f"Incorrect IAM authentication information: {error}"
+            self._send(401, error_body("APIGW.0301", message, self.request_id))
+            return
+        if call.found is None:
+            message = "The API does not exist or has not been published."
+            self._send(404, error_body("APIGW.0101", message, self.request_id))
+            return
+        entry["fault"] = decision.kind
+        if decision.kind in BEFORE_KINDS:
+            self._refuse(str(decision.kind))
+            return
+        status, answer = self._apply(call.found, call.raw_query, call.body)
+        self._deliver(status, answer, decision)
+
+    @property
+    def credentials(self) -> Credentials:
+        return self.server.credentials
+
+    def _apply(
+        self, found: tuple[str, dict[str, str]], raw_query: str, body: bytes
+    ) -> tuple[int, bytes]:
+        operation, params = found
+        query = parse_qs(raw_query, keep_blank_values=True)
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            return 400, error_body("BackupService.9900", "The request body is not valid JSON.")
+        world = self.server.world
+        with world.lock:
+            world.tick()
+            try:
+                payload = dispatch(self.server, operation, params, query, parsed)
+            except ApiError as error:
+                return error.status, error_body(error.code, error.message)
+            return 200, json.dumps(payload).encode()
+
+    def _refuse(self, kind: str) -> None:
+        if kind == "throttle":
+            message = (
+                "The throttling threshold has been reached: "
+                "policy user over ratelimit,limit:20,time:1 second"
+            )
+            self._send(
+                429,
+                error_body("APIGW.0308", message, self.request_id),
+                headers={"Retry-After": "1"},
+            )
+        elif kind == "html":
+            self._send(200, HTML_PAGE, content_type="text/html")
+        else:
+            self._send(500, error_body("BackupService.9910", "Unknown error."))
+
+    def _deliver(self, status: int, answer: bytes, decision: Decision) -> None:
+        kind = decision.kind
+        if kind == "error_after":
+            self._send(500, error_body("BackupService.9910", "Unknown error."))
+            return
+        if kind == "reset_after":
+            self._reset()
+            return
+        if kind == "slow_after":
+            self._record(status)
+            time.sleep(decision.slow_seconds)
+        if kind == "malformed" and status == 200:
+            answer = answer[: max(1, len(answer) // 2)]
+        self._send(status, answer)
+
+    # ----- admin -------------------------------------------------------------------------
+
+    def _admin(self, method: str, name: str, raw_query: str, body: bytes) -> None:
+        try:
+            status, payload = admin(self.server, method, name, parse_qs(raw_query), body)
+        except (ValueError, KeyError, TypeError, ApiError) as error:
+            status, payload = 400, {"error": str(error)}
+        self._send(status, json.dumps(payload).encode())
+
+
+def admin(
+    server: EmulatorHTTPServer, method: str, name: str, query: Query, body: bytes
+) -> tuple[int, Payload]:
+    """The test/demo control surface (no auth, no faults, not logged)."""
+    data = json.loads(body) if body else {}
+    handler = ADMIN_HANDLERS.get((method, name))
+    if handler is not None:
+        return 200, handler(server, query, data)
+    match = re.fullmatch(r"backups/([^/]+)/delete", name)
+    if method == "POST" and match:
+        deleted = server.world.delete_backup(unquote(match[1]))
+        return (200 if deleted else 404), {"deleted": deleted}
+    return 404, {"error": f"unknown admin endpoint {method} {name}"}
+
+
+def _admin_requests(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:
+    wanted = query.get("operation", [None])[0]
+    return {"requests": server.log.entries(wanted)}
+
+
+def _admin_clear(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:
+    server.log.clear()
+    return {"cleared": True}
+
+
+def _admin_advance(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:
+    server.world.advance(float(data["seconds"]))
+    return {"now": server.world.clock.now()}
+
+
+def _admin_set_faults(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:
+    server.faults.set(dict(data))
+    return {"faults": server.faults.config}
+
+
+def _admin_state(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:
+    world = server.world
+    with world.lock:
+        world.tick()
+        state: Payload = json.loads(json.dumps(world.state))
+        return state
+
+
+AdminHandler = Callable[[EmulatorHTTPServer, Query, Any], Payload]
+ADMIN_HANDLERS: dict[tuple[str, str], AdminHandler] = {
+    ("GET", "health"): lambda server, q, d: {"status": "ok", "url": server.base_url},
+    ("GET", "requests"): _admin_requests,
+    ("DELETE", "requests"): _admin_clear,
+    ("POST", "clock/advance"): _admin_advance,
+    ("GET", "faults"): lambda server, q, d: {"faults": server.faults.config},
+    ("PUT", "faults"): _admin_set_faults,
+    ("GET", "state"): _admin_state,
+    ("GET", "duplicates"): lambda server, q, d: {"duplicates": server.world.duplicates()},
+    ("POST", "backups"): lambda server, q, d: {"backup": server.world.add_backup(dict(d))},
+}
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None

@@ -1,0 +1,88 @@
+"""The error family: every failure the daemon can meet, classified once.
+
+Adapters raise these; services turn them into outcomes at one boundary (``replicate.py``).
+Messages never carry secrets: the cloud adapter builds them from codes and ids only.
+"""
+
+from __future__ import annotations
+
+
+class ReplicatorError(Exception):
+    """Base of every error the daemon raises on purpose."""
+
+
+class ConfigError(ReplicatorError):
+    """The configuration is invalid. ``problems`` holds one line per problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class RefusedError(ReplicatorError):
+    """A replication rule forbids the request; nothing was sent to the cloud."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{message} ({reason})")
+
+
+class CloudError(ReplicatorError):
+    """An answer (or the lack of one) from the cloud API."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.code = code
+        self.status = status
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class TransientError(CloudError):
+    """Not applied; safe to retry later (network down before sending, 5xx on a read, 429)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status, request_id=request_id)
+        self.retry_after = retry_after
+
+
+class AmbiguousError(CloudError):
+    """A mutating request may or may not have been applied: reconcile before any retry."""
+
+
+class PermanentError(CloudError):
+    """The cloud refused the request for a reason that retrying will not change."""
+
+
+class NotFoundError(PermanentError):
+    """The object asked for does not exist (404, BackupService.6200 / 6105)."""
+
+
+class AlreadyReplicatedError(PermanentError):
+    """BackupService.1009: the backup is being or has been replicated to that region."""
+
+
+class MalformedAnswerError(CloudError):
+    """A 2xx answer whose body lacks what the API promises (missing keys, wrong types)."""
+
+
+class PermissionDeniedError(CloudError):
+    """401/403: the credentials are wrong or lack a permission. Stop; do not hammer."""
+
+
+class LedgerError(ReplicatorError):
+    """The ledger is unusable (corrupt, locked by another daemon, wrong schema)."""

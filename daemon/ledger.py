@@ -1,0 +1,770 @@
+"""The ledger (DESIGN.md §5): jobs, attempts, vault bindings, sweeps and leases, on SQLModel.
+
+SQLite by default; PostgreSQL when several hosts share one ledger. Each public method is one
+transaction. On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite
+recipe), so a claim cannot interleave with another process's claim; on PostgreSQL claims use
+``FOR UPDATE SKIP LOCKED``. The file is created 0600 in a 0700 directory, in WAL mode with
+``synchronous=FULL``: the intent written before a POST must survive a power cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    or_,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from daemon.errors import LedgerError
+from daemon.model import (
+    Attempt,
+    Job,
+    JobState,
+    Origin,
+    SweepReport,
+    VaultBinding,
+)
+from daemon.ports import HistoryEntry
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+IN_LIST_CHUNK = 500  # below SQLite's bound-parameter limit, whatever its build
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, whatever the database keeps (SQLite keeps text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        value = value.astimezone(UTC)
+        # SQLite compares the stored text; one representation keeps that order right.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(*, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=True, index=index))
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "jobs"
+    __table_args__ = (
+        UniqueConstraint("source_backup_id", "destination_region", name="uq_jobs_backup_region"),
+        Index("ix_jobs_due", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source_backup_id: str = Field(max_length=64)
+    destination_region: str = Field(max_length=64)
+    state: str = Field(max_length=16)
+    origin: str = Field(max_length=16)
+    policy: str | None = Field(default=None, max_length=64, index=True)
+    source_region: str = Field(max_length=64)
+    source_project_id: str = Field(max_length=64)
+    source_vault_id: str = Field(max_length=64)
+    destination_project_id: str = Field(max_length=64)
+    destination_vault_id: str = Field(max_length=64)
+    backup_name: str = Field(default="", max_length=255)
+    backup_created_at: datetime | None = _when()
+    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    attempts: int = 0
+    next_attempt_at: datetime | None = _when()
+    last_error_code: str | None = Field(default=None, max_length=64)
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    replication_record_id: str | None = Field(default=None, max_length=64)
+    replica_backup_id: str | None = Field(default=None, max_length=64)
+    replica_name: str | None = Field(default=None, max_length=64)
+    replica_description: str | None = Field(default=None, max_length=255)
+    lease_owner: str | None = Field(default=None, max_length=255)
+    lease_expires_at: datetime | None = _when()
+    created_at: datetime | None = _when()
+    updated_at: datetime | None = _when()
+    finished_at: datetime | None = _when(index=True)
+
+
+class AttemptRow(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    at: datetime | None = _when()
+    outcome: str = Field(max_length=32)
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    request_id: str | None = Field(default=None, max_length=128)
+
+
+class BindingRow(SQLModel, table=True):
+    """Once-only: never updated (but intent -> bound) and never deleted."""
+
+    __tablename__: ClassVar[str] = "vault_bindings"
+    __table_args__ = (
+        UniqueConstraint("source_vault_id", "destination_region", name="uq_bindings_vault_region"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source_vault_id: str = Field(max_length=64)
+    destination_region: str = Field(max_length=64)
+    destination_project_id: str = Field(max_length=64)
+    destination_vault_id: str = Field(max_length=64)
+    origin: str = Field(max_length=80)
+    created_at: datetime | None = _when()
+    source_region: str = Field(default="", max_length=64)
+    state: str = Field(default="bound", max_length=16)
+    source_vault_name: str = Field(default="", max_length=255, index=True)
+
+
+class SweepRow(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "sweeps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    policy: str = Field(max_length=64, index=True)
+    started_at: datetime | None = _when()
+    finished_at: datetime | None = _when()
+    backups_seen: int = 0
+    reasons: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    enqueued: int = 0
+    adopted: int = 0
+    submitted: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error_reason: str | None = Field(default=None, max_length=64)
+
+
+class LeaseRow(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "leases"
+
+    name: str = Field(primary_key=True, max_length=128)
+    owner: str = Field(max_length=255)
+    expires_at: datetime | None = _when()
+
+
+class SchemaVersionRow(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "schema_version"
+
+    id: int = Field(default=1, primary_key=True)
+    version: int
+
+
+# -- migrations --------------------------------------------------------------------------------
+# One function per version, applied in order inside one transaction each. Version 1 is the
+# tables above as first released; later versions alter them in place (never drop data).
+Migration = Callable[[Connection], None]
+
+
+def _v1_initial(connection: Connection) -> None:
+    SQLModel.metadata.create_all(connection)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+_JOB_FIELDS = tuple(name for name in Job.__dataclass_fields__ if name != "id")
+
+
+def _job_from_row(row: JobRow) -> Job:
+    return Job(
+        **{name: getattr(row, name) for name in _JOB_FIELDS if name not in {"state", "origin"}},
+        state=JobState(row.state),
+        origin=Origin(row.origin),
+        id=row.id,
+    )
+
+
+def _copy_job_to_row(job: Job, row: JobRow, now: datetime) -> None:
+    for name in _JOB_FIELDS:
+        if name in {"created_at", "updated_at"}:
+            continue
+        value = getattr(job, name)
+        setattr(row, name, str(value) if name in {"state", "origin"} else value)
+    row.updated_at = now
+    if row.created_at is None:
+        row.created_at = job.created_at or now
+
+
+def _binding_from_row(row: BindingRow) -> VaultBinding:
+    assert row.created_at is not None
+    return VaultBinding(
+        source_vault_id=row.source_vault_id,
+        destination_region=row.destination_region,
+        destination_project_id=row.destination_project_id,
+        destination_vault_id=row.destination_vault_id,
+        origin=row.origin,
+        created_at=row.created_at,
+        source_region=row.source_region,
+        state=row.state,
+        source_vault_name=row.source_vault_name,
+    )
+
+
+def _report_from_row(row: SweepRow) -> SweepReport:
+    assert row.started_at is not None
+    return SweepReport(
+        policy=row.policy,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        backups_seen=row.backups_seen,
+        reasons=json.loads(row.reasons),
+        enqueued=row.enqueued,
+        adopted=row.adopted,
+        submitted=row.submitted,
+        error=row.error,
+        error_reason=row.error_reason,
+    )
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), IN_LIST_CHUNK):
+        yield values[start : start + IN_LIST_CHUNK]
+
+
+class SqlLedger:
+    """The ``Ledger`` port on SQLite or PostgreSQL. Safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as error:
+            raise LedgerError(f"ledger: {error.__class__.__name__}: {_cause(error)}") from error
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def get_jobs(self, destination_region: str, backup_ids: Collection[str]) -> dict[str, Job]:
+        found: dict[str, Job] = {}
+        with self._session() as session:
+            for chunk in _chunks(list(backup_ids)):
+                rows = session.exec(
+                    select(JobRow).where(
+                        JobRow.destination_region == destination_region,
+                        col(JobRow.source_backup_id).in_(chunk),
+                    )
+                )
+                found.update((row.source_backup_id, _job_from_row(row)) for row in rows)
+        return found
+
+    def get_job(self, source_backup_id: str, destination_region: str) -> Job | None:
+        return self.get_jobs(destination_region, [source_backup_id]).get(source_backup_id)
+
+    def save_jobs(
+        self, jobs: Sequence[Job], now: datetime, attempts: Sequence[Attempt] = ()
+    ) -> list[Job]:
+        if not jobs and not attempts:
+            return []
+        with self._session() as session:
+            existing = self._rows_by_key(session, [job.key for job in jobs])
+            rows: list[JobRow] = []
+            for job in jobs:
+                row = existing.get(job.key)
+                if row is None:
+                    row = JobRow(
+                        source_backup_id=job.source_backup_id,
+                        destination_region=job.destination_region,
+                        state=str(job.state),
+                        origin=str(job.origin),
+                        source_region=job.source_region,
+                        source_project_id=job.source_project_id,
+                        source_vault_id=job.source_vault_id,
+                        destination_project_id=job.destination_project_id,
+                        destination_vault_id=job.destination_vault_id,
+                    )
+                    existing[job.key] = row
+                _copy_job_to_row(job, row, now)
+                session.add(row)
+                rows.append(row)
+            session.flush()
+            for position, attempt in enumerate(attempts):
+                job_id = attempt.job_id or rows[position].id or 0
+                session.add(
+                    AttemptRow(
+                        job_id=job_id,
+                        at=attempt.at,
+                        outcome=attempt.outcome,
+                        error_code=attempt.error_code,
+                        error_message=attempt.error_message,
+                        request_id=attempt.request_id,
+                    )
+                )
+            return [_job_from_row(row) for row in rows]
+
+    def _rows_by_key(
+        self, session: Session, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], JobRow]:
+        by_region: dict[str, list[str]] = {}
+        for backup_id, region in keys:
+            by_region.setdefault(region, []).append(backup_id)
+        found: dict[tuple[str, str], JobRow] = {}
+        for region, backup_ids in by_region.items():
+            for chunk in _chunks(backup_ids):
+                rows = session.exec(
+                    select(JobRow).where(
+                        JobRow.destination_region == region,
+                        col(JobRow.source_backup_id).in_(chunk),
+                    )
+                )
+                found.update(((row.source_backup_id, row.destination_region), row) for row in rows)
+        return found
+
+    def claim_jobs(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        policy: str | None = None,
+        destination_region: str | None = None,
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
+        due = or_(
+            col(JobRow.state) == JobState.QUEUED.value,
+            (col(JobRow.state) == JobState.FAILED.value) & (col(JobRow.next_attempt_at) <= now),
+            (col(JobRow.state) == JobState.SUBMITTING.value)
+            & (col(JobRow.next_attempt_at).is_(None) | (col(JobRow.next_attempt_at) <= now)),
+        )
+        unleased = col(JobRow.lease_expires_at).is_(None) | (col(JobRow.lease_expires_at) <= now)
+        query = select(JobRow).where(due, unleased)
+        if policy is not None:
+            query = query.where(JobRow.policy == policy)
+        if destination_region is not None:
+            query = query.where(JobRow.destination_region == destination_region)
+        # Reconcile-first: submitting jobs sort before the rest (RELIABILITY.md §1).
+        query = query.order_by(
+            (col(JobRow.state) != JobState.SUBMITTING.value),
+            func.coalesce(col(JobRow.next_attempt_at), col(JobRow.created_at)),
+            col(JobRow.id),
+        ).limit(limit)
+        if not self.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        with self._session() as session:
+            rows = list(session.exec(query))
+            for row in rows:
+                row.lease_owner = owner
+                row.lease_expires_at = lease_until
+                session.add(row)
+            session.flush()
+            return [_job_from_row(row) for row in rows]
+
+    def claim_job(
+        self,
+        source_backup_id: str,
+        destination_region: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+    ) -> Job | None:
+        query = select(JobRow).where(
+            JobRow.source_backup_id == source_backup_id,
+            JobRow.destination_region == destination_region,
+        )
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        with self._session() as session:
+            row = session.exec(query).first()
+            if row is None:
+                return None
+            held = row.lease_expires_at is not None and row.lease_expires_at > now
+            if held and row.lease_owner != owner:
+                return None
+            row.lease_owner = owner
+            row.lease_expires_at = lease_until
+            session.add(row)
+            session.flush()
+            return _job_from_row(row)
+
+    def release_jobs(self, owner: str) -> None:
+        with self._session() as session:
+            for row in session.exec(select(JobRow).where(JobRow.lease_owner == owner)):
+                row.lease_owner = None
+                row.lease_expires_at = None
+                session.add(row)
+
+    def count_jobs(
+        self,
+        states: Collection[JobState],
+        *,
+        policy: str | None = None,
+        destination_region: str | None = None,
+    ) -> int:
+        query = select(func.count()).select_from(JobRow)
+        query = query.where(col(JobRow.state).in_([str(state) for state in states]))
+        if policy is not None:
+            query = query.where(JobRow.policy == policy)
+        if destination_region is not None:
+            query = query.where(JobRow.destination_region == destination_region)
+        with self._session() as session:
+            return int(session.exec(query).one())
+
+    def jobs_in_states(
+        self,
+        states: Collection[JobState],
+        *,
+        limit: int,
+        after_id: int = 0,
+        policy: str | None = None,
+    ) -> list[Job]:
+        query = select(JobRow).where(
+            col(JobRow.state).in_([str(state) for state in states]), col(JobRow.id) > after_id
+        )
+        if policy is not None:
+            query = query.where(JobRow.policy == policy)
+        query = query.order_by(col(JobRow.id)).limit(limit)
+        with self._session() as session:
+            return [_job_from_row(row) for row in session.exec(query)]
+
+    # -- vault bindings ------------------------------------------------------------------------
+    def get_binding(self, source_vault_id: str, destination_region: str) -> VaultBinding | None:
+        with self._session() as session:
+            row = session.exec(
+                select(BindingRow).where(
+                    BindingRow.source_vault_id == source_vault_id,
+                    BindingRow.destination_region == destination_region,
+                )
+            ).first()
+            return _binding_from_row(row) if row is not None else None
+
+    def add_binding(self, binding: VaultBinding) -> VaultBinding:
+        row = BindingRow(
+            source_vault_id=binding.source_vault_id,
+            destination_region=binding.destination_region,
+            destination_project_id=binding.destination_project_id,
+            destination_vault_id=binding.destination_vault_id,
+            origin=binding.origin,
+            created_at=binding.created_at,
+            source_region=binding.source_region,
+            state=binding.state,
+            source_vault_name=binding.source_vault_name,
+        )
+        try:
+            with self._session() as session:
+                session.add(row)
+            return _binding_from_row(row)
+        except IntegrityError:
+            existing = self.get_binding(binding.source_vault_id, binding.destination_region)
+            if existing is None:  # pragma: no cover - a binding is never deleted
+                raise LedgerError("ledger: vault binding vanished after a conflict") from None
+            return existing
+
+    def mark_binding_bound(self, source_vault_id: str, destination_region: str) -> None:
+        with self._session() as session:
+            row = session.exec(
+                select(BindingRow).where(
+                    BindingRow.source_vault_id == source_vault_id,
+                    BindingRow.destination_region == destination_region,
+                )
+            ).first()
+            if row is not None and row.state != "bound":
+                row.state = "bound"
+                session.add(row)
+
+    def list_bindings(self) -> list[VaultBinding]:
+        with self._session() as session:
+            rows = session.exec(select(BindingRow).order_by(col(BindingRow.id)))
+            return [_binding_from_row(row) for row in rows]
+
+    # -- leases --------------------------------------------------------------------------------
+    def acquire_lease(self, name: str, *, owner: str, now: datetime, until: datetime) -> bool:
+        query = select(LeaseRow).where(LeaseRow.name == name)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        try:
+            with self._session() as session:
+                row = session.exec(query).first()
+                if row is None:
+                    session.add(LeaseRow(name=name, owner=owner, expires_at=until))
+                    return True
+                live = row.expires_at is not None and row.expires_at > now
+                if live and row.owner != owner:
+                    return False
+                row.owner = owner
+                row.expires_at = until
+                session.add(row)
+                return True
+        except IntegrityError:  # another host inserted the same lease first
+            return False
+
+    def release_lease(self, name: str, *, owner: str) -> None:
+        with self._session() as session:
+            row = session.exec(
+                select(LeaseRow).where(LeaseRow.name == name, LeaseRow.owner == owner)
+            ).first()
+            if row is not None:
+                session.delete(row)
+
+    # -- sweeps and reports ----------------------------------------------------------------------
+    def start_sweep(self, policy: str, now: datetime) -> int:
+        with self._session() as session:
+            row = SweepRow(policy=policy, started_at=now)
+            session.add(row)
+            session.flush()
+            assert row.id is not None
+            return row.id
+
+    def finish_sweep(self, sweep_id: int, report: SweepReport) -> None:
+        with self._session() as session:
+            row = session.get(SweepRow, sweep_id)
+            if row is None:
+                raise LedgerError(f"ledger: no sweep {sweep_id}")
+            row.finished_at = report.finished_at
+            row.backups_seen = report.backups_seen
+            row.reasons = json.dumps(dict(report.reasons), sort_keys=True)
+            row.enqueued = report.enqueued
+            row.adopted = report.adopted
+            row.submitted = report.submitted
+            row.error = report.error
+            row.error_reason = report.error_reason
+            session.add(row)
+
+    def last_sweeps(self) -> dict[str, SweepReport]:
+        newest = (
+            select(SweepRow.policy, func.max(SweepRow.id).label("id"))
+            .where(col(SweepRow.finished_at).is_not(None))
+            .group_by(col(SweepRow.policy))
+            .subquery()
+        )
+        query = select(SweepRow).join(newest, col(SweepRow.id) == newest.c.id)
+        with self._session() as session:
+            return {row.policy: _report_from_row(row) for row in session.exec(query)}
+
+    def job_counts(self) -> dict[tuple[str | None, JobState], int]:
+        query = select(JobRow.policy, JobRow.state, func.count()).group_by(
+            col(JobRow.policy), col(JobRow.state)
+        )
+        with self._session() as session:
+            return {
+                (policy, JobState(state)): int(count)
+                for policy, state, count in session.exec(query)
+            }
+
+    def traffic_bytes(self, *, policy: str | None = None, since: datetime | None = None) -> int:
+        query = select(func.coalesce(func.sum(JobRow.bytes), 0)).where(
+            JobRow.state == JobState.SUCCEEDED.value
+        )
+        if policy is not None:
+            query = query.where(JobRow.policy == policy)
+        if since is not None:
+            query = query.where(col(JobRow.finished_at) >= since)
+        with self._session() as session:
+            return int(session.exec(query).one())
+
+    def oldest_pending_backup(self, policy: str) -> datetime | None:
+        query = select(func.min(JobRow.backup_created_at)).where(
+            JobRow.policy == policy, JobRow.state != JobState.SUCCEEDED.value
+        )
+        with self._session() as session:
+            value = session.exec(query).one()
+        return UtcDateTime().process_result_value(_parse_if_text(value), self.engine.dialect)
+
+    def history(
+        self, *, source_backup_id: str | None = None, policy: str | None = None, limit: int = 50
+    ) -> list[HistoryEntry]:
+        query = select(AttemptRow, JobRow).join(JobRow, col(AttemptRow.job_id) == col(JobRow.id))
+        if source_backup_id is not None:
+            query = query.where(JobRow.source_backup_id == source_backup_id)
+        if policy is not None:
+            query = query.where(JobRow.policy == policy)
+        query = query.order_by(col(AttemptRow.at).desc(), col(AttemptRow.id).desc()).limit(limit)
+        with self._session() as session:
+            return [
+                HistoryEntry(
+                    at=attempt.at or datetime.min.replace(tzinfo=UTC),
+                    source_backup_id=job.source_backup_id,
+                    destination_region=job.destination_region,
+                    policy=job.policy,
+                    outcome=attempt.outcome,
+                    error_code=attempt.error_code,
+                    error_message=attempt.error_message,
+                    request_id=attempt.request_id,
+                )
+                for attempt, job in session.exec(query)
+            ]
+
+    def schema_version(self) -> int:
+        with self._session() as session:
+            row = session.get(SchemaVersionRow, 1)
+            return row.version if row is not None else 0
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _cause(error: SQLAlchemyError) -> object:
+    """The driver's own message when there is one (it names the file or the constraint)."""
+    return getattr(error, "orig", None) or error
+
+
+def _parse_if_text(value: object) -> datetime | None:
+    """``min()`` over a SQLite text column comes back as text, not through the column type."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+# -- opening -------------------------------------------------------------------------------------
+def open_ledger(url: str) -> SqlLedger:
+    """Open (creating or migrating) the ledger at ``url``. Raises LedgerError with the fix."""
+    try:
+        parsed = make_url(url)
+    except Exception as error:  # SQLAlchemy raises ArgumentError, ValueError and more
+        raise LedgerError(
+            f"ledger.url: cannot parse {url!r}: {error}; use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(parsed.database)
+    elif parsed.get_backend_name() == "postgresql":
+        engine = create_engine(
+            parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, future=True
+        )
+    else:
+        raise LedgerError(
+            f"ledger.url: unsupported database {parsed.get_backend_name()!r}; "
+            "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        )
+    ledger = SqlLedger(engine)
+    try:
+        if ledger.is_sqlite:
+            _check_sqlite(engine)
+        _migrate(engine)
+    except LedgerError:
+        engine.dispose()
+        raise
+    except SQLAlchemyError as error:
+        engine.dispose()
+        raise LedgerError(
+            f"ledger {parsed.render_as_string(hide_password=True)}: cannot open: {_cause(error)}"
+        ) from None
+    return ledger
+
+
+def _sqlite_engine(database: str | None) -> Engine:
+    if not database or database == ":memory:":
+        raise LedgerError(
+            "ledger.url: an in-memory SQLite ledger loses every job at exit; "
+            "give a file: sqlite:////var/lib/cbr-replicator/ledger.db"
+        )
+    path = Path(database)
+    _create_private_file(path)
+    engine = create_engine(
+        f"sqlite:///{path}",
+        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+        future=True,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (the pysqlite recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _create_private_file(path: Path) -> None:
+    """The ledger holds project and vault ids: 0600 in a 0700 directory when we create them."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+    except OSError as error:
+        raise LedgerError(
+            f"ledger {path}: cannot create or open: {error.strerror}; check the directory "
+            "exists and is writable by the service user"
+        ) from None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+
+
+def _check_sqlite(engine: Engine) -> None:
+    try:
+        with engine.connect() as connection:
+            result = connection.exec_driver_sql("PRAGMA quick_check").scalar()
+    except SQLAlchemyError as error:
+        raise LedgerError(
+            f"ledger {engine.url.database}: not a readable SQLite database ({_cause(error)}); "
+            "restore it from a backup or move it away to start an empty ledger"
+        ) from None
+    if result != "ok":
+        raise LedgerError(
+            f"ledger {engine.url.database}: integrity check failed ({result}); "
+            "restore it from a backup or move it away to start an empty ledger"
+        )
+
+
+def _migrate(engine: Engine) -> None:
+    with engine.begin() as connection:
+        SQLModel.metadata.create_all(
+            connection, tables=[SQLModel.metadata.tables["schema_version"]]
+        )
+        row = connection.execute(text("SELECT version FROM schema_version WHERE id = 1")).first()
+        current = int(row[0]) if row is not None else 0
+        if current > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {engine.url.render_as_string(hide_password=True)}: schema version "
+                f"{current} is newer than this cbr-replicator understands ({SCHEMA_VERSION}); "
+                "upgrade cbr-replicator or restore a ledger it wrote"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version - 1](connection)
+        if current == 0:
+            connection.execute(
+                text("INSERT INTO schema_version (id, version) VALUES (1, :v)"),
+                {"v": SCHEMA_VERSION},
+            )
+        elif current < SCHEMA_VERSION:
+            connection.execute(
+                text("UPDATE schema_version SET version = :v WHERE id = 1"), {"v": SCHEMA_VERSION}
+            )

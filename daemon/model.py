@@ -1,0 +1,277 @@
+"""Frozen value types shared by every layer. No I/O, no clock.
+
+Slotted dataclasses rather than pydantic models: a sweep builds one ``Backup`` per listed
+backup, and their construction cost is part of the per-backup budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+GIB = 2**30
+
+ECS_RESOURCE_TYPE = "OS::Nova::Server"
+REPLICA_IMAGE_TYPE = "replication"
+
+
+class Reason(StrEnum):
+    """Stable reason codes (DESIGN.md §2), used in decisions, logs, the ledger and metrics."""
+
+    # per backup
+    ELIGIBLE = "eligible"
+    RETRY_AFTER_FAILURE = "retry_after_failure"
+    NOT_SERVER_BACKUP = "not_server_backup"
+    NO_SYSTEM_DISK = "no_system_disk"
+    NOT_AVAILABLE = "not_available"
+    IS_REPLICA = "is_replica"
+    REPLICA_EXISTS = "replica_exists"
+    REPLICATION_IN_PROGRESS = "replication_in_progress"
+    ALREADY_REPLICATED = "already_replicated"
+    BACKING_OFF = "backing_off"
+    GIVEN_UP = "given_up"
+    TRAFFIC_BUDGET_EXHAUSTED = "traffic_budget_exhausted"
+    # per policy or request
+    SOURCE_IS_REPLICATION_VAULT = "source_is_replication_vault"
+    DESTINATION_NOT_REPLICATION_VAULT = "destination_not_replication_vault"
+    REGION_NOT_SUPPORTED = "region_not_supported"
+    PROJECT_NOT_FOUND = "project_not_found"
+    VAULT_NOT_FOUND = "vault_not_found"
+    VAULT_ALREADY_REPLICATED = "vault_already_replicated"
+
+
+class JobState(StrEnum):
+    """States of a ledger job (DESIGN.md §5)."""
+
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    REPLICATING = "replicating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    GIVEN_UP = "given_up"
+
+
+IN_FLIGHT_STATES = frozenset({JobState.SUBMITTING, JobState.REPLICATING})
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.GIVEN_UP})
+
+
+class Origin(StrEnum):
+    """Who created a job."""
+
+    POLICY = "policy"
+    MANUAL = "manual"
+    ADOPTED = "adopted"
+
+
+class RecordStatus(StrEnum):
+    """Status of a cloud replication record (CBR-API.md §4.4)."""
+
+    WAITING = "waiting_replicate"
+    REPLICATING = "replicating"
+    SUCCESS = "success"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+LIVE_RECORD_STATUSES = frozenset(
+    {RecordStatus.WAITING, RecordStatus.REPLICATING, RecordStatus.SUCCESS}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationRecord:
+    """One replication of a backup to a destination, as the source region reports it."""
+
+    id: str
+    status: str
+    destination_region: str | None = None
+    destination_project_id: str | None = None
+    destination_vault_id: str | None = None
+    destination_backup_id: str | None = None
+    created_at: datetime | None = None
+    fail_code: str | None = None
+    fail_reason: str | None = None
+    progress: int | None = None
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_RECORD_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    """A backup as listed in its region (only the fields the rules and the ledger need)."""
+
+    id: str
+    name: str
+    vault_id: str
+    resource_type: str
+    image_type: str
+    status: str
+    resource_size_gb: int = 0
+    contain_system_disk: bool | None = None
+    children_bootable: tuple[bool | None, ...] = ()
+    created_at: datetime | None = None
+    replication_records: tuple[ReplicationRecord, ...] = ()
+
+    @property
+    def bytes(self) -> int:
+        """Replication traffic equals the backup's size (the seed); CBR reports GB."""
+        return self.resource_size_gb * GIB
+
+
+@dataclass(frozen=True, slots=True)
+class Vault:
+    """A CBR vault. The API has no region field; the adapter fills it from the endpoint."""
+
+    id: str
+    name: str
+    region: str
+    project_id: str
+    protect_type: str
+    object_type: str | None = None
+
+    @property
+    def is_replication_vault(self) -> bool:
+        return self.protect_type == "replication"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where replicas of one policy (or one manual request) go."""
+
+    region: str
+    project_id: str
+    vault_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSpec:
+    """The body of one replicate call, beyond the destination."""
+
+    name: str
+    description: str
+    enable_acceleration: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationAccepted:
+    """The cloud's answer to a backup replicate call."""
+
+    replication_record_id: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VaultReplicationAccepted:
+    """The cloud's answer to a vault replicate call: one record per backup it started."""
+
+    records: Mapping[str, str]  # source backup id -> replication record id
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """The ledger's row for one (source backup, destination region) pair."""
+
+    source_backup_id: str
+    destination_region: str
+    state: JobState
+    origin: Origin
+    policy: str | None
+    source_region: str
+    source_project_id: str
+    source_vault_id: str
+    destination_project_id: str
+    destination_vault_id: str
+    backup_name: str = ""
+    backup_created_at: datetime | None = None
+    bytes: int = 0
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error_code: str | None = None
+    last_error: str | None = None
+    replication_record_id: str | None = None
+    replica_backup_id: str | None = None
+    replica_name: str | None = None
+    replica_description: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    id: int | None = None
+
+    def evolve(self, **changes: object) -> Job:
+        """A copy with some fields changed (jobs are values; the ledger stores them)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source_backup_id, self.destination_region)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One API submission of a job, kept for ``history``."""
+
+    job_id: int
+    at: datetime
+    outcome: str
+    error_code: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VaultBinding:
+    """Once-only row: source vault V was replicated to destination region R (never removed)."""
+
+    source_vault_id: str
+    destination_region: str
+    destination_project_id: str
+    destination_vault_id: str
+    origin: str  # "policy:<name>" or "manual"
+    created_at: datetime
+    source_region: str = ""
+    state: str = "bound"  # "intent" while a manual vault replication POST is outstanding
+    source_vault_name: str = ""  # lets a repeated request by name be refused offline
+
+
+class Action(StrEnum):
+    """What a sweep does with one backup."""
+
+    ENQUEUE = "enqueue"  # new job or failed job whose backoff passed: submit it
+    ADOPT = "adopt"  # the cloud already has a live replica: record it, never submit
+    TRACK = "track"  # a job in flight: update it from the cloud's record
+    SKIP = "skip"  # nothing to do (ineligible, done, backing off, given up)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The rules' verdict on one backup for one destination region."""
+
+    backup_id: str
+    action: Action
+    reason: Reason
+    record: ReplicationRecord | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What one sweep of one policy saw and did."""
+
+    policy: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    backups_seen: int = 0
+    reasons: Mapping[str, int] = field(default_factory=dict)
+    enqueued: int = 0
+    adopted: int = 0
+    submitted: int = 0
+    error: str | None = None
+    error_reason: str | None = None

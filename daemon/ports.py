@@ -1,0 +1,216 @@
+"""The two ports the services need: the cloud (CBR + IAM) and the ledger.
+
+Services depend on these protocols only; ``cloud.py`` and ``ledger.py`` implement them, and
+tests may implement them with in-memory fakes at the edge of a pure unit.
+All datetimes crossing these ports are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from daemon.model import (
+    Attempt,
+    Backup,
+    Destination,
+    Job,
+    JobState,
+    ReplicaSpec,
+    ReplicationAccepted,
+    SweepReport,
+    Vault,
+    VaultBinding,
+    VaultReplicationAccepted,
+)
+
+
+class Cloud(Protocol):
+    """What the engine needs from CBR and IAM. Errors are those of ``daemon.errors``."""
+
+    def resolve_project(self, region: str, project: str | None = None) -> str:
+        """Project id in ``region``: the default project (named like the region) when
+        ``project`` is None, else the named project (name or id), which must exist there.
+        Raises NotFoundError when it does not."""
+        ...
+
+    def replication_destinations(self, region: str, project_id: str) -> frozenset[str]:
+        """Regions that backups of ``region`` may be replicated to (capability API)."""
+        ...
+
+    def find_vault(self, region: str, project_id: str, name_or_id: str) -> Vault:
+        """The vault with that id or (unique) name. Raises NotFoundError."""
+        ...
+
+    def list_backup_pages(
+        self, region: str, project_id: str, vault_id: str
+    ) -> Iterator[list[Backup]]:
+        """The vault's backups with their replication records, one list per API page."""
+        ...
+
+    def show_backup(self, region: str, project_id: str, backup_id: str) -> Backup:
+        """One backup with its replication records. Raises NotFoundError (6200)."""
+        ...
+
+    def replicate_backup(
+        self,
+        region: str,
+        project_id: str,
+        backup_id: str,
+        destination: Destination,
+        replica: ReplicaSpec,
+    ) -> ReplicationAccepted:
+        """POST .../backups/{id}/replicate. Never retried inside the adapter."""
+        ...
+
+    def replicate_vault(
+        self,
+        region: str,
+        project_id: str,
+        vault_id: str,
+        destination: Destination,
+        enable_acceleration: bool,
+    ) -> VaultReplicationAccepted:
+        """POST .../checkpoints/replicate. Never retried inside the adapter."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One attempt joined with its job, for ``history``."""
+
+    at: datetime
+    source_backup_id: str
+    destination_region: str
+    policy: str | None
+    outcome: str
+    error_code: str | None
+    error_message: str | None
+    request_id: str | None
+
+
+class Ledger(Protocol):
+    """Durable state: jobs, attempts, vault bindings, sweeps and leases.
+
+    Every method is one transaction. Writes that must survive a crash (the intent before a
+    POST) are committed before the method returns.
+    """
+
+    # -- jobs ------------------------------------------------------------------------------
+    def get_jobs(self, destination_region: str, backup_ids: Collection[str]) -> dict[str, Job]:
+        """Jobs for these backups to that region, keyed by source backup id (one query)."""
+        ...
+
+    def get_job(self, source_backup_id: str, destination_region: str) -> Job | None: ...
+
+    def save_jobs(
+        self, jobs: Sequence[Job], now: datetime, attempts: Sequence[Attempt] = ()
+    ) -> list[Job]:
+        """Insert or update jobs by (source backup id, destination region) and append
+        attempts, in one transaction. Sets ``updated_at`` (and ``created_at`` on insert) to
+        ``now``; returns the stored jobs with their ids. An attempt whose ``job_id`` is 0
+        belongs to the job of the same position in ``jobs``."""
+        ...
+
+    def claim_jobs(
+        self,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        policy: str | None = None,
+        destination_region: str | None = None,
+    ) -> list[Job]:
+        """Atomically lease up to ``limit`` due jobs: ``queued``; ``failed`` with
+        ``next_attempt_at <= now``; ``submitting`` (an earlier attempt may have landed: the
+        caller reconciles). Jobs leased by anyone until after ``now`` are skipped. Oldest
+        ``next_attempt_at``/``created_at`` first. The state is not changed."""
+        ...
+
+    def claim_job(
+        self,
+        source_backup_id: str,
+        destination_region: str,
+        *,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+    ) -> Job | None:
+        """Lease one given job whatever its state, unless someone else holds its lease."""
+        ...
+
+    def release_jobs(self, owner: str) -> None:
+        """Drop every job lease held by ``owner`` (clean exit)."""
+        ...
+
+    def count_jobs(
+        self,
+        states: Collection[JobState],
+        *,
+        policy: str | None = None,
+        destination_region: str | None = None,
+    ) -> int: ...
+
+    def jobs_in_states(
+        self,
+        states: Collection[JobState],
+        *,
+        limit: int,
+        after_id: int = 0,
+        policy: str | None = None,
+    ) -> list[Job]:
+        """Jobs in these states with ``id > after_id``, by id (keyset paging)."""
+        ...
+
+    # -- vault bindings ----------------------------------------------------------------------
+    def get_binding(self, source_vault_id: str, destination_region: str) -> VaultBinding | None: ...
+
+    def add_binding(self, binding: VaultBinding) -> VaultBinding:
+        """Insert the binding unless one exists for (vault, region); return the stored row
+        (the existing one when the unique constraint already held it)."""
+        ...
+
+    def mark_binding_bound(self, source_vault_id: str, destination_region: str) -> None:
+        """Turn an ``intent`` binding into ``bound`` after its POST was accepted."""
+        ...
+
+    def list_bindings(self) -> list[VaultBinding]: ...
+
+    # -- leases ------------------------------------------------------------------------------
+    def acquire_lease(self, name: str, *, owner: str, now: datetime, until: datetime) -> bool:
+        """Take or renew the named lease; False when another owner holds it past ``now``."""
+        ...
+
+    def release_lease(self, name: str, *, owner: str) -> None: ...
+
+    # -- sweeps and reports --------------------------------------------------------------------
+    def start_sweep(self, policy: str, now: datetime) -> int: ...
+
+    def finish_sweep(self, sweep_id: int, report: SweepReport) -> None: ...
+
+    def last_sweeps(self) -> dict[str, SweepReport]:
+        """The newest finished sweep of every policy."""
+        ...
+
+    def job_counts(self) -> dict[tuple[str | None, JobState], int]:
+        """Number of jobs per (policy, state)."""
+        ...
+
+    def traffic_bytes(self, *, policy: str | None = None, since: datetime | None = None) -> int:
+        """Bytes of jobs that succeeded (finished) since ``since``, as CBR bills them."""
+        ...
+
+    def oldest_pending_backup(self, policy: str) -> datetime | None:
+        """Creation time of the oldest backup with a job not yet succeeded (RPO exposure)."""
+        ...
+
+    def history(
+        self, *, source_backup_id: str | None = None, policy: str | None = None, limit: int = 50
+    ) -> list[HistoryEntry]:
+        """Attempts, newest first."""
+        ...
+
+    def close(self) -> None: ...

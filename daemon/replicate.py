@@ -1,0 +1,415 @@
+"""Submit due jobs and track in-flight ones: the one place where cloud exceptions become
+outcomes in the ledger.
+
+The no-duplicate protocol of RELIABILITY.md §1 lives here: claim with a lease, reconcile a job
+left ``submitting`` before anything else, commit the intent, then POST; after any failure of the
+POST the job stays ``submitting`` until a reconcile read says what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from daemon import naming, retrying, rules
+from daemon.errors import (
+    AlreadyReplicatedError,
+    AmbiguousError,
+    CloudError,
+    NotFoundError,
+    PermanentError,
+    PermissionDeniedError,
+    TransientError,
+)
+from daemon.model import (
+    Attempt,
+    Backup,
+    Destination,
+    Job,
+    JobState,
+    RecordStatus,
+    ReplicaSpec,
+    ReplicationRecord,
+)
+from daemon.ports import Cloud, Ledger
+
+log = structlog.get_logger("cbr_replicator")
+
+CRASH_ENV = "CBR_REPLICATOR_TEST_CRASH_AT"  # test-only: kill this process at a named point
+AMBIGUOUS_RECHECK = timedelta(seconds=30)  # how soon a submitting job is reconciled again
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What the services share: ports, clock, randomness and this process's identity."""
+
+    cloud: Cloud
+    ledger: Ledger
+    clock: Callable[[], datetime]
+    owner: str
+    lease: timedelta = timedelta(minutes=2)
+    max_in_flight_per_region: int | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    concurrency: int = 8
+
+    def now(self) -> datetime:
+        return self.clock()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved destination of one policy: what every job of that policy needs."""
+
+    policy: str
+    source_region: str
+    source_project_id: str
+    destination: Destination
+    retry: retrying.RetryPolicy
+    name_template: str
+    description_template: str
+    enable_acceleration: bool
+    max_in_flight: int
+
+
+@dataclass
+class SubmitReport:
+    """What one submission pass did."""
+
+    claimed: int = 0
+    submitted: int = 0
+    reconciled: int = 0
+    failed: int = 0
+    given_up: int = 0
+    deferred: int = 0
+    job_keys: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, outcome: str, job: Job) -> None:
+        self.job_keys.append(job.key)
+        if outcome == "submitted":
+            self.submitted += 1
+        elif outcome == "reconciled":
+            self.reconciled += 1
+        elif outcome == "given_up":
+            self.given_up += 1
+        elif outcome == "failed":
+            self.failed += 1
+        else:
+            self.deferred += 1
+
+
+def crash_point(name: str) -> None:
+    """Test-only: die like ``kill -9`` at a named point of the protocol (issue 6, T1)."""
+    wanted = os.environ.get(CRASH_ENV)
+    if wanted and name in wanted.split(","):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def free_slots(engine: Engine, target: Target) -> int:
+    """How many more replications this policy may start (policy and region limits)."""
+    in_flight = {JobState.SUBMITTING, JobState.REPLICATING}
+    slots = target.max_in_flight - engine.ledger.count_jobs(in_flight, policy=target.policy)
+    if engine.max_in_flight_per_region is not None:
+        region_used = engine.ledger.count_jobs(
+            in_flight, destination_region=target.destination.region
+        )
+        slots = min(slots, engine.max_in_flight_per_region - region_used)
+    return max(0, slots)
+
+
+def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> SubmitReport:
+    """Claim the policy's due jobs (within its limits) and submit each once."""
+    report = SubmitReport()
+    slots = free_slots(engine, target)
+    # Jobs already ``submitting`` count against the slots but are claimed too (to reconcile),
+    # so always allow a few claims even when every slot is taken.
+    claim_limit = max(slots, 1) if limit is None else min(max(slots, 1), limit)
+    now = engine.now()
+    claimed = engine.ledger.claim_jobs(
+        owner=engine.owner,
+        now=now,
+        lease_until=now + engine.lease,
+        limit=claim_limit,
+        policy=target.policy,
+    )
+    report.claimed = len(claimed)
+    if not claimed:
+        return report
+    crash_point("after_claim")
+    budget = _SlotBudget(slots)
+    workers = max(1, min(engine.concurrency, len(claimed)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
+        outcomes = list(pool.map(lambda job: _submit_one(engine, target, job, budget), claimed))
+    for outcome, job in outcomes:
+        report.add(outcome, job)
+    return report
+
+
+class _SlotBudget:
+    """Slots for new POSTs, shared by the worker threads of one pass."""
+
+    def __init__(self, slots: int) -> None:
+        import threading
+
+        self._slots = slots
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._slots <= 0:
+                return False
+            self._slots -= 1
+            return True
+
+
+def _submit_one(engine: Engine, target: Target, job: Job, budget: _SlotBudget) -> tuple[str, Job]:
+    bound = log.bind(
+        policy=target.policy, backup=job.source_backup_id, region=job.destination_region
+    )
+    try:
+        return _submit_claimed(engine, target, job, budget)
+    except PermissionDeniedError:
+        _release(engine, job)
+        raise
+    except CloudError as error:
+        # A read during reconcile failed: nothing was sent; keep the state, retry later.
+        bound.warning("reconcile_failed", error=str(error), code=error.code)
+        _defer(engine, job, error)
+        return "deferred", job
+
+
+def _submit_claimed(
+    engine: Engine, target: Target, job: Job, budget: _SlotBudget
+) -> tuple[str, Job]:
+    if job.state == JobState.SUBMITTING:
+        reconciled = reconcile(engine, job)
+        crash_point("after_reconcile")
+        if reconciled is not None:
+            return "reconciled", reconciled
+    if not budget.take():
+        _release(engine, job)
+        return "deferred", job
+    intent = _write_intent(engine, target, job)
+    crash_point("after_intent")
+    return _post(engine, target, intent)
+
+
+def submit_claimed(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
+    """Submit one job this process has claimed, outside any slot budget (manual commands)."""
+    return _submit_one(engine, target, job, _SlotBudget(1))
+
+
+def reconcile(engine: Engine, job: Job) -> Job | None:
+    """Did an earlier POST of this job land? Read the backup and look for a live record to
+    the job's region. Returns the updated job, or None when the POST did not land."""
+    try:
+        backup = engine.cloud.show_backup(
+            job.source_region, job.source_project_id, job.source_backup_id
+        )
+    except NotFoundError as error:
+        gone = job.evolve(
+            state=JobState.GIVEN_UP,
+            last_error_code="source_backup_deleted",
+            last_error=f"the source backup no longer exists ({error.code})",
+            finished_at=engine.now(),
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        return _save(engine, gone, "source_deleted", error=error)
+    record = rules.live_record(backup, job.destination_region)
+    if record is None:
+        return None
+    updated = apply_record(job, record, engine.now())
+    return _save(engine, updated.evolve(lease_owner=None, lease_expires_at=None), "reconciled")
+
+
+def apply_record(job: Job, record: ReplicationRecord, now: datetime) -> Job:
+    """The job as the cloud's replication record says it is (live records only)."""
+    if record.status == RecordStatus.SUCCESS:
+        return job.evolve(
+            state=JobState.SUCCEEDED,
+            replication_record_id=record.id,
+            replica_backup_id=record.destination_backup_id,
+            finished_at=job.finished_at or now,
+            last_error_code=None,
+            last_error=None,
+        )
+    return job.evolve(state=JobState.REPLICATING, replication_record_id=record.id)
+
+
+def _write_intent(engine: Engine, target: Target, job: Job) -> Job:
+    replica = job_replica(target, job, engine.now())
+    intent = job.evolve(
+        state=JobState.SUBMITTING,
+        attempts=job.attempts + 1,
+        replica_name=replica.name,
+        replica_description=replica.description,
+        next_attempt_at=engine.now() + AMBIGUOUS_RECHECK,
+    )
+    # Committed (synchronous=FULL on SQLite) before the POST: a crash after this point
+    # leads to a reconcile, never to a blind second POST.
+    return engine.ledger.save_jobs([intent], engine.now())[0]
+
+
+def job_replica(target: Target, job: Job, now: datetime) -> ReplicaSpec:
+    """The replica's name and description; a retry keeps the first attempt's."""
+    if job.replica_name:
+        return ReplicaSpec(
+            job.replica_name, job.replica_description or "", target.enable_acceleration
+        )
+    values = naming.replica_values(
+        job.backup_name or job.source_backup_id,
+        job.source_backup_id,
+        job.source_region,
+        job.destination_region,
+        now,
+    )
+    return ReplicaSpec(
+        name=naming.render_name(target.name_template, values),
+        description=naming.render_description(target.description_template, values),
+        enable_acceleration=target.enable_acceleration,
+    )
+
+
+def _post(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
+    replica = job_replica(target, job, engine.now())
+    destination = Destination(
+        job.destination_region, job.destination_project_id, job.destination_vault_id
+    )
+    bound = log.bind(
+        policy=target.policy, backup=job.source_backup_id, region=job.destination_region
+    )
+    try:
+        accepted = engine.cloud.replicate_backup(
+            job.source_region, job.source_project_id, job.source_backup_id, destination, replica
+        )
+    except AlreadyReplicatedError as error:
+        # 1009: being or already replicated there. Never a failure: learn the record.
+        crash_point("after_post")
+        _save(engine, job, "already_replicated", error=error)
+        reconciled = reconcile(engine, job)
+        if reconciled is not None:
+            return "reconciled", reconciled
+        return "deferred", _release(engine, job)
+    except (AmbiguousError, TransientError) as error:
+        crash_point("after_post")
+        bound.warning("replicate_uncertain", error=str(error), code=error.code)
+        retry_at = engine.now() + _uncertain_delay(error)
+        kept = job.evolve(
+            next_attempt_at=retry_at, last_error_code=error.code, last_error=str(error)
+        )
+        outcome = "ambiguous" if isinstance(error, AmbiguousError) else "transient"
+        return "deferred", _save(engine, _unleased(kept), outcome, error=error)
+    except PermissionDeniedError:
+        raise
+    except PermanentError as error:
+        bound.warning("replicate_refused", error=str(error), code=error.code)
+        failed = retrying.after_failure(
+            job, target.retry, engine.now(), code=error.code, message=str(error), rng=engine.rng
+        )
+        saved = _save(engine, _unleased(failed), "refused", error=error)
+        return ("given_up" if saved.state == JobState.GIVEN_UP else "failed"), saved
+    crash_point("after_post")
+    replicating = job.evolve(
+        state=JobState.REPLICATING,
+        replication_record_id=accepted.replication_record_id,
+        next_attempt_at=None,
+        last_error_code=None,
+        last_error=None,
+    )
+    saved = _save(engine, _unleased(replicating), "accepted", request_id=accepted.request_id)
+    bound.info("replication_submitted", record=accepted.replication_record_id)
+    return "submitted", saved
+
+
+def _uncertain_delay(error: CloudError) -> timedelta:
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after:
+        return max(AMBIGUOUS_RECHECK, timedelta(seconds=float(retry_after)))
+    return AMBIGUOUS_RECHECK
+
+
+def _unleased(job: Job) -> Job:
+    return job.evolve(lease_owner=None, lease_expires_at=None)
+
+
+def _release(engine: Engine, job: Job) -> Job:
+    return engine.ledger.save_jobs([_unleased(job)], engine.now())[0]
+
+
+def _defer(engine: Engine, job: Job, error: CloudError) -> None:
+    later = job.evolve(next_attempt_at=engine.now() + _uncertain_delay(error))
+    engine.ledger.save_jobs([_unleased(later)], engine.now())
+
+
+def _save(
+    engine: Engine,
+    job: Job,
+    outcome: str,
+    *,
+    error: CloudError | None = None,
+    request_id: str | None = None,
+) -> Job:
+    """Store the job and one attempt row (what ``history`` shows) in one transaction."""
+    now = engine.now()
+    attempt = Attempt(
+        job_id=job.id or 0,
+        at=now,
+        outcome=outcome,
+        error_code=error.code if error else None,
+        error_message=str(error) if error else None,
+        request_id=request_id or (error.request_id if error else None),
+    )
+    return engine.ledger.save_jobs([job], now, [attempt])[0]
+
+
+# -- tracking ------------------------------------------------------------------------------
+
+
+def track_jobs(engine: Engine, jobs: Iterable[Job], retry: retrying.RetryPolicy) -> list[Job]:
+    """Update ``replicating`` jobs from their backups' records (one read per job)."""
+    updated: list[Job] = []
+    for job in jobs:
+        if job.state != JobState.REPLICATING:
+            continue
+        try:
+            backup = engine.cloud.show_backup(
+                job.source_region, job.source_project_id, job.source_backup_id
+            )
+        except NotFoundError:
+            continue  # the source was deleted; the replication may still finish: keep it
+        changed = track_from_backup(job, backup, retry, engine.now(), engine.rng)
+        if changed is not None:
+            updated.append(changed)
+    if updated:
+        return engine.ledger.save_jobs(updated, engine.now())
+    return []
+
+
+def track_from_backup(
+    job: Job, backup: Backup, retry: retrying.RetryPolicy, now: datetime, rng: random.Random
+) -> Job | None:
+    """The job's next state from the backup's records, or None when nothing changed."""
+    record = _job_record(job, backup)
+    if record is None:
+        return None
+    if record.status == RecordStatus.SUCCESS:
+        return apply_record(job, record, now)
+    if record.status in (RecordStatus.FAIL, RecordStatus.SKIP):
+        return retrying.after_record_failure(job, retry, now, record=record, rng=rng)
+    if job.replication_record_id != record.id:
+        return job.evolve(replication_record_id=record.id)
+    return None
+
+
+def _job_record(job: Job, backup: Backup) -> ReplicationRecord | None:
+    for record in backup.replication_records:
+        if record.id == job.replication_record_id:
+            return record
+    return rules.live_record(backup, job.destination_region)

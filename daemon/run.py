@@ -1,0 +1,118 @@
+"""One run over a set of policies: sweep each, then (with ``--wait``) follow this run's
+submissions until they finish. Daemon mode and ``--run-once`` both call ``run_policies``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from daemon import replicate
+from daemon.errors import CloudError, PermissionDeniedError
+from daemon.model import TERMINAL_STATES, JobState, SweepReport
+from daemon.policy import Policy
+from daemon.replicate import Engine
+from daemon.sweep import DecisionSink, ResolvedPolicy, sweep_policy
+
+log = structlog.get_logger("cbr_replicator")
+
+
+@dataclass
+class RunReport:
+    """Every policy's sweep report and the fate of the jobs this run submitted."""
+
+    sweeps: list[SweepReport] = field(default_factory=list)
+    resolved: dict[str, ResolvedPolicy] = field(default_factory=dict)
+    failed_jobs: int = 0
+    given_up_jobs: int = 0
+    unfinished_jobs: int = 0
+    cloud_unreachable: bool = False
+
+    @property
+    def policy_errors(self) -> list[SweepReport]:
+        return [report for report in self.sweeps if report.error]
+
+
+def run_policies(
+    engine: Engine,
+    policies: Sequence[Policy],
+    *,
+    dry_run: bool = False,
+    sink: DecisionSink | None = None,
+) -> RunReport:
+    """Sweep every given policy once (one after the other); a failing policy never stops
+    the others."""
+    run = RunReport()
+    for policy in policies:
+        report, resolved = sweep_policy(engine, policy, dry_run=dry_run, sink=sink)
+        run.sweeps.append(report)
+        if resolved is not None:
+            run.resolved[policy.name] = resolved
+        if report.error and report.error_reason in _UNREACHABLE_CODES:
+            run.cloud_unreachable = True
+    return run
+
+
+# Errors that mean "the cloud did not answer" rather than "the cloud said no".
+_UNREACHABLE_CODES = frozenset({"ConnectionError", "TransientError", "APIGW.0308", "429"})
+
+
+def wait_for_run(
+    engine: Engine,
+    run: RunReport,
+    *,
+    timeout: timedelta,
+    poll_interval: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> None:
+    """Track in-flight jobs of the swept policies until all are finished or the timeout
+    passes; retries whose backoff ends meanwhile are submitted again."""
+    deadline = monotonic() + timeout.total_seconds()
+    while True:
+        remaining = timedelta(seconds=max(0.0, deadline - monotonic()))
+        pending = _follow(engine, run, engine.now() + remaining)
+        if pending == 0 or monotonic() >= deadline:
+            break
+        sleep(poll_interval)
+    _count_outcomes(engine, run)
+
+
+def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
+    """One round: track replicating jobs, submit due ones; return how many are unfinished."""
+    pending = 0
+    for name, resolved in run.resolved.items():
+        target = resolved.target
+        try:
+            replicating = engine.ledger.jobs_in_states(
+                {JobState.REPLICATING}, limit=10_000, policy=name
+            )
+            replicate.track_jobs(engine, replicating, target.retry)
+            replicate.submit_due(engine, target)
+        except PermissionDeniedError:
+            raise
+        except CloudError as error:
+            log.warning("wait_round_failed", policy=name, error=str(error))
+        pending += engine.ledger.count_jobs(
+            {JobState.QUEUED, JobState.SUBMITTING, JobState.REPLICATING}, policy=name
+        )
+        pending += _failed_due_before(engine, name, wait_until)
+    return pending
+
+
+def _failed_due_before(engine: Engine, policy: str, moment: datetime) -> int:
+    """Failed jobs whose retry comes before the wait ends are still pending."""
+    failed = engine.ledger.jobs_in_states({JobState.FAILED}, limit=10_000, policy=policy)
+    return sum(1 for job in failed if job.next_attempt_at is None or job.next_attempt_at <= moment)
+
+
+def _count_outcomes(engine: Engine, run: RunReport) -> None:
+    for name in run.resolved:
+        run.failed_jobs += engine.ledger.count_jobs({JobState.FAILED}, policy=name)
+        run.given_up_jobs += engine.ledger.count_jobs({JobState.GIVEN_UP}, policy=name)
+        run.unfinished_jobs += engine.ledger.count_jobs(
+            set(JobState) - TERMINAL_STATES - {JobState.FAILED}, policy=name
+        )

@@ -1,0 +1,376 @@
+"""One pass of one policy: resolve it against the cloud, keep its vault bindings, scan its
+vaults page by page, decide per backup, record the decisions, then submit due work.
+
+Per page there is one ledger read (the jobs of that page's backups) and one ledger write, so
+memory stays flat however many backups a vault holds (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import structlog
+
+from daemon import replicate, retrying, rules
+from daemon.errors import NotFoundError, RefusedError
+from daemon.model import (
+    Action,
+    Backup,
+    Decision,
+    Destination,
+    Job,
+    JobState,
+    Origin,
+    Reason,
+    SweepReport,
+    Vault,
+    VaultBinding,
+)
+from daemon.policy import Policy
+from daemon.replicate import Engine, Target
+
+log = structlog.get_logger("cbr_replicator")
+
+DecisionSink = Callable[[Policy, Vault, Backup, Decision], None]
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    """A policy with its cloud objects looked up (source vaults, destination)."""
+
+    policy: Policy
+    target: Target
+    source_vaults: tuple[Vault, ...]
+
+
+def retry_policy(policy: Policy) -> retrying.RetryPolicy:
+    settings = policy.retry
+    return retrying.RetryPolicy(
+        max_attempts=settings.max_attempts,
+        initial_backoff=settings.initial_backoff,
+        max_backoff=settings.max_backoff,
+        multiplier=settings.multiplier,
+        jitter=settings.jitter,
+    )
+
+
+def resolve_policy(engine: Engine, policy: Policy) -> ResolvedPolicy:
+    """Look the policy's objects up; a rule the cloud's answers break raises RefusedError."""
+    cloud = engine.cloud
+    source_region = policy.source.region
+    destination_region = policy.destination.region
+    source_project = _project(engine, source_region, None)
+    destinations = cloud.replication_destinations(source_region, source_project)
+    refusal = rules.check_destination(destinations, destination_region, source_region)
+    if refusal is not None:
+        raise RefusedError(
+            refusal,
+            f"policy {policy.name}: {source_region} cannot replicate to {destination_region} "
+            f"(replication destinations: {', '.join(sorted(destinations)) or 'none'})",
+        )
+    vaults = tuple(
+        _source_vault(engine, policy, source_project, name) for name in policy.source.vaults
+    )
+    destination_project = _project(engine, destination_region, policy.destination.project)
+    destination_vault = _find_vault(
+        engine, destination_region, destination_project, policy.destination.vault, policy
+    )
+    refusal = rules.check_destination_vault(destination_vault.protect_type)
+    if refusal is not None:
+        raise RefusedError(
+            refusal,
+            f"policy {policy.name}: destination vault {destination_vault.name} in "
+            f"{destination_region} is not a replication vault "
+            f"(protect_type {destination_vault.protect_type})",
+        )
+    target = Target(
+        policy=policy.name,
+        source_region=source_region,
+        source_project_id=source_project,
+        destination=Destination(destination_region, destination_project, destination_vault.id),
+        retry=retry_policy(policy),
+        name_template=policy.replica.name,
+        description_template=policy.replica.description,
+        enable_acceleration=policy.enable_acceleration,
+        max_in_flight=policy.max_in_flight,
+    )
+    return ResolvedPolicy(policy=policy, target=target, source_vaults=vaults)
+
+
+def _project(engine: Engine, region: str, project: str | None) -> str:
+    try:
+        return engine.cloud.resolve_project(region, project)
+    except NotFoundError as error:
+        raise RefusedError(Reason.PROJECT_NOT_FOUND, str(error)) from None
+
+
+def _find_vault(
+    engine: Engine, region: str, project_id: str, name_or_id: str, policy: Policy
+) -> Vault:
+    try:
+        return engine.cloud.find_vault(region, project_id, name_or_id)
+    except NotFoundError:
+        raise RefusedError(
+            Reason.VAULT_NOT_FOUND,
+            f"policy {policy.name}: vault {name_or_id!r} not found in {region}",
+        ) from None
+
+
+def _source_vault(engine: Engine, policy: Policy, project_id: str, name_or_id: str) -> Vault:
+    vault = _find_vault(engine, policy.source.region, project_id, name_or_id, policy)
+    refusal = rules.check_source_vault(vault.protect_type, vault.object_type)
+    if refusal is not None:
+        raise RefusedError(
+            refusal,
+            f"policy {policy.name}: source vault {vault.name} is a replication vault; "
+            "replicas are never replicated again",
+        )
+    return vault
+
+
+# -- vault bindings ------------------------------------------------------------------------
+
+
+def keep_bindings(engine: Engine, resolved: ResolvedPolicy, *, dry_run: bool) -> None:
+    """Write the once-only binding of each source vault to the destination region on the
+    policy's first sweep; refuse the policy when a binding points elsewhere."""
+    target = resolved.target
+    for vault in resolved.source_vaults:
+        wanted = VaultBinding(
+            source_vault_id=vault.id,
+            destination_region=target.destination.region,
+            destination_project_id=target.destination.project_id,
+            destination_vault_id=target.destination.vault_id,
+            origin=f"policy:{target.policy}",
+            created_at=engine.now(),
+            source_region=target.source_region,
+            source_vault_name=vault.name,
+        )
+        existing = engine.ledger.get_binding(vault.id, target.destination.region)
+        if existing is None and not dry_run:
+            existing = engine.ledger.add_binding(wanted)
+        if existing is not None and not _same_destination(existing, wanted):
+            raise RefusedError(
+                Reason.VAULT_ALREADY_REPLICATED,
+                f"policy {target.policy}: vault {vault.name} was replicated to "
+                f"{target.destination.region} on {existing.created_at:%Y-%m-%d %H:%M}Z by "
+                f"{existing.origin} (vault {existing.destination_vault_id}, project "
+                f"{existing.destination_project_id}); a vault goes to a region once only",
+            )
+
+
+def _same_destination(binding: VaultBinding, wanted: VaultBinding) -> bool:
+    return (
+        binding.destination_project_id == wanted.destination_project_id
+        and binding.destination_vault_id == wanted.destination_vault_id
+    )
+
+
+# -- scanning ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    backups_seen: int = 0
+    enqueued: int = 0
+    adopted: int = 0
+    reasons: Counter[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.reasons = Counter()
+
+
+def scan_vault(
+    engine: Engine,
+    resolved: ResolvedPolicy,
+    vault: Vault,
+    tally: _Tally,
+    *,
+    dry_run: bool,
+    sink: DecisionSink | None,
+    renew: Callable[[], None],
+) -> None:
+    target = resolved.target
+    region = target.destination.region
+    for page in engine.cloud.list_backup_pages(
+        target.source_region, target.source_project_id, vault.id
+    ):
+        renew()
+        jobs = engine.ledger.get_jobs(region, [backup.id for backup in page])
+        now = engine.now()
+        writes: list[Job] = []
+        for backup in page:
+            job = jobs.get(backup.id)
+            decision = rules.decide(backup, region, job, now)
+            _count(tally, decision)
+            if sink is not None:
+                sink(resolved.policy, vault, backup, decision)
+            write = plan_write(engine, resolved, vault, backup, job=job, decision=decision)
+            if write is not None:
+                writes.append(write)
+        if writes and not dry_run:
+            engine.ledger.save_jobs(writes, now)
+
+
+def _count(tally: _Tally, decision: Decision) -> None:
+    tally.backups_seen += 1
+    assert tally.reasons is not None
+    tally.reasons[decision.reason] += 1
+    if decision.action == Action.ENQUEUE:
+        tally.enqueued += 1
+    elif decision.action == Action.ADOPT:
+        tally.adopted += 1
+
+
+def plan_write(
+    engine: Engine,
+    resolved: ResolvedPolicy,
+    vault: Vault,
+    backup: Backup,
+    *,
+    job: Job | None,
+    decision: Decision,
+) -> Job | None:
+    """The ledger row this decision leads to, or None when nothing changes."""
+    now = engine.now()
+    if job is not None and _leased_by_other(engine, job):
+        return None  # a submitter holds it: its own writes win
+    if decision.action == Action.ENQUEUE:
+        if job is None:
+            return new_job(resolved, vault, backup, JobState.QUEUED, Origin.POLICY)
+        return None  # queued or failed-and-due: the claim picks it up as it is
+    if decision.action == Action.ADOPT and decision.record is not None:
+        base = job or new_job(resolved, vault, backup, JobState.QUEUED, Origin.ADOPTED)
+        adopted = replicate.apply_record(base, decision.record, now)
+        return adopted if adopted != job else None
+    if decision.action == Action.TRACK and job is not None and decision.record is not None:
+        return replicate.track_from_backup(
+            job.evolve(replication_record_id=job.replication_record_id or decision.record.id),
+            backup,
+            resolved.target.retry,
+            now,
+            engine.rng,
+        ) or (
+            replicate.apply_record(job, decision.record, now)
+            if job.state == JobState.SUBMITTING and decision.record.is_live
+            else None
+        )
+    return None
+
+
+def _leased_by_other(engine: Engine, job: Job) -> bool:
+    return (
+        job.lease_owner is not None
+        and job.lease_owner != engine.owner
+        and job.lease_expires_at is not None
+        and job.lease_expires_at > engine.now()
+    )
+
+
+def new_job(
+    resolved: ResolvedPolicy, vault: Vault, backup: Backup, state: JobState, origin: Origin
+) -> Job:
+    target = resolved.target
+    return Job(
+        source_backup_id=backup.id,
+        destination_region=target.destination.region,
+        state=state,
+        origin=origin,
+        policy=target.policy,
+        source_region=target.source_region,
+        source_project_id=target.source_project_id,
+        source_vault_id=vault.id,
+        destination_project_id=target.destination.project_id,
+        destination_vault_id=target.destination.vault_id,
+        backup_name=backup.name,
+        backup_created_at=backup.created_at,
+        bytes=backup.bytes,
+    )
+
+
+# -- one sweep -----------------------------------------------------------------------------
+
+
+def sweep_policy(
+    engine: Engine,
+    policy: Policy,
+    *,
+    dry_run: bool = False,
+    sink: DecisionSink | None = None,
+    submit: bool = True,
+) -> tuple[SweepReport, ResolvedPolicy | None]:
+    """Sweep one policy under its ledger lease. Refusals and cloud errors end up in the
+    report (``error``/``error_reason``); PermissionDeniedError propagates (stop everything)."""
+    started = engine.now()
+    lease_name = f"sweep:{policy.name}"
+    lease_length = max(engine.lease, timedelta(minutes=5))
+    if not dry_run and not engine.ledger.acquire_lease(
+        lease_name, owner=engine.owner, now=started, until=started + lease_length
+    ):
+        report = SweepReport(policy=policy.name, started_at=started, finished_at=engine.now())
+        return replace(
+            report, error="another process is sweeping this policy", error_reason="leased"
+        ), None
+
+    def renew() -> None:
+        if not dry_run:
+            now = engine.now()
+            engine.ledger.acquire_lease(
+                lease_name, owner=engine.owner, now=now, until=now + lease_length
+            )
+
+    sweep_id = None if dry_run else engine.ledger.start_sweep(policy.name, started)
+    tally = _Tally()
+    submitted = 0
+    error: str | None = None
+    error_reason: str | None = None
+    resolved: ResolvedPolicy | None = None
+    monotonic_start = time.monotonic()
+    try:
+        resolved = resolve_policy(engine, policy)
+        keep_bindings(engine, resolved, dry_run=dry_run)
+        for vault in resolved.source_vaults:
+            scan_vault(engine, resolved, vault, tally, dry_run=dry_run, sink=sink, renew=renew)
+        if submit and not dry_run:
+            submitted = replicate.submit_due(engine, resolved.target).submitted
+    except RefusedError as refusal:
+        error, error_reason = str(refusal), refusal.reason
+    except Exception as failure:
+        from daemon.errors import CloudError, PermissionDeniedError
+
+        if isinstance(failure, PermissionDeniedError) or not isinstance(failure, CloudError):
+            raise
+        error, error_reason = str(failure), failure.code or failure.__class__.__name__
+    finally:
+        if not dry_run:
+            engine.ledger.release_lease(lease_name, owner=engine.owner)
+    report = SweepReport(
+        policy=policy.name,
+        started_at=started,
+        finished_at=engine.now(),
+        backups_seen=tally.backups_seen,
+        reasons=dict(tally.reasons or {}),
+        enqueued=tally.enqueued,
+        adopted=tally.adopted,
+        submitted=submitted,
+        error=error,
+        error_reason=error_reason,
+    )
+    if sweep_id is not None:
+        engine.ledger.finish_sweep(sweep_id, report)
+    log.info(
+        "sweep_finished",
+        policy=policy.name,
+        seen=report.backups_seen,
+        enqueued=report.enqueued,
+        adopted=report.adopted,
+        submitted=report.submitted,
+        error_reason=error_reason,
+        error=error,
+        seconds=round(time.monotonic() - monotonic_start, 3),
+    )
+    return report, resolved

@@ -1,0 +1,117 @@
+"""Parsing of CBR answers: lenient where the API is loose, strict where the rules need a field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from daemon import wire
+from daemon.errors import MalformedAnswerError
+
+
+def backup_json(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "id": "b1",
+        "name": "web-1",
+        "vault_id": "v1",
+        "resource_type": "OS::Nova::Server",
+        "image_type": "backup",
+        "status": "available",
+        "resource_size": 40,
+        "created_at": "2026-11-01T10:00:00.000000",
+        "extend_info": {"contain_system_disk": True},
+        "children": [{"extend_info": {"bootable": True}}],
+        "replication_records": [
+            {
+                "id": "r1",
+                "status": "fail",
+                "destination_region": "cn-south-1",
+                "created_at": "2026-11-01T11:00:00Z",
+                "extra_info": {"fail_code": "BackupService.6129", "fail_reason": "full"},
+            }
+        ],
+        "some_future_field": {"ignored": True},
+    }
+    body.update(overrides)
+    return body
+
+
+def test_backup_parses_every_field_the_rules_use() -> None:
+    backup = wire.parse_backup(backup_json(), "ListBackups")
+    assert backup.id == "b1"
+    assert backup.contain_system_disk is True
+    assert backup.children_bootable == (True,)
+    assert backup.bytes == 40 * 2**30
+    assert backup.created_at == datetime(2026, 11, 1, 10, tzinfo=UTC)
+    record = backup.replication_records[0]
+    assert (record.status, record.fail_code, record.fail_reason) == (
+        "fail",
+        "BackupService.6129",
+        "full",
+    )
+    assert record.created_at == datetime(2026, 11, 1, 11, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("missing", ["id", "vault_id", "resource_type", "image_type", "status"])
+def test_backup_without_a_required_field_is_malformed(missing: str) -> None:
+    body = backup_json()
+    del body[missing]
+    with pytest.raises(MalformedAnswerError, match=missing):
+        wire.parse_backup(body, "ListBackups")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("status", 3), ("replication_records", "x"), ("extend_info", []), ("resource_size", "big")],
+)
+def test_backup_with_a_wrongly_typed_field_is_malformed(field: str, value: object) -> None:
+    with pytest.raises(MalformedAnswerError):
+        wire.parse_backup(backup_json(**{field: value}), "ListBackups")
+
+
+def test_absent_system_disk_flag_stays_unknown() -> None:
+    backup = wire.parse_backup(backup_json(extend_info={}), "ListBackups")
+    assert backup.contain_system_disk is None
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"<html>gateway</html>", b'{"backups": [', b"[]", None, b"\xff\xfe"]
+)
+def test_bodies_that_are_not_a_json_object_are_malformed(raw: bytes | None) -> None:
+    with pytest.raises(MalformedAnswerError):
+        wire.parse_body(raw, "ListBackups")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-01T10:00:00", datetime(2026, 11, 1, 10, tzinfo=UTC)),
+        ("2026-11-01T10:00:00.123456", datetime(2026, 11, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-11-01T12:00:00+02:00", datetime(2026, 11, 1, 10, tzinfo=UTC)),
+        ("2026-11-01 10:00:00Z", datetime(2026, 11, 1, 10, tzinfo=UTC)),
+        ("yesterday", None),
+        (None, None),
+    ],
+)
+def test_timestamps_are_parsed_leniently_as_utc(
+    text: str | None, expected: datetime | None
+) -> None:
+    assert wire.parse_timestamp(text) == expected
+
+
+def test_capabilities_pick_the_entry_of_the_queried_region() -> None:
+    body = {
+        "regions": [
+            {"name": "cn-south-1", "replication_destinations": ["cn-north-4"]},
+            {"name": "cn-north-4", "replication_destinations": ["cn-south-1", "ap-southeast-1"]},
+        ]
+    }
+    assert wire.parse_destinations(body, "cn-north-4", "caps") == {"cn-south-1", "ap-southeast-1"}
+    assert wire.parse_destinations(body, "af-south-1", "caps") == frozenset()
+
+
+def test_backup_page_reports_the_server_count() -> None:
+    page, count = wire.parse_backup_page({"backups": [backup_json()], "count": 1201}, "ListBackups")
+    assert [backup.id for backup in page] == ["b1"]
+    assert count == 1201

@@ -1,0 +1,83 @@
+"""SQLite specifics: file safety, durability pragmas, integrity check, schema versions."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import LedgerError
+from daemon.ledger import SCHEMA_VERSION, open_ledger
+
+
+def test_the_ledger_file_is_private_and_its_directory_too(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "ledger.db"
+    open_ledger(f"sqlite:///{path}").close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_an_existing_world_readable_ledger_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    open_ledger(f"sqlite:///{path}").close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_connections_use_wal_full_sync_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        with ledger.engine.connect() as connection:
+            pragma = {
+                name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+            }
+    finally:
+        ledger.close()
+    assert pragma == {
+        "journal_mode": "wal",
+        "synchronous": 2,
+        "busy_timeout": 10000,
+        "foreign_keys": 1,
+    }
+
+
+def test_a_file_that_is_not_a_database_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"this is not SQLite " * 400)
+    path.chmod(0o600)
+    with pytest.raises(LedgerError, match=r"ledger\.db.*restore it from a backup or move it away"):
+        open_ledger(f"sqlite:///{path}")
+
+
+def test_a_ledger_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    open_ledger(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(LedgerError, match="newer than this cbr-replicator understands"):
+        open_ledger(f"sqlite:///{path}")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "in-memory"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("mysql://root@localhost/x", "unsupported database"),
+        ("not a url", "cannot parse"),
+    ],
+)
+def test_unusable_urls_are_refused_with_the_fix(url: str, message: str) -> None:
+    with pytest.raises(LedgerError, match=message):
+        open_ledger(url)
+
+
+def test_an_unwritable_directory_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(LedgerError, match="cannot create or open"):
+        open_ledger(f"sqlite:///{blocker / 'ledger.db'}")
