@@ -99,6 +99,11 @@ def run_once(
     if wait and not dry_run:
         wait_for_run(app.engine, run, timeout=wait_timeout)
     _print_run(app, run, printer, as_json=as_json, dry_run=dry_run)
+    if wait and not dry_run and not as_json:
+        _out(
+            f"after waiting: {run.failed_jobs} failed, {run.given_up_jobs} given up, "
+            f"{run.unfinished_jobs} unfinished (see status and history)"
+        )
     return _run_exit_code(run)
 
 

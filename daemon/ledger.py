@@ -579,8 +579,9 @@ class SqlLedger:
             }
 
     def traffic_bytes(self, *, policy: str | None = None, since: datetime | None = None) -> int:
+        # Adopted replicas were made before this ledger knew them: not our traffic.
         query = select(func.coalesce(func.sum(JobRow.bytes), 0)).where(
-            JobRow.state == JobState.SUCCEEDED.value
+            JobRow.state == JobState.SUCCEEDED.value, JobRow.origin != Origin.ADOPTED.value
         )
         if policy is not None:
             query = query.where(JobRow.policy == policy)

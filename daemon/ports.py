@@ -200,7 +200,8 @@ class Ledger(Protocol):
         ...
 
     def traffic_bytes(self, *, policy: str | None = None, since: datetime | None = None) -> int:
-        """Bytes of jobs that succeeded (finished) since ``since``, as CBR bills them."""
+        """Bytes of jobs that succeeded (finished) since ``since``, as CBR bills them; replicas
+        adopted from the cloud were not made by us and do not count."""
         ...
 
     def oldest_pending_backup(self, policy: str) -> datetime | None:

@@ -193,6 +193,7 @@ def test_counts_paging_traffic_and_oldest_pending(ledger: SqlLedger) -> None:
             job("waiting", backup_created_at=datetime(2026, 11, 20, tzinfo=UTC)),
             job("failing", JobState.FAILED, backup_created_at=datetime(2026, 11, 21, tzinfo=UTC)),
             job("manual", policy=None, origin=Origin.MANUAL),
+            job("adopted", JobState.SUCCEEDED, bytes=99 * GIB, origin=Origin.ADOPTED),
         ],
         NOW,
     )
@@ -202,12 +203,14 @@ def test_counts_paging_traffic_and_oldest_pending(ledger: SqlLedger) -> None:
     assert ledger.oldest_pending_backup("web") == datetime(2026, 11, 20, tzinfo=UTC)
     assert ledger.oldest_pending_backup("db") is None
     counts = ledger.job_counts()
-    assert counts[("web", JobState.SUCCEEDED)] == 2
+    assert counts[("web", JobState.SUCCEEDED)] == 3
     assert counts[(None, JobState.QUEUED)] == 1
     assert ledger.count_jobs([JobState.QUEUED, JobState.FAILED], policy="web") == 2
     first = ledger.jobs_in_states([JobState.SUCCEEDED], limit=2)
     rest = ledger.jobs_in_states([JobState.SUCCEEDED], limit=2, after_id=first[-1].id or 0)
-    assert [j.source_backup_id for j in first + rest] == ["done-old", "done-new", "done-db"]
+    assert [j.source_backup_id for j in first] == ["done-old", "done-new"]
+    assert [j.source_backup_id for j in rest] == ["done-db", "adopted"]
+    assert ledger.jobs_in_states([JobState.SUCCEEDED], limit=5, after_id=rest[-1].id or 0) == []
 
 
 def binding(origin: str = "policy:web", vault: str = "v-dst", **fields: Any) -> VaultBinding:
