@@ -511,7 +511,7 @@ class HuaweiCloud:
             self._options.read_timeout.total_seconds(),
         )
         config.retry_times = 0
-        config.ignore_ssl_verification = False
+        config.ignore_ssl_verification = not self._options.verify_tls
         config.ssl_ca_cert = self._options.ca_bundle
         config.pool_connections = max(10, self._options.concurrency)
         config.pool_maxsize = max(10, self._options.concurrency)

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -54,7 +55,9 @@ class Emulator:
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls
         self.state_file = Path(state_file) if state_file is not None else None
         state = self._initial_state(scenario)
         on_change = self._save if self.state_file is not None else None
@@ -91,6 +94,10 @@ class Emulator:
     def start(self) -> str:
         """Listen (port 0 = any free port) and serve in a daemon thread; return the base URL."""
         server = EmulatorHTTPServer(self._address, self.world, self.faults, self.credentials)
+        if self.tls is not None:
+            # HTTPS, for tests of the adapter's certificate checks (verify_tls, ca_bundle).
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
+            server.scheme = "https"
         self._server = server
         # A short poll interval keeps stop() fast: tests start and stop many emulators.
         self._thread = threading.Thread(

@@ -88,6 +88,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 1024
+    scheme = "http"
     allow_reuse_address = True
 
     def __init__(
@@ -106,7 +107,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self.scheme}://{host!s}:{port}"
 
 
 def route(method: str, path: str) -> tuple[str, dict[str, str]] | None:

@@ -1,0 +1,64 @@
+"""TLS: the adapter verifies the endpoint's certificate unless told not to, and trusts a
+private CA given as ``ca_bundle``. The emulator serves HTTPS with a certificate from a
+throwaway CA (trustme), so the SDK's real TLS code path runs."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from daemon.emulator import Emulator
+from daemon.errors import PermanentError
+from tests.adapter.test_cloud_contract import SOURCE, make_cloud
+
+SCENARIO = {
+    "regions": {
+        SOURCE: {"vaults": [{"name": "web-prod"}]},
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def https_emulator(authority: trustme.CA) -> Iterator[Emulator]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    with Emulator(SCENARIO, clock="manual", tls=context) as running:
+        assert running.url.startswith("https://")
+        yield running
+
+
+def test_an_untrusted_certificate_is_refused_with_a_clear_error(
+    https_emulator: Emulator,
+) -> None:
+    cloud = make_cloud(https_emulator)
+    with pytest.raises(PermanentError) as refused:
+        cloud.resolve_project(SOURCE)
+    assert refused.value.code == "TLSError"
+    assert "certificate" in str(refused.value).lower()
+    assert https_emulator.requests() == []  # nothing was answered over the untrusted link
+
+
+def test_a_private_ca_bundle_is_trusted(
+    https_emulator: Emulator, authority: trustme.CA, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    cloud = make_cloud(https_emulator, ca_bundle=str(bundle))
+    assert cloud.resolve_project(SOURCE) == https_emulator.project_id(SOURCE)
+    vault = cloud.find_vault(SOURCE, cloud.resolve_project(SOURCE), "web-prod")
+    assert vault.name == "web-prod"
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_verification_can_be_switched_off_explicitly(https_emulator: Emulator) -> None:
+    cloud = make_cloud(https_emulator, verify_tls=False)
+    assert cloud.resolve_project(SOURCE) == https_emulator.project_id(SOURCE)
