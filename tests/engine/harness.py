@@ -137,6 +137,11 @@ class Deployment:
     emulator: Emulator
     config: Path
     workdir: Path
+    ledger_url: str | None = None
+
+    def rewrite(self, policies: list[dict[str, Any]], **overrides: Any) -> None:
+        """A new config for the same emulator and ledger (as an operator edits the file)."""
+        write_config(self.config, self.emulator, policies, ledger_url=self.ledger_url, **overrides)
 
     def cli(
         self, *args: str, env: dict[str, str] | None = None
@@ -165,11 +170,16 @@ class Deployment:
 
 
 def write_config(
-    path: Path, emulator: Emulator, policies: list[dict[str, Any]], **overrides: Any
+    path: Path,
+    emulator: Emulator,
+    policies: list[dict[str, Any]],
+    *,
+    ledger_url: str | None = None,
+    **overrides: Any,
 ) -> Path:
     url = emulator.url
     document: dict[str, Any] = {
-        "ledger": {"url": f"sqlite:///{path.parent / 'ledger.db'}"},
+        "ledger": {"url": ledger_url or f"sqlite:///{path.parent / 'ledger.db'}"},
         "cloud": {
             "provider": "huaweicloud",
             "credentials": {
@@ -193,7 +203,8 @@ def write_config(
 
 
 @pytest.fixture
-def deploy(tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
+def deploy(tmp_path: Path, ledger_url: str) -> Iterator[Callable[..., Deployment]]:
+    """Deployments whose ledger is SQLite or PostgreSQL (``ledger_url`` is parametrized)."""
     emulators: list[Emulator] = []
 
     def make(
@@ -204,8 +215,10 @@ def deploy(tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
         emulator = Emulator(scenario or rules_scenario(), clock="manual")
         emulator.start()
         emulators.append(emulator)
-        config = write_config(tmp_path / "config.yaml", emulator, policies, **overrides)
-        return Deployment(emulator=emulator, config=config, workdir=tmp_path)
+        config = write_config(
+            tmp_path / "config.yaml", emulator, policies, ledger_url=ledger_url, **overrides
+        )
+        return Deployment(emulator=emulator, config=config, workdir=tmp_path, ledger_url=ledger_url)
 
     yield make
     for emulator in emulators:

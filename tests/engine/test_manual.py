@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.engine.harness import Deployment, policy, write_config
+from tests.engine.harness import Deployment, policy
 from tests.engine.test_run_once import WEB_SOUTH, backup_ids
 
 
@@ -77,7 +77,7 @@ def test_policy_whose_destination_differs_from_a_manual_binding_is_refused(
     # Same region as the manual binding but another vault: refused at the sweep.
     moved = policy("db-apac", ["db-prod"], "cn-south-1", "ops-dr")
     moved["destination"]["project"] = "cn-south-1_ops"
-    write_config(deployment.config, deployment.emulator, [moved])
+    deployment.rewrite([moved])
     before = len(deployment.replicate_calls())
     result = deployment.cli("--run-once")
     assert result.returncode == 1
