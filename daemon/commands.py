@@ -197,8 +197,26 @@ def status(app: App, *, as_json: bool) -> int:
         }
         for binding in ledger.list_bindings()
     ]
+    instances: list[dict[str, Any]] = [
+        {
+            "owner": instance.owner,
+            "role": instance.role,
+            "started_at": instance.started_at,
+            "last_seen_at": instance.last_seen_at,
+            "leases": list(instance.leases),
+            "jobs_leased": instance.jobs_leased,
+        }
+        for instance in ledger.instances(now)
+    ]
     if as_json:
-        _json({"policies": policies, "manual_jobs": manual_jobs, "vault_bindings": bindings})
+        _json(
+            {
+                "policies": policies,
+                "manual_jobs": manual_jobs,
+                "vault_bindings": bindings,
+                "instances": instances,
+            }
+        )
         return exitcodes.OK
     for row in policies:
         jobs = ", ".join(f"{state} {count}" for state, count in row["jobs"].items() if count)
@@ -220,6 +238,12 @@ def status(app: App, *, as_json: bool) -> int:
         _out(
             f"vault {vault} -> {binding['destination_region']} since "
             f"{_when(binding['created_at'])} by {binding['origin']}{pending}"
+        )
+    for instance in instances:
+        holds = ", ".join(instance["leases"]) or "no sweep lease"
+        _out(
+            f"instance {instance['owner']} ({instance['role']}): last seen "
+            f"{_when(instance['last_seen_at'])}; holds {holds}, {instance['jobs_leased']} job(s)"
         )
     return exitcodes.OK
 

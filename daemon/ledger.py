@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,9 +48,10 @@ from daemon.model import (
     SweepReport,
     VaultBinding,
 )
-from daemon.ports import HistoryEntry
+from daemon.ports import HistoryEntry, InstanceInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+INSTANCE_RETENTION = timedelta(days=7)  # instances not seen for this long are forgotten
 BUSY_TIMEOUT_MS = 10_000
 IN_LIST_CHUNK = 500  # below SQLite's bound-parameter limit, whatever its build
 
@@ -172,6 +173,17 @@ class LeaseRow(SQLModel, table=True):
     expires_at: datetime | None = _when()
 
 
+class InstanceRow(SQLModel, table=True):
+    """Added in schema version 2: which processes use this ledger (issue 8, ``status``)."""
+
+    __tablename__: ClassVar[str] = "instances"
+
+    owner: str = Field(primary_key=True, max_length=255)
+    role: str = Field(max_length=16)
+    started_at: datetime | None = _when()
+    last_seen_at: datetime | None = _when(index=True)
+
+
 class SchemaVersionRow(SQLModel, table=True):
     __tablename__: ClassVar[str] = "schema_version"
 
@@ -185,11 +197,20 @@ class SchemaVersionRow(SQLModel, table=True):
 Migration = Callable[[Connection], None]
 
 
+def _create(connection: Connection, *names: str) -> None:
+    tables = [SQLModel.metadata.tables[name] for name in names]
+    SQLModel.metadata.create_all(connection, tables=tables)
+
+
 def _v1_initial(connection: Connection) -> None:
-    SQLModel.metadata.create_all(connection)
+    _create(connection, "jobs", "attempts", "vault_bindings", "sweeps", "leases")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+def _v2_instances(connection: Connection) -> None:
+    _create(connection, "instances")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_instances)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -621,6 +642,51 @@ class SqlLedger:
                 )
                 for attempt, job in session.exec(query)
             ]
+
+    # -- instances -------------------------------------------------------------------------------
+    def heartbeat(self, owner: str, *, role: str, now: datetime) -> None:
+        query = select(InstanceRow).where(InstanceRow.owner == owner)
+        with self._session() as session:
+            row = session.exec(query).first()
+            if row is None:
+                row = InstanceRow(owner=owner, role=role, started_at=now)
+                stale = now - INSTANCE_RETENTION
+                for old in session.exec(
+                    select(InstanceRow).where(col(InstanceRow.last_seen_at) < stale)
+                ):
+                    session.delete(old)
+            row.role = role
+            row.last_seen_at = now
+            session.add(row)
+
+    def instances(self, now: datetime) -> list[InstanceInfo]:
+        with self._session() as session:
+            rows = list(
+                session.exec(select(InstanceRow).order_by(col(InstanceRow.last_seen_at).desc()))
+            )
+            leases: dict[str, list[str]] = {}
+            for lease in session.exec(
+                select(LeaseRow).where(col(LeaseRow.expires_at) > now).order_by(col(LeaseRow.name))
+            ):
+                leases.setdefault(lease.owner, []).append(lease.name)
+            jobs = dict(
+                session.exec(
+                    select(JobRow.lease_owner, func.count())
+                    .where(col(JobRow.lease_expires_at) > now)
+                    .group_by(col(JobRow.lease_owner))
+                ).all()
+            )
+        return [
+            InstanceInfo(
+                owner=row.owner,
+                role=row.role,
+                started_at=row.started_at or now,
+                last_seen_at=row.last_seen_at or now,
+                leases=tuple(leases.get(row.owner, ())),
+                jobs_leased=int(jobs.get(row.owner, 0)),
+            )
+            for row in rows
+        ]
 
     def schema_version(self) -> int:
         with self._session() as session:

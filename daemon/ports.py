@@ -91,6 +91,18 @@ class HistoryEntry:
     request_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """A process that used the ledger: who it is, when it was last seen, what it holds."""
+
+    owner: str  # host:pid:start
+    role: str  # daemon | run-once | command
+    started_at: datetime
+    last_seen_at: datetime
+    leases: tuple[str, ...] = ()  # named leases still live (sweep:<policy>, ...)
+    jobs_leased: int = 0
+
+
 class Ledger(Protocol):
     """Durable state: jobs, attempts, vault bindings, sweeps and leases.
 
@@ -212,6 +224,15 @@ class Ledger(Protocol):
         self, *, source_backup_id: str | None = None, policy: str | None = None, limit: int = 50
     ) -> list[HistoryEntry]:
         """Attempts, newest first."""
+        ...
+
+    # -- instances -----------------------------------------------------------------------------
+    def heartbeat(self, owner: str, *, role: str, now: datetime) -> None:
+        """Record that ``owner`` is alive (several instances may share one ledger)."""
+        ...
+
+    def instances(self, now: datetime) -> list[InstanceInfo]:
+        """Every instance seen, newest first, with the leases it holds at ``now``."""
         ...
 
     def close(self) -> None: ...

@@ -42,10 +42,13 @@ def run_policies(
     *,
     dry_run: bool = False,
     sink: DecisionSink | None = None,
+    role: str = "run-once",
 ) -> RunReport:
     """Sweep every given policy once (one after the other); a failing policy never stops
-    the others."""
+    the others. ``role`` is what ``status`` shows for this process among the instances."""
     run = RunReport()
+    if not dry_run:
+        engine.ledger.heartbeat(engine.owner, role=role, now=engine.now())
     for policy in policies:
         report, resolved = sweep_policy(engine, policy, dry_run=dry_run, sink=sink)
         run.sweeps.append(report)
@@ -84,6 +87,7 @@ def wait_for_run(
 def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
     """One round: track replicating jobs, submit due ones; return how many are unfinished."""
     pending = 0
+    engine.ledger.heartbeat(engine.owner, role="run-once", now=engine.now())
     for name, resolved in run.resolved.items():
         target = resolved.target
         try:

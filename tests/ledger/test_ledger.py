@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon.ledger import SqlLedger
+from daemon.ledger import SCHEMA_VERSION, SqlLedger
 from daemon.model import (
     GIB,
     Attempt,
@@ -290,8 +290,35 @@ def test_reopening_keeps_everything(make_ledger: Callable[[], SqlLedger]) -> Non
     first.add_binding(binding())
     first.close()
     second = make_ledger()
-    assert second.schema_version() == 1
+    assert second.schema_version() == SCHEMA_VERSION
     reopened = second.get_job("b-1", REGION)
     assert reopened is not None
     assert reopened.state == JobState.SUBMITTING
     assert second.get_binding("v-src", REGION) is not None
+
+
+def test_instances_show_who_holds_what_and_when_each_was_last_seen(ledger: SqlLedger) -> None:
+    ledger.heartbeat("host-a:10:1", role="daemon", now=NOW)
+    ledger.heartbeat("host-b:20:2", role="run-once", now=NOW + timedelta(seconds=5))
+    ledger.heartbeat("host-a:10:1", role="daemon", now=NOW + timedelta(seconds=30))
+    ledger.acquire_lease(
+        "sweep:web", owner="host-a:10:1", now=NOW, until=NOW + timedelta(minutes=5)
+    )
+    ledger.acquire_lease("sweep:db", owner="host-b:20:2", now=NOW, until=NOW + timedelta(seconds=1))
+    ledger.save_jobs([job("b-1"), job("b-2")], NOW)
+    ledger.claim_jobs(owner="host-a:10:1", now=NOW, lease_until=NOW + timedelta(minutes=2), limit=5)
+    a, b = ledger.instances(NOW + timedelta(minutes=1))
+    assert (a.owner, a.role, a.leases, a.jobs_leased) == (
+        "host-a:10:1",
+        "daemon",
+        ("sweep:web",),
+        2,
+    )
+    assert (a.started_at, a.last_seen_at) == (NOW, NOW + timedelta(seconds=30))
+    assert (b.owner, b.leases, b.jobs_leased) == ("host-b:20:2", (), 0)  # its lease expired
+
+
+def test_instances_not_seen_for_a_week_are_forgotten(ledger: SqlLedger) -> None:
+    ledger.heartbeat("old:1:1", role="daemon", now=NOW)
+    ledger.heartbeat("new:2:2", role="daemon", now=NOW + timedelta(days=8))
+    assert [i.owner for i in ledger.instances(NOW + timedelta(days=8))] == ["new:2:2"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from daemon.errors import LedgerError
-from daemon.ledger import SCHEMA_VERSION, open_ledger
+from daemon.ledger import MIGRATIONS, SCHEMA_VERSION, open_ledger
 
 
 def test_the_ledger_file_is_private_and_its_directory_too(tmp_path: Path) -> None:
@@ -81,3 +83,31 @@ def test_an_unwritable_directory_names_the_path(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(LedgerError, match="cannot create or open"):
         open_ledger(f"sqlite:///{blocker / 'ledger.db'}")
+
+
+def test_a_version_1_ledger_migrates_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:  # what the first release created
+        MIGRATIONS[0](connection)
+        connection.execute(
+            text("CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER)")
+        )
+        connection.execute(text("INSERT INTO schema_version VALUES (1, 1)"))
+        connection.execute(
+            text(
+                "INSERT INTO vault_bindings (source_vault_id, destination_region, "
+                "destination_project_id, destination_vault_id, origin, source_region, state, "
+                "source_vault_name, created_at) "
+                "VALUES ('v', 'r', 'p', 'dv', 'manual', 's', 'bound', 'n', '2026-11-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    path.chmod(0o600)
+    ledger = open_ledger(f"sqlite:///{path}")
+    try:
+        assert ledger.schema_version() == SCHEMA_VERSION == 2
+        assert [b.source_vault_id for b in ledger.list_bindings()] == ["v"]
+        assert ledger.instances(datetime.now(UTC)) == []
+    finally:
+        ledger.close()
