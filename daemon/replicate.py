@@ -192,7 +192,9 @@ def _submit_claimed(
         crash_point("after_reconcile")
         if reconciled is not None:
             return "reconciled", reconciled
-    if not budget.take():
+    # A submitting job was counted in flight when the slots were computed: it keeps its slot.
+    # Asking for a new one would starve it for good once every slot is held by such jobs.
+    elif not budget.take():
         _release(engine, job)
         return "deferred", job
     intent = _write_intent(engine, target, job)

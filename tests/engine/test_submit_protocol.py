@@ -1,0 +1,170 @@
+"""The submission protocol in-process: the real ledger (both backends), the real adapter over
+HTTP against the emulator, and an explicit clock, so lease expiry needs no waiting."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from daemon import replicate, retrying
+from daemon.emulator import Emulator
+from daemon.ledger import SqlLedger, open_ledger
+from daemon.model import GIB, Destination, Job, JobState, Origin
+from daemon.replicate import Engine, Target
+from tests.adapter.test_cloud_contract import make_cloud
+from tests.engine.harness import server_backup
+
+SOURCE, DEST = "cn-north-4", "cn-south-1"
+START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    now: datetime = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    scenario = {
+        "regions": {
+            SOURCE: {
+                "replication_destinations": [DEST],
+                "vaults": [
+                    {
+                        "name": "web-prod",
+                        "backups": [server_backup("web-1"), server_backup("web-2")],
+                    }
+                ],
+            },
+            DEST: {"vaults": [{"name": "web-dr", "protect_type": "replication"}]},
+        }
+    }
+    with Emulator(scenario, clock="manual") as running:
+        yield running
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[SqlLedger]:
+    opened = open_ledger(ledger_url)
+    yield opened
+    opened.close()
+
+
+def setup(emulator: Emulator, ledger: SqlLedger, *, max_in_flight: int) -> tuple[Engine, Target]:
+    clock = Clock()
+    engine = Engine(
+        cloud=make_cloud(emulator),
+        ledger=ledger,
+        clock=clock,
+        owner="test:1:1",
+        lease=timedelta(minutes=2),
+        rng=random.Random(7),
+        concurrency=2,
+    )
+    target = Target(
+        policy="web",
+        source_region=SOURCE,
+        source_project_id=emulator.project_id(SOURCE),
+        destination=Destination(DEST, emulator.project_id(DEST), emulator.vault_id(DEST, "web-dr")),
+        retry=retrying.RetryPolicy(
+            max_attempts=3,
+            initial_backoff=timedelta(minutes=1),
+            max_backoff=timedelta(minutes=10),
+            multiplier=2.0,
+            jitter=0.0,
+        ),
+        name_template="{backup_name}",
+        description_template="copy of {backup_id}",
+        enable_acceleration=False,
+        max_in_flight=max_in_flight,
+    )
+    return engine, target
+
+
+def job_for(emulator: Emulator, engine: Engine, target: Target, name: str, **fields: object) -> Job:
+    values: dict[str, object] = {
+        "source_backup_id": emulator.backup_id(name),
+        "destination_region": DEST,
+        "state": JobState.QUEUED,
+        "origin": Origin.POLICY,
+        "policy": target.policy,
+        "source_region": SOURCE,
+        "source_project_id": target.source_project_id,
+        "source_vault_id": emulator.vault_id(SOURCE, "web-prod"),
+        "destination_project_id": target.destination.project_id,
+        "destination_vault_id": target.destination.vault_id,
+        "backup_name": name,
+        "bytes": 40 * GIB,
+    }
+    values.update(fields)
+    return Job(**values)  # type: ignore[arg-type]
+
+
+def test_a_submitting_job_left_by_a_crash_is_posted_even_when_it_holds_the_only_slot(
+    emulator: Emulator, ledger: SqlLedger
+) -> None:
+    """Crash after the intent, before the POST: the job is ``submitting`` and counts as in
+    flight. With max_in_flight 1 it must still be reconciled and then POSTed, exactly once."""
+    engine, target = setup(emulator, ledger, max_in_flight=1)
+    crashed = job_for(
+        emulator,
+        engine,
+        target,
+        "web-1",
+        state=JobState.SUBMITTING,
+        lease_owner="dead:9:9",
+        lease_expires_at=START - timedelta(seconds=1),
+    )
+    ledger.save_jobs([crashed], START)
+    report = replicate.submit_due(engine, target)
+    assert (report.claimed, report.submitted) == (1, 1)
+    assert len(emulator.requests("replicate_backup")) == 1
+    assert len(emulator.requests("show_backup")) == 1  # reconciled before the POST
+    stored = ledger.get_job(crashed.source_backup_id, DEST)
+    assert stored is not None
+    assert stored.state == JobState.REPLICATING
+    assert stored.lease_owner is None
+
+
+def test_a_live_lease_of_another_process_is_respected_until_it_expires(
+    emulator: Emulator, ledger: SqlLedger
+) -> None:
+    engine, target = setup(emulator, ledger, max_in_flight=5)
+    held = job_for(
+        emulator,
+        engine,
+        target,
+        "web-1",
+        lease_owner="other:2:2",
+        lease_expires_at=START + timedelta(minutes=1),
+    )
+    ledger.save_jobs([held], START)
+    assert replicate.submit_due(engine, target).claimed == 0
+    assert emulator.requests("replicate_backup") == []
+    engine.clock.now = START + timedelta(minutes=2)  # type: ignore[attr-defined]
+    assert replicate.submit_due(engine, target).submitted == 1
+    assert len(emulator.requests("replicate_backup")) == 1
+
+
+def test_a_post_that_landed_before_the_crash_is_found_and_never_repeated(
+    emulator: Emulator, ledger: SqlLedger
+) -> None:
+    engine, target = setup(emulator, ledger, max_in_flight=1)
+    job = job_for(emulator, engine, target, "web-2")
+    ledger.save_jobs([job], START)
+    assert replicate.submit_due(engine, target).submitted == 1
+    # As if the process died after the POST but before recording it: back to submitting.
+    landed = ledger.get_job(job.source_backup_id, DEST)
+    assert landed is not None
+    ledger.save_jobs([landed.evolve(state=JobState.SUBMITTING, replication_record_id=None)], START)
+    report = replicate.submit_due(engine, target)
+    assert (report.reconciled, report.submitted) == (1, 0)
+    assert len(emulator.requests("replicate_backup")) == 1
+    assert emulator.duplicates() == []
