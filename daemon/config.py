@@ -639,13 +639,13 @@ def _describe_policy(policy: Policy) -> Iterator[str]:
     )
     yield f'  replica: name "{policy.replica.name}", description "{policy.replica.description}"'
     yield (
-        f"  limits: max_in_flight {policy.max_in_flight}, "
-        f"acceleration {policy.enable_acceleration}"
+        f"  limits: max_in_flight {policy.max_in_flight}, traffic budget "
+        f"{budget + '/day' if budget else 'none'}, acceleration {policy.enable_acceleration}"
     )
     # Validated today so configs written now stay valid; the engine does not act on them yet.
     yield (
-        f"  not enforced yet: traffic budget {budget + '/day' if budget else 'none'}, "
-        f"rpo {format_duration(policy.rpo)}, stuck after {format_duration(policy.stuck_after)}"
+        f"  not enforced yet: rpo {format_duration(policy.rpo)}, "
+        f"stuck after {format_duration(policy.stuck_after)}"
     )
 
 

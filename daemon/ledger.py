@@ -379,7 +379,8 @@ class SqlLedger:
         if limit <= 0:
             return []
         due = or_(
-            col(JobRow.state) == JobState.QUEUED.value,
+            (col(JobRow.state) == JobState.QUEUED.value)
+            & (col(JobRow.next_attempt_at).is_(None) | (col(JobRow.next_attempt_at) <= now)),
             (col(JobRow.state) == JobState.FAILED.value) & (col(JobRow.next_attempt_at) <= now),
             (col(JobRow.state) == JobState.SUBMITTING.value)
             & (col(JobRow.next_attempt_at).is_(None) | (col(JobRow.next_attempt_at) <= now)),
@@ -526,7 +527,15 @@ class SqlLedger:
             return [_binding_from_row(row) for row in rows]
 
     # -- leases --------------------------------------------------------------------------------
-    def acquire_lease(self, name: str, *, owner: str, now: datetime, until: datetime) -> bool:
+    def acquire_lease(
+        self,
+        name: str,
+        *,
+        owner: str,
+        now: datetime,
+        until: datetime,
+        holder_gone: Callable[[str], bool] | None = None,
+    ) -> bool:
         query = select(LeaseRow).where(LeaseRow.name == name)
         if not self.is_sqlite:
             query = query.with_for_update()
@@ -537,7 +546,10 @@ class SqlLedger:
                     session.add(LeaseRow(name=name, owner=owner, expires_at=until))
                     return True
                 live = row.expires_at is not None and row.expires_at > now
-                if live and row.owner != owner:
+                # A holder killed mid-sweep (kill -9, OOM) would block the policy until its
+                # lease ran out; one that no longer runs may be taken over at once.
+                gone = holder_gone is not None and holder_gone(row.owner)
+                if live and row.owner != owner and not gone:
                     return False
                 row.owner = owner
                 row.expires_at = until
@@ -608,6 +620,21 @@ class SqlLedger:
             query = query.where(JobRow.policy == policy)
         if since is not None:
             query = query.where(col(JobRow.finished_at) >= since)
+        with self._session() as session:
+            return int(session.exec(query).one())
+
+    def submitted_bytes(self, *, policy: str, since: datetime) -> int:
+        accepted = (
+            select(AttemptRow.job_id)
+            .where(AttemptRow.outcome == "accepted", col(AttemptRow.at) >= since)
+            .distinct()
+            .subquery()
+        )
+        query = (
+            select(func.coalesce(func.sum(JobRow.bytes), 0))
+            .join(accepted, col(JobRow.id) == accepted.c.job_id)
+            .where(JobRow.policy == policy)
+        )
         with self._session() as session:
             return int(session.exec(query).one())
 

@@ -508,7 +508,7 @@ class PolicyDefaults(_Model):
     replica: ReplicaTemplate = Field(default_factory=ReplicaTemplate, description="naming")
     enable_acceleration: bool = Field(default=False, description="accelerated replication")
     traffic_budget_per_day: ByteSize | None = Field(
-        default=None, description="bytes replicated per UTC day at most, e.g. 2TiB"
+        default=None, description="bytes submitted per day (schedule timezone) at most, e.g. 2TiB"
     )
     rpo: PositiveDuration | None = Field(
         default=None, description="alert when the newest replica is older"
@@ -529,7 +529,7 @@ class Policy(_Model):
     enable_acceleration: bool = Field(default=False, description="accelerated replication")
     max_in_flight: PositiveInt = Field(default=10, description="replications running at once")
     traffic_budget_per_day: ByteSize | None = Field(
-        default=None, description="bytes replicated per UTC day at most, e.g. 2TiB"
+        default=None, description="bytes submitted per day (schedule timezone) at most, e.g. 2TiB"
     )
     rpo: PositiveDuration = Field(
         default=timedelta(0), description="alert age of the newest replica; default 2x period"

@@ -7,7 +7,7 @@ All datetimes crossing these ports are timezone-aware UTC.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -192,8 +192,17 @@ class Ledger(Protocol):
     def list_bindings(self) -> list[VaultBinding]: ...
 
     # -- leases ------------------------------------------------------------------------------
-    def acquire_lease(self, name: str, *, owner: str, now: datetime, until: datetime) -> bool:
-        """Take or renew the named lease; False when another owner holds it past ``now``."""
+    def acquire_lease(
+        self,
+        name: str,
+        *,
+        owner: str,
+        now: datetime,
+        until: datetime,
+        holder_gone: Callable[[str], bool] | None = None,
+    ) -> bool:
+        """Take or renew the named lease; False when another owner holds it past ``now``,
+        unless ``holder_gone(holder)`` says that owner is a process that no longer runs."""
         ...
 
     def release_lease(self, name: str, *, owner: str) -> None: ...
@@ -214,6 +223,11 @@ class Ledger(Protocol):
     def traffic_bytes(self, *, policy: str | None = None, since: datetime | None = None) -> int:
         """Bytes of jobs that succeeded (finished) since ``since``, as CBR bills them; replicas
         adopted from the cloud were not made by us and do not count."""
+        ...
+
+    def submitted_bytes(self, *, policy: str, since: datetime) -> int:
+        """Bytes of the policy's jobs whose replication the cloud accepted since ``since``
+        (what the traffic budget counts: a replication costs its backup's size once)."""
         ...
 
     def oldest_pending_backup(self, policy: str) -> datetime | None:

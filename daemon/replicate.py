@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -34,6 +36,7 @@ from daemon.model import (
     Destination,
     Job,
     JobState,
+    Reason,
     RecordStatus,
     ReplicaSpec,
     ReplicationRecord,
@@ -58,6 +61,9 @@ class Engine:
     max_in_flight_per_region: int | None = None
     rng: random.Random = field(default_factory=random.Random)
     concurrency: int = 8
+    # Does this lease owner (another process's ``owner``) no longer run? Lets a policy's
+    # sweep lease be taken over at once from a killed process; never by default.
+    owner_gone: Callable[[str], bool] = field(default=lambda _owner: False)
 
     def now(self) -> datetime:
         return self.clock()
@@ -76,6 +82,8 @@ class Target:
     description_template: str
     enable_acceleration: bool
     max_in_flight: int
+    traffic_budget_per_day: int | None = None  # bytes; None: no budget
+    timezone: str = "UTC"  # the day of the traffic budget is a day of this zone
 
 
 @dataclass
@@ -142,7 +150,7 @@ def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> S
     if not claimed:
         return report
     crash_point("after_claim")
-    budget = _SlotBudget(slots)
+    budget = _SlotBudget(slots, _traffic_left(engine, target))
     workers = max(1, min(engine.concurrency, len(claimed)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
         outcomes = list(pool.map(lambda job: _submit_one(engine, target, job, budget), claimed))
@@ -154,10 +162,9 @@ def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> S
 class _SlotBudget:
     """Slots for new POSTs, shared by the worker threads of one pass."""
 
-    def __init__(self, slots: int) -> None:
-        import threading
-
+    def __init__(self, slots: int, traffic: int | None = None) -> None:
         self._slots = slots
+        self._traffic = traffic  # bytes left of today's budget; None: no budget
         self._lock = threading.Lock()
 
     def take(self) -> bool:
@@ -166,6 +173,31 @@ class _SlotBudget:
                 return False
             self._slots -= 1
             return True
+
+    def take_traffic(self, size: int) -> bool:
+        with self._lock:
+            if self._traffic is None:
+                return True
+            if size > self._traffic:
+                return False
+            self._traffic -= size
+            return True
+
+
+def day_bounds(moment: datetime, timezone: str) -> tuple[datetime, datetime]:
+    """Start of ``moment``'s day in ``timezone`` and of the next one, both in UTC."""
+    local = moment.astimezone(ZoneInfo(timezone))
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    following = start + timedelta(days=1)  # wall-clock arithmetic: the next local midnight
+    return start.astimezone(UTC), following.astimezone(UTC)
+
+
+def _traffic_left(engine: Engine, target: Target) -> int | None:
+    if target.traffic_budget_per_day is None:
+        return None
+    day_start, _ = day_bounds(engine.now(), target.timezone)
+    used = engine.ledger.submitted_bytes(policy=target.policy, since=day_start)
+    return max(0, target.traffic_budget_per_day - used)
 
 
 def _submit_one(engine: Engine, target: Target, job: Job, budget: _SlotBudget) -> tuple[str, Job]:
@@ -192,14 +224,36 @@ def _submit_claimed(
         crash_point("after_reconcile")
         if reconciled is not None:
             return "reconciled", reconciled
-    # A submitting job was counted in flight when the slots were computed: it keeps its slot.
-    # Asking for a new one would starve it for good once every slot is held by such jobs.
-    elif not budget.take():
-        _release(engine, job)
-        return "deferred", job
+    # A submitting job was counted in flight when the slots were computed: it keeps its slot
+    # (and was admitted to the traffic budget when its intent was written). Asking again would
+    # starve it for good once every slot is held by such jobs.
+    else:
+        if not budget.take_traffic(job.bytes):
+            return "deferred", _defer_to_next_day(engine, target, job)
+        if not budget.take():
+            _release(engine, job)
+            return "deferred", job
     intent = _write_intent(engine, target, job)
     crash_point("after_intent")
     return _post(engine, target, intent)
+
+
+def _defer_to_next_day(engine: Engine, target: Target, job: Job) -> Job:
+    """Today's traffic budget is spent: the job waits, queued, for the next day."""
+    _, next_day = day_bounds(engine.now(), target.timezone)
+    log.info(
+        "traffic_budget_exhausted",
+        policy=target.policy,
+        backup=job.source_backup_id,
+        region=job.destination_region,
+        until=next_day.isoformat(),
+    )
+    later = job.evolve(
+        next_attempt_at=next_day,
+        last_error_code=str(Reason.TRAFFIC_BUDGET_EXHAUSTED),
+        last_error=f"the policy's traffic budget for today is spent; waits until {next_day}",
+    )
+    return engine.ledger.save_jobs([_unleased(later)], engine.now())[0]
 
 
 def submit_claimed(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:

@@ -131,6 +131,11 @@ def _decide_waiting(backup: Backup, region: str, job: Job, now: datetime) -> Dec
         # Re-checked every sweep: a backup that went unavailable waits, and comes back later.
         return _verdict(backup, Action.SKIP, reason)
     if job.state == JobState.QUEUED:
+        if job.next_attempt_at is not None and job.next_attempt_at > now:
+            # Deferred by the submitter (today's traffic budget is spent); it stays queued.
+            budget = job.last_error_code == Reason.TRAFFIC_BUDGET_EXHAUSTED
+            reason = Reason.TRAFFIC_BUDGET_EXHAUSTED if budget else Reason.BACKING_OFF
+            return _verdict(backup, Action.SKIP, reason)
         return _verdict(backup, Action.ENQUEUE, Reason.ELIGIBLE)
     if job.next_attempt_at is None or job.next_attempt_at <= now:
         return _verdict(backup, Action.ENQUEUE, Reason.RETRY_AFTER_FAILURE)

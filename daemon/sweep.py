@@ -97,6 +97,8 @@ def resolve_policy(engine: Engine, policy: Policy) -> ResolvedPolicy:
         description_template=policy.replica.description,
         enable_acceleration=policy.enable_acceleration,
         max_in_flight=policy.max_in_flight,
+        traffic_budget_per_day=policy.traffic_budget_per_day,
+        timezone=policy.schedule.timezone,
     )
     return ResolvedPolicy(policy=policy, target=target, source_vaults=vaults)
 
@@ -309,7 +311,11 @@ def sweep_policy(
     lease_name = f"sweep:{policy.name}"
     lease_length = max(engine.lease, timedelta(minutes=5))
     if not dry_run and not engine.ledger.acquire_lease(
-        lease_name, owner=engine.owner, now=started, until=started + lease_length
+        lease_name,
+        owner=engine.owner,
+        now=started,
+        until=started + lease_length,
+        holder_gone=engine.owner_gone,
     ):
         report = SweepReport(policy=policy.name, started_at=started, finished_at=engine.now())
         return replace(

@@ -412,3 +412,15 @@ def test_manual_block_looks_up_only_success_records_of_the_region() -> None:
 
     assert rules.manual_block(listed, REGION, replica_exists) is None
     assert asked == ["ok"]
+
+
+def test_a_queued_job_deferred_by_the_traffic_budget_is_skipped_with_that_reason() -> None:
+    deferred = job(
+        JobState.QUEUED,
+        next_attempt_at=NOW + timedelta(hours=3),
+        last_error_code="traffic_budget_exhausted",
+    )
+    decision = rules.decide(backup(), REGION, deferred, NOW)
+    assert (decision.action, decision.reason) == (Action.SKIP, Reason.TRAFFIC_BUDGET_EXHAUSTED)
+    due = deferred.evolve(next_attempt_at=NOW)
+    assert rules.decide(backup(), REGION, due, NOW).action == Action.ENQUEUE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -168,3 +168,34 @@ def test_a_post_that_landed_before_the_crash_is_found_and_never_repeated(
     assert (report.reconciled, report.submitted) == (1, 0)
     assert len(emulator.requests("replicate_backup")) == 1
     assert emulator.duplicates() == []
+
+
+def test_the_daily_traffic_budget_defers_the_rest_to_the_next_local_day(
+    emulator: Emulator, ledger: SqlLedger
+) -> None:
+    """Two 40 GiB backups, a 50 GiB budget per day in Asia/Shanghai (UTC+8): one is
+    submitted; the other waits, queued, until local midnight (16:00 UTC), then goes."""
+    engine, target = setup(emulator, ledger, max_in_flight=5)
+    target = replace(target, traffic_budget_per_day=50 * GIB, timezone="Asia/Shanghai")
+    jobs = [job_for(emulator, engine, target, name) for name in ("web-1", "web-2")]
+    ledger.save_jobs(jobs, START)
+    first = replicate.submit_due(engine, target)
+    assert (first.submitted, first.deferred) == (1, 1)
+    assert len(emulator.requests("replicate_backup")) == 1
+    deferred = [
+        job
+        for job in ledger.jobs_in_states([JobState.QUEUED], limit=5)
+        if job.last_error_code == "traffic_budget_exhausted"
+    ]
+    assert len(deferred) == 1
+    local_midnight = datetime(2026, 11, 25, 16, 0, tzinfo=UTC)
+    assert deferred[0].next_attempt_at == local_midnight
+    assert ledger.submitted_bytes(policy="web", since=START) == 40 * GIB
+    # Later the same local day: nothing is claimed, nothing is sent.
+    engine.clock.now = local_midnight - timedelta(minutes=1)  # type: ignore[attr-defined]
+    assert replicate.submit_due(engine, target).claimed == 0
+    assert len(emulator.requests("replicate_backup")) == 1
+    # The next local day has a fresh budget.
+    engine.clock.now = local_midnight  # type: ignore[attr-defined]
+    assert replicate.submit_due(engine, target).submitted == 1
+    assert len(emulator.requests("replicate_backup")) == 2
