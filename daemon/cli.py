@@ -25,6 +25,7 @@ from daemon.errors import (
     RefusedError,
     TransientError,
 )
+from daemon.policy import parse_duration
 
 DEFAULT_CONFIG = "/etc/cbr-replicator/config.yaml"
 CONFIG_ENV = "CBR_REPLICATOR_CONFIG"
@@ -78,10 +79,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait-timeout",
-        type=float,
-        default=3600.0,
-        metavar="SECONDS",
-        help="give up waiting after this long (default 3600)",
+        type=_duration,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="give up waiting after this long: 90s, 30m, 2h (default 1h)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="decide and print; change nothing, send nothing"
@@ -95,8 +96,18 @@ def _add_destination(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to-project", help="destination project name or id")
     parser.add_argument("--source-region")
     parser.add_argument("--wait", action="store_true")
-    parser.add_argument("--wait-timeout", type=float, default=3600.0, metavar="SECONDS")
+    parser.add_argument(
+        "--wait-timeout", type=_duration, default=timedelta(hours=1), metavar="DURATION"
+    )
     parser.add_argument("--json", action="store_true")
+
+
+def _duration(text: str) -> timedelta:
+    """A duration as in the config (``90s``, ``30m``, ``2h``) or a number of seconds."""
+    value = parse_duration(text)
+    if not isinstance(value, timedelta) or value.total_seconds() <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m or 2h")
+    return value
 
 
 def _add_replicate_backup(commands: Any) -> None:
@@ -137,9 +148,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = handlers.get(args.command)
     if handler is None:
         if not args.run_once:
-            parser.print_usage(sys.stderr)
-            print("cbr-replicator: daemon mode is not built yet; use --run-once", file=sys.stderr)
-            return exitcodes.USAGE
+            run_only = [
+                flag for flag in ("policy", "wait", "dry_run", "json") if getattr(args, flag)
+            ]
+            if run_only:
+                parser.print_usage(sys.stderr)
+                print(
+                    f"cbr-replicator: --{run_only[0].replace('_', '-')} needs --run-once "
+                    "(without a command or --run-once, cbr-replicator runs the daemon)",
+                    file=sys.stderr,
+                )
+                return exitcodes.USAGE
+            from daemon.service import run_daemon
+
+            with _errors_as_exit_codes() as result:
+                result.code = run_daemon(config_path, log_format=args.log_format)
+            return result.code
         handler = command_run_once
     with _errors_as_exit_codes() as result:
         result.code = handler(args, config_path)
@@ -239,7 +263,7 @@ def command_run_once(args: argparse.Namespace, config_path: Path) -> int:
             policies=args.policy,
             dry_run=args.dry_run,
             wait=args.wait,
-            wait_timeout=timedelta(seconds=args.wait_timeout),
+            wait_timeout=args.wait_timeout,
             as_json=args.json,
         )
 

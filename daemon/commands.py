@@ -264,12 +264,7 @@ def _size(count: int) -> str:
 def history(app: App, *, backup: str | None, policy: str | None, limit: int, as_json: bool) -> int:
     entries = app.ledger.history(source_backup_id=backup, policy=policy, limit=limit)
     if as_json:
-        _json(
-            [
-                entry.__dict__ if hasattr(entry, "__dict__") else _entry_dict(entry)
-                for entry in entries
-            ]
-        )
+        _json([_entry_dict(entry) for entry in entries])
         return exitcodes.OK
     for entry in entries:
         _out(
@@ -328,7 +323,7 @@ def replicate_vault(app: App, args: argparse.Namespace) -> int:
 def _finish_manual(app: App, result: manual.ManualResult, args: argparse.Namespace) -> int:
     jobs = list(result.jobs)
     if args.wait:
-        jobs = _wait_jobs(app, jobs, timedelta(seconds=args.wait_timeout))
+        jobs = _wait_jobs(app, jobs, args.wait_timeout)
     if args.json:
         _json({"message": result.message, "jobs": [_job_dict(job) for job in jobs]})
     else:

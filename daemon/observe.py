@@ -1,5 +1,11 @@
 """Logging, configured once: structlog with secret redaction; JSON lines when the output is
-not a terminal (journald keeps them), readable console lines on a terminal."""
+not a terminal (journald keeps them), readable console lines on a terminal.
+
+The daemon logs to stdout (nothing else is written there); every other command logs to
+stderr, because its stdout carries the report or the JSON document. Standard-library loggers
+(the cloud SDK, urllib3, APScheduler) are routed through the same processors, redaction
+included, at WARNING and above only.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -17,6 +24,10 @@ SECRET_KEY = re.compile(
 )
 MASK = "****"
 SDK_LOGGERS = ("HuaweiCloud-SDK-CbrClient", "HuaweiCloud-SDK-IamClient", "urllib3", "requests")
+# Library loggers that reach the log at WARNING and above; never lower, even with
+# ``log.level: debug`` (SDK and urllib3 debug lines carry request headers).
+ROUTED_LOGGERS = (*SDK_LOGGERS, "HuaweiCloud-SDK", "apscheduler")
+FORMATS = ("auto", "json", "console")
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -41,25 +52,50 @@ def redact_text(text: str) -> str:
     return text
 
 
+def _redact_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            key: MASK if _secret_key(key) else _redact_value(item) for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(item) for item in value]
+    return redact_text(str(value))  # exceptions, paths, times: their text, redacted
+
+
+def _secret_key(key: object) -> bool:
+    return isinstance(key, str) and SECRET_KEY.search(key) is not None
+
+
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Runs after exception formatting, before rendering, so tracebacks are covered too."""
     for key, value in list(event.items()):
-        if SECRET_KEY.search(key):
-            event[key] = MASK
-        elif isinstance(value, str):
-            event[key] = redact_text(value)
-        elif isinstance(value, Exception):
-            event[key] = redact_text(str(value))
+        if key.startswith("_"):
+            continue  # ProcessorFormatter's own fields (the LogRecord), never rendered
+        event[key] = MASK if _secret_key(key) else _redact_value(value)
     return event
 
 
+# -- configuration -------------------------------------------------------------------------
+
+
+def wants_console(fmt: str, stream: TextIO) -> bool:
+    """``auto`` means console output on a terminal, JSON lines otherwise."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return fmt == "console" or (fmt == "auto" and stream.isatty())
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """``fmt`` is auto|json|console; auto picks console on a terminal, JSON otherwise."""
+    """``fmt`` is auto|json|console; auto picks console on a terminal, JSON otherwise.
+    ``stream`` defaults to stderr (commands); the daemon passes stdout."""
     out = stream or sys.stderr
-    console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
-        if console
+        if wants_console(fmt, out)
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(
@@ -77,14 +113,72 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    _quiet_sdk_loggers()
+    _route_library_loggers(out, renderer)
 
 
-def _quiet_sdk_loggers() -> None:
-    """The SDK logs request lines at INFO and, with no handler, ERROR lines reach stderr
-    through Python's last-resort handler; keep them at WARNING and never at DEBUG."""
-    for name in SDK_LOGGERS:
+class _RoutedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler this module installed, so a second configuration replaces it."""
+
+
+def _route_library_loggers(out: TextIO, renderer: Any) -> None:
+    """Standard-library records (the SDK, urllib3, APScheduler) go through the same
+    processors and renderer as structlog's, at WARNING and above."""
+    handler = _RoutedHandler(out)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RoutedHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    for name in ROUTED_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)
-        logger.handlers = [logging.NullHandler()]
-        logger.propagate = False
+        logger.handlers = []
+        logger.propagate = True
+
+
+def reset_logging() -> None:
+    """Undo ``configure_logging`` (tests): structlog's defaults, no routed handler, no
+    registered secrets."""
+    structlog.reset_defaults()
+    clear_registered_secrets()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _RoutedHandler)]:
+        root.removeHandler(handler)
+
+
+# -- context -------------------------------------------------------------------------------
+
+
+@contextmanager
+def bound_context(**values: object) -> Iterator[None]:
+    """Bind ``values`` (None values skipped) to every log line of this thread or task until
+    the block ends: ``with bound_context(policy=name): ...``."""
+    present = {key: value for key, value in values.items() if value is not None}
+    with structlog.contextvars.bound_contextvars(**present):
+        yield
+
+
+def job_context(
+    *,
+    policy: str | None,
+    vault: str | None = None,
+    backup: str | None = None,
+    region: str | None = None,
+) -> Any:
+    """The context of one job (DESIGN.md: policy, vault, backup, destination region)."""
+    return bound_context(policy=policy, vault=vault, backup=backup, region=region)

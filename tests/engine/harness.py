@@ -210,9 +210,14 @@ def deploy(tmp_path: Path, ledger_url: str) -> Iterator[Callable[..., Deployment
     def make(
         policies: list[dict[str, Any]],
         scenario: dict[str, Any] | None = None,
+        *,
+        time_scale: float | None = None,
         **overrides: Any,
     ) -> Deployment:
-        emulator = Emulator(scenario or rules_scenario(), clock="manual")
+        """``time_scale``: the emulator runs on a sped-up real clock (for ``--wait``); by
+        default its clock only moves when a test advances it."""
+        clock = "manual" if time_scale is None else "real"
+        emulator = Emulator(scenario or rules_scenario(), clock=clock, time_scale=time_scale or 1.0)
         emulator.start()
         emulators.append(emulator)
         config = write_config(

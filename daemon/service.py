@@ -1,0 +1,655 @@
+"""Daemon mode (``cbr-replicator`` with no command): APScheduler jobs for the policies and the
+tracker, signals (TERM and INT stop, HUP reloads), sd_notify and the watchdog, the metrics
+endpoint and the single-instance guard of a SQLite ledger. The only module importing
+APScheduler.
+
+Threads: the main thread runs the main loop (signals, reload, WATCHDOG=1); APScheduler's
+thread fires the triggers; a sweep thread and a tracker thread run the work items, one at a
+time under ``_work_lock``, so a reload swaps the configuration between two work items.
+Sweeps call ``run_policies``, as ``--run-once`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from daemon import exitcodes, replicate
+from daemon.app import App, build_app
+from daemon.cloud import HuaweiCloud
+from daemon.config import LoadedConfig, load_settings
+from daemon.errors import CloudError, ConfigError, LedgerError, TransientError
+from daemon.metrics import LedgerSnapshot, Metrics, MetricsServer
+from daemon.model import (
+    IN_FLIGHT_STATES,
+    Backup,
+    Destination,
+    Job,
+    JobState,
+    ReplicaSpec,
+    ReplicationAccepted,
+    SweepReport,
+    Vault,
+    VaultReplicationAccepted,
+)
+from daemon.observe import bound_context, configure_logging
+from daemon.policy import Policy, ScheduleSettings, Settings, apscheduler_crontab
+from daemon.ports import Cloud
+from daemon.retrying import RetryPolicy
+from daemon.run import run_policies
+from daemon.sdnotify import Notifier
+from daemon.sweep import ResolvedPolicy, retry_policy
+
+log = structlog.get_logger("cbr_replicator")
+
+STOP_TIMEOUT = timedelta(seconds=90)  # in-flight work may finish; below TimeoutStopSec
+HANG_AFTER = timedelta(minutes=15)  # a work item without a cloud call this long is hung
+TRACK_EVERY_AT_MOST = timedelta(minutes=1)
+TRACK_BATCH = 500
+IDLE_TICK = 5.0  # seconds between main-loop rounds when there is no watchdog
+
+
+# -- single instance -------------------------------------------------------------------------
+
+_SQLITE_PATH = re.compile(r"^sqlite(?:\+\w+)?:///([^?]+)")
+
+
+class InstanceLock:
+    """An exclusive ``flock`` on ``<ledger>.lock``, held by the daemon for its lifetime, so
+    a second daemon on the same SQLite ledger refuses to start. ``--run-once`` and the manual
+    commands never take it: the ledger's leases keep them from double-submitting."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, ledger_url: str) -> InstanceLock | None:
+        """None for a database server ledger (several hosts may share it, by design)."""
+        match = _SQLITE_PATH.match(ledger_url)
+        if match is None:
+            return None
+        path = Path(match[1] + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LedgerError(
+                f"{match[1]} is in use by another cbr-replicator daemon (pid {holder}, lock "
+                f"{path}); stop that one first (systemctl stop cbr-replicator), or give this "
+                "one another ledger.url. --run-once and the manual commands may run beside it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the descriptor drops the lock
+
+
+# -- scheduling ----------------------------------------------------------------------------
+
+
+def make_trigger(schedule: ScheduleSettings) -> Any:
+    """The APScheduler trigger of a policy's cron or interval schedule, with its jitter."""
+    jitter = int(schedule.jitter.total_seconds()) or None
+    if schedule.cron is not None:
+        trigger = CronTrigger.from_crontab(
+            apscheduler_crontab(schedule.cron), timezone=schedule.timezone
+        )
+        trigger.jitter = jitter
+        return trigger
+    assert schedule.interval is not None
+    return IntervalTrigger(
+        seconds=schedule.interval.total_seconds(), timezone=schedule.timezone, jitter=jitter
+    )
+
+
+def misfire_grace(schedule: ScheduleSettings) -> int:
+    """A run late (host asleep, or queued behind other sweeps) by up to its period, at most
+    an hour, still runs; a later one is dropped: the next run is as good."""
+    return max(1, int(min(schedule.period, timedelta(hours=1)).total_seconds()))
+
+
+def track_interval(policies: list[Policy]) -> timedelta:
+    """Track as often as the most frequent policy sweeps, and at least every minute."""
+    periods = [policy.schedule.period for policy in policies]
+    return max(timedelta(seconds=1), min([TRACK_EVERY_AT_MOST, *periods]))
+
+
+def status_line(activity: str, snapshot: LedgerSnapshot, last: SweepReport | None) -> str:
+    """``idle; 12 queued, 3 in flight, last sweep 14:02Z ok`` (systemctl status shows it)."""
+    queued = sum(n for (_, state), n in snapshot.jobs.items() if state == JobState.QUEUED)
+    in_flight = sum(n for (_, state), n in snapshot.jobs.items() if state in IN_FLIGHT_STATES)
+    if last is None or last.finished_at is None:
+        last_text = "no sweep yet"
+    else:
+        result = f"error {last.error_reason}" if last.error else "ok"
+        last_text = f"last sweep {last.finished_at.astimezone(UTC):%H:%MZ} {result} ({last.policy})"
+    return f"{activity}; {queued} queued, {in_flight} in flight, {last_text}"
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+
+def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
+    """Load and check everything, then serve until SIGTERM/SIGINT; returns the exit code.
+    ConfigError and LedgerError propagate (the CLI prints them and exits 78)."""
+    loaded = load_settings(config_path)
+    log_settings = loaded.settings.log
+    configure_logging(log_format or log_settings.format, log_settings.level, stream=sys.stdout)
+    notifier = Notifier()
+    lock = None
+    try:
+        lock = InstanceLock.acquire(loaded.settings.ledger.url)
+        daemon = Daemon(config_path, loaded, notifier, log_format=log_format)
+        return daemon.serve()
+    except (ConfigError, LedgerError) as error:
+        _notify_quietly(notifier, STATUS=f"failed to start: {error}")
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _notify_quietly(notifier: Notifier, **fields: str | int) -> None:
+    try:
+        notifier.notify(**fields)
+    except OSError as error:
+        log.warning("sd_notify_failed", error=str(error), fields=sorted(fields))
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        loaded: LoadedConfig,
+        notifier: Notifier,
+        *,
+        log_format: str | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.log_format = log_format
+        self.notifier = notifier
+        self.metrics = Metrics()
+        self._stopping = threading.Event()  # set on SIGTERM: no new work, reads refused
+        self._wake = threading.Event()
+        self._work_lock = threading.Lock()
+        self._reload_requested = False
+        self._progress = time.monotonic()
+        self._working = False
+        self._targets: dict[str, ResolvedPolicy] = {}
+        self._snapshot = LedgerSnapshot()
+        self._last_sweep: SweepReport | None = None
+        self._metrics_server: MetricsServer | None = None
+        self.app = build_app(loaded)
+        self.engine = self._watched_engine(self.app)
+        self.scheduler = BackgroundScheduler(
+            # Sweeps queue for one thread; the tracker has its own and skips a round while
+            # a sweep runs (the sweep tracks its policy's jobs itself).
+            executors={
+                "default": ThreadPoolExecutor(max_workers=1),
+                "tracker": ThreadPoolExecutor(max_workers=1),
+            },
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone=UTC,
+        )
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def serve(self) -> int:
+        previous = self._install_signal_handlers()  # before READY=1: a reload may follow it
+        try:
+            try:
+                self._start()
+            except BaseException:
+                self._close()
+                raise
+            self._main_loop()
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        return self._stop()
+
+    def _start(self) -> None:
+        listen = self.settings.metrics.listen
+        if listen:
+            try:
+                self._metrics_server = self.metrics.serve(listen)
+            except (OSError, ValueError) as error:
+                raise ConfigError([f"metrics.listen {listen}: cannot listen: {error}"]) from None
+        self._read_ledger_history()
+        self._refresh_snapshot(baseline=True)
+        self._schedule(self.app.policies())
+        self.scheduler.start()
+        policies = [policy.name for policy in self.app.policies()]
+        if not policies:
+            log.warning("no_enabled_policies", config=str(self.config_path))
+        log.info(
+            "daemon_started",
+            config=str(self.config_path),
+            policies=policies,
+            metrics=self._metrics_server.address if self._metrics_server else None,
+            watchdog_seconds=self._watchdog_seconds(),
+        )
+        self._notify(READY=1, STATUS=self._status("idle"))
+
+    def _main_loop(self) -> None:
+        """Signals only set flags; everything they ask for happens here."""
+        tick = min(self._watchdog_seconds() or IDLE_TICK, IDLE_TICK)
+        while not self._stopping.is_set():
+            self._keep_alive()
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._reload_requested and not self._stopping.is_set():
+                self._reload_requested = False
+                self._reload()
+
+    def _keep_alive(self) -> None:
+        """WATCHDOG=1, unless APScheduler's thread died or a work item hangs: then systemd
+        restarts us after WatchdogSec."""
+        if self.notifier.watchdog_interval is None:
+            return
+        hung = self._working and time.monotonic() - self._progress > HANG_AFTER.total_seconds()
+        if not self.scheduler.running or hung:
+            log.error("watchdog_withheld", scheduler_running=self.scheduler.running, hung=hung)
+            return
+        self._notify(WATCHDOG=1)
+
+    def _watchdog_seconds(self) -> float | None:
+        interval = self.notifier.watchdog_interval
+        return interval.total_seconds() if interval is not None else None
+
+    def _stop(self) -> int:
+        self._notify(STOPPING=1, STATUS="stopping: finishing in-flight work")
+        log.info("daemon_stopping")
+        self.scheduler.shutdown(wait=False)
+        if not self._wait_for_work(STOP_TIMEOUT):
+            log.warning("stop_timeout", seconds=STOP_TIMEOUT.total_seconds())
+            # The work thread is still in a cloud call; every job it holds is safe to leave
+            # (intent committed, lease expiring). A normal exit would wait for that thread.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exitcodes.OK)
+        try:
+            self._close()
+        finally:
+            self._work_lock.release()
+        log.info("daemon_stopped")
+        return exitcodes.OK
+
+    def _close(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self.app.close()
+
+    def _wait_for_work(self, timeout: timedelta | None) -> bool:
+        """Take the work lock (so no work item runs), keeping the watchdog fed meanwhile.
+        False after ``timeout``, or (without a timeout) when a stop is asked for."""
+        deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
+        tick = min(self._watchdog_seconds() or 1.0, 1.0)
+        while not self._work_lock.acquire(timeout=tick):
+            self._keep_alive()
+            if deadline is None and self._stopping.is_set():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+
+    # -- signals ---------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        handlers: dict[int, Callable[[int, FrameType | None], None]] = {
+            signal.SIGTERM: self._on_stop_signal,
+            signal.SIGINT: self._on_stop_signal,
+            signal.SIGHUP: self._on_reload_signal,
+        }
+        return {number: signal.signal(number, handler) for number, handler in handlers.items()}
+
+    def _on_stop_signal(self, number: int, _frame: FrameType | None) -> None:
+        log.info("signal_received", signal=signal.Signals(number).name)
+        self._stopping.set()
+        self._wake.set()
+
+    def _on_reload_signal(self, _number: int, _frame: FrameType | None) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    # -- reload ----------------------------------------------------------------------------
+    def _reload(self) -> None:
+        self._notify(RELOADING=1, STATUS=f"reloading {self.config_path}")
+        log.info("reload_started", config=str(self.config_path))
+        new_app, problems = self._build_new_app()
+        if new_app is None:
+            for problem in problems:
+                log.error("reload_config_problem", problem=problem)
+            log.error("reload_rejected", detail="keeping the running configuration")
+            self._notify(READY=1, STATUS=self._status("reload failed, running the previous config"))
+            return
+        if not self._wait_for_work(None):  # a stop came first
+            new_app.close()
+            return
+        try:
+            old = self.app
+            changes = self._swap(new_app)
+        finally:
+            self._work_lock.release()
+        old.close()
+        log.info("reload_finished", **changes)
+        self._notify(READY=1, STATUS=self._status("idle (reloaded)"))
+
+    def _build_new_app(self) -> tuple[App | None, list[str]]:
+        """The new config loaded, checked and built into new objects (the running ones are
+        untouched), or None and every problem found."""
+        try:
+            loaded = load_settings(self.config_path)
+            if loaded.settings.ledger.url != self.settings.ledger.url:
+                return None, [
+                    "ledger.url changed: a running daemon keeps its ledger; restart the "
+                    "service (systemctl restart cbr-replicator) to use another one"
+                ]
+            return build_app(loaded), []
+        except ConfigError as error:
+            return None, list(error.problems)
+        except LedgerError as error:
+            return None, [f"ledger: {error}"]
+        except Exception as error:  # an adapter refusing its settings: keep running
+            return None, [f"{error.__class__.__name__}: {error}"]
+
+    def _swap(self, new_app: App) -> dict[str, object]:
+        """Under the work lock: the new objects replace the old, jobs follow the policies."""
+        old_settings = self.settings
+        self.app = new_app
+        self.engine = self._watched_engine(new_app)
+        self._targets.clear()
+        changes = self._reschedule(old_settings, new_app.settings)
+        log_settings = new_app.settings.log
+        if log_settings != old_settings.log:
+            configure_logging(
+                self.log_format or log_settings.format, log_settings.level, stream=sys.stdout
+            )
+        if new_app.settings.metrics.listen != old_settings.metrics.listen:
+            log.warning("metrics_listen_unchanged", detail="metrics.listen applies at restart")
+        return changes
+
+    # -- scheduling ------------------------------------------------------------------------
+    def _schedule(self, policies: list[Policy]) -> None:
+        for policy in policies:
+            self._add_policy_job(policy)
+        self._add_tracker(policies)
+
+    def _add_policy_job(self, policy: Policy) -> None:
+        self.scheduler.add_job(
+            self._sweep_job,
+            trigger=make_trigger(policy.schedule),
+            args=[policy.name],
+            id=f"policy:{policy.name}",
+            name=f"sweep {policy.name}",
+            replace_existing=True,
+            misfire_grace_time=misfire_grace(policy.schedule),
+        )
+
+    def _add_tracker(self, policies: list[Policy]) -> None:
+        self.scheduler.add_job(
+            self._track_job,
+            trigger=IntervalTrigger(seconds=track_interval(policies).total_seconds()),
+            id="tracker",
+            name="track replications",
+            executor="tracker",
+            replace_existing=True,
+            misfire_grace_time=60,
+        )
+
+    def _reschedule(self, old: Settings, new: Settings) -> dict[str, object]:
+        before = {policy.name: policy for policy in old.policies if policy.enabled}
+        after = {policy.name: policy for policy in new.policies if policy.enabled}
+        removed = sorted(set(before) - set(after))
+        for name in removed:
+            self.scheduler.remove_job(f"policy:{name}")
+        changed = sorted(
+            name
+            for name, policy in after.items()
+            if name not in before or before[name].schedule != policy.schedule
+        )
+        for name in changed:
+            self._add_policy_job(after[name])
+        if track_interval(list(before.values())) != track_interval(list(after.values())):
+            self._add_tracker(list(after.values()))
+        return {"rescheduled": changed, "removed": removed}
+
+    # -- work items ------------------------------------------------------------------------
+    @contextmanager
+    def _work(self, activity: str, *, wait: bool = True) -> Iterator[App | None]:
+        """One work item: under the work lock, never after a stop, every failure logged.
+        Yields None (do nothing) when stopping, or when busy and ``wait`` is False."""
+        if not self._enter_work(wait):
+            yield None
+            return
+        try:
+            self._working, self._progress = True, time.monotonic()
+            self._notify(STATUS=self._status(activity))
+            try:
+                yield self.app
+            except CloudError as error:  # permission denied, cloud down: next run retries
+                log.error("work_failed", work=activity, error=str(error), code=error.code)
+            except Exception:
+                log.exception("work_crashed", work=activity)
+            finally:
+                self._working = False
+                self._refresh_snapshot()
+                self._notify(STATUS=self._status("idle"))
+        finally:
+            self._work_lock.release()
+
+    def _enter_work(self, wait: bool) -> bool:
+        """Take the work lock unless stopping; a waiting thread gives up once stopping."""
+        if not wait:
+            taken = self._work_lock.acquire(blocking=False)
+        else:
+            taken = False
+            while not taken and not self._stopping.is_set():
+                taken = self._work_lock.acquire(timeout=0.5)
+        if taken and self._stopping.is_set():
+            self._work_lock.release()
+            return False
+        return taken
+
+    def _sweep_job(self, name: str) -> None:
+        with self._work(f"sweeping {name}") as app:
+            policy = _enabled_policy(app, name) if app is not None else None
+            if policy is None:
+                return
+            with bound_context(policy=name):
+                run = run_policies(self.engine, [policy])
+            for report in run.sweeps:
+                self._record_sweep(report, policy)
+            self._targets.update(run.resolved)
+
+    def _record_sweep(self, report: SweepReport, policy: Policy) -> None:
+        if report.error_reason == "leased":
+            log.info("sweep_skipped", policy=policy.name, reason=report.error)
+            return
+        self.metrics.record_sweep(report, policy.destination.region)
+        self._last_sweep = report
+
+    def _track_job(self) -> None:
+        """Follow running replications to their end; submit what is due (retries whose
+        backoff ended, jobs waiting for a free slot) for the policies swept so far."""
+        with self._work("tracking replications", wait=False) as app:
+            if app is None:
+                return
+            self._track_replicating(app)
+            for name, resolved in list(self._targets.items()):
+                if _enabled_policy(app, name) is None:
+                    continue
+                with bound_context(policy=name):
+                    report = replicate.submit_due(self.engine, resolved.target)
+                region = resolved.target.destination.region
+                self.metrics.count_replications(name, region, "submitted", report.submitted)
+                self.metrics.count_replications(name, region, "failed", report.failed)
+
+    def _track_replicating(self, app: App) -> None:
+        retries = {policy.name: retry_policy(policy) for policy in app.settings.policies}
+        manual = RetryPolicy(max_attempts=1)
+        after_id = 0
+        while True:
+            jobs = self.engine.ledger.jobs_in_states(
+                {JobState.REPLICATING}, limit=TRACK_BATCH, after_id=after_id
+            )
+            if not jobs:
+                return
+            after_id = max(job.id or 0 for job in jobs)
+            by_policy: dict[str | None, list[Job]] = {}
+            for job in jobs:
+                by_policy.setdefault(job.policy, []).append(job)
+            for policy, group in by_policy.items():
+                retry = retries.get(policy, manual) if policy else manual
+                with bound_context(policy=policy):
+                    updated = replicate.track_jobs(self.engine, group, retry)
+                self.metrics.record_failed_jobs(updated)
+
+    # -- ledger figures and status ---------------------------------------------------------
+    def _read_ledger_history(self) -> None:
+        sweeps = self.app.ledger.last_sweeps()
+        for report in sweeps.values():
+            if report.error is None and report.finished_at is not None:
+                self.metrics.record_last_success(report.policy, report.finished_at)
+        finished = [report for report in sweeps.values() if report.finished_at is not None]
+        self._last_sweep = max(finished, key=lambda r: r.finished_at or r.started_at, default=None)
+
+    def _refresh_snapshot(self, *, baseline: bool = False) -> None:
+        """Read the ledger's figures for the metrics and the status line; the first read
+        (``baseline``) counts no job as newly finished."""
+        ledger = self.app.ledger
+        try:
+            snapshot = LedgerSnapshot(
+                jobs=ledger.job_counts(),
+                replicated_bytes={
+                    policy.name: ledger.traffic_bytes(policy=policy.name)
+                    for policy in self.settings.policies
+                },
+                oldest_pending={
+                    policy.name: ledger.oldest_pending_backup(policy.name)
+                    for policy in self.app.policies()
+                },
+            )
+        except LedgerError as error:
+            log.error("ledger_read_failed", error=str(error))
+            return
+        if not baseline:
+            regions = {policy.name: policy.destination.region for policy in self.settings.policies}
+            self.metrics.record_ledger_changes(self._snapshot, snapshot, regions)
+        self._snapshot = snapshot
+        self.metrics.update_ledger(snapshot)
+
+    def _status(self, activity: str) -> str:
+        return status_line(activity, self._snapshot, self._last_sweep)
+
+    def _notify(self, **fields: str | int) -> None:
+        _notify_quietly(self.notifier, **fields)
+
+    # -- cloud -----------------------------------------------------------------------------
+    def _watched_engine(self, app: App) -> replicate.Engine:
+        """The app's engine with its cloud watched: every call counts as progress (for the
+        watchdog) and, once stopping, reads are refused so a sweep ends at its next page."""
+        cloud: Cloud = app.engine.cloud
+        if isinstance(cloud, HuaweiCloud):
+            # The adapter's hooks for API metrics; build_app does not take them (yet).
+            cloud._on_api_call = self.metrics.on_api_call
+            cloud._on_retry = self.metrics.on_retry
+        watched = WatchedCloud(cloud, on_call=self._on_cloud_call)
+        return dataclasses.replace(app.engine, cloud=watched)
+
+    def _on_cloud_call(self, mutating: bool) -> None:
+        self._progress = time.monotonic()
+        if self._stopping.is_set() and not mutating:
+            raise TransientError("the daemon is stopping", code="daemon_stopping")
+
+
+def _enabled_policy(app: App, name: str) -> Policy | None:
+    for policy in app.policies():
+        if policy.name == name:
+            return policy
+    return None
+
+
+class WatchedCloud:
+    """``Cloud`` that calls ``on_call(mutating)`` before each request (and each page), which
+    may raise to refuse it."""
+
+    def __init__(self, cloud: Cloud, on_call: Callable[[bool], None]) -> None:
+        self._cloud = cloud
+        self._on_call = on_call
+
+    def resolve_project(self, region: str, project: str | None = None) -> str:
+        self._on_call(False)
+        return self._cloud.resolve_project(region, project)
+
+    def replication_destinations(self, region: str, project_id: str) -> frozenset[str]:
+        self._on_call(False)
+        return self._cloud.replication_destinations(region, project_id)
+
+    def find_vault(self, region: str, project_id: str, name_or_id: str) -> Vault:
+        self._on_call(False)
+        return self._cloud.find_vault(region, project_id, name_or_id)
+
+    def list_backup_pages(
+        self, region: str, project_id: str, vault_id: str
+    ) -> Iterator[list[Backup]]:
+        self._on_call(False)
+        for page in self._cloud.list_backup_pages(region, project_id, vault_id):
+            yield page
+            self._on_call(False)  # before the next page is fetched
+
+    def show_backup(self, region: str, project_id: str, backup_id: str) -> Backup:
+        self._on_call(False)
+        return self._cloud.show_backup(region, project_id, backup_id)
+
+    def replicate_backup(
+        self,
+        region: str,
+        project_id: str,
+        backup_id: str,
+        destination: Destination,
+        replica: ReplicaSpec,
+    ) -> ReplicationAccepted:
+        self._on_call(True)
+        return self._cloud.replicate_backup(region, project_id, backup_id, destination, replica)
+
+    def replicate_vault(
+        self,
+        region: str,
+        project_id: str,
+        vault_id: str,
+        destination: Destination,
+        enable_acceleration: bool,
+    ) -> VaultReplicationAccepted:
+        self._on_call(True)
+        return self._cloud.replicate_vault(
+            region, project_id, vault_id, destination, enable_acceleration
+        )

@@ -1,0 +1,117 @@
+"""The daemon as systemd runs it: READY, scheduled sweeps, reload by SIGHUP, stop by SIGTERM,
+and the single-instance guard of a SQLite ledger."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from daemon import exitcodes
+from tests.service.support import Service, web_south
+
+ELIGIBLE_WEB_BACKUPS = 4  # web-ok-1, web-ok-child, the oddly named one, web-failed (retry)
+# The sweep also adopts what the cloud already has: web-done (succeeded), web-inflight.
+ADOPTED_SUCCEEDED, ADOPTED_REPLICATING = 1, 1
+
+
+def test_ready_comes_after_start_with_a_status_line_then_the_watchdog(service: Service) -> None:
+    service.write_config([web_south("1h")])
+    notify = service.notify_socket()
+    daemon = service.start(notify=notify, env={"WATCHDOG_USEC": "400000"})
+    ready = notify.wait_for("READY", "1")
+    assert ready["STATUS"].startswith("idle; 0 queued, 0 in flight")
+    assert daemon.wait_event("daemon_started")["policies"] == ["web-south"]
+    notify.wait_for("WATCHDOG", "1", timeout=5)
+    notify.wait_for("WATCHDOG", "1", timeout=5)  # and again: it comes from the main loop
+
+
+def test_one_second_interval_policy_sweeps_replicates_and_tracks(service: Service) -> None:
+    service.write_config([web_south("1s")])
+    daemon, notify = service.start_ready()
+    first = daemon.wait_event("sweep_finished", policy="web-south")
+    assert first["submitted"] == ELIGIBLE_WEB_BACKUPS
+    again = daemon.wait_event("sweep_finished", policy="web-south")
+    assert again["submitted"] == 0
+    assert len(service.emulator.requests("replicate_backup")) == ELIGIBLE_WEB_BACKUPS
+    assert service.job_states() == {
+        "replicating": ELIGIBLE_WEB_BACKUPS + ADOPTED_REPLICATING,
+        "succeeded": ADOPTED_SUCCEEDED,
+    }
+
+    notify.drain()
+    service.emulator.advance(3600)  # the emulated replications finish
+    notify.wait_for("STATUS", "idle; 0 queued, 0 in flight")
+    assert service.job_states() == {
+        "succeeded": ELIGIBLE_WEB_BACKUPS + ADOPTED_REPLICATING + ADOPTED_SUCCEEDED
+    }
+    daemon.wait_event("sweep_finished", policy="web-south")
+    assert len(service.emulator.requests("replicate_backup")) == ELIGIBLE_WEB_BACKUPS
+    assert service.emulator.duplicates() == []
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one_running_and_says_why(
+    service: Service,
+) -> None:
+    service.write_config([web_south("1s")])
+    daemon, notify = service.start_ready()
+    daemon.wait_event("sweep_finished", policy="web-south")
+
+    service.write_config([web_south("soon")])
+    daemon.signal(signal.SIGHUP)
+    notify.wait_for("RELOADING", "1")
+    ready = notify.wait_for("READY", "1")
+    assert "reload failed, running the previous config" in ready["STATUS"]
+    problem = daemon.wait_event("reload_config_problem")
+    assert "config.yaml" in problem["problem"]
+    assert "interval" in problem["problem"]
+    assert "soon" in problem["problem"]
+    rejected = daemon.wait_event("reload_rejected")
+    assert rejected["detail"] == "keeping the running configuration"
+    # The old schedule keeps sweeping.
+    daemon.wait_event("sweep_finished", policy="web-south")
+    assert daemon.process.poll() is None
+
+
+def test_sighup_with_a_changed_config_reschedules_the_policy(service: Service) -> None:
+    service.write_config([web_south("1h")])
+    daemon, notify = service.start_ready()
+    assert service.emulator.requests("list_backups") == []
+
+    service.write_config([web_south("1s")])
+    daemon.signal(signal.SIGHUP)
+    notify.wait_for("RELOADING", "1")
+    notify.wait_for("READY", "1")
+    finished = daemon.wait_event("reload_finished")
+    assert finished["rescheduled"] == ["web-south"]
+    assert finished["removed"] == []
+    sweep = daemon.wait_event("sweep_finished", policy="web-south", timeout=5)
+    assert sweep["submitted"] == ELIGIBLE_WEB_BACKUPS
+
+
+def test_sigterm_stops_promptly_with_exit_code_zero(service: Service) -> None:
+    service.write_config([web_south("1s")])
+    daemon, notify = service.start_ready()
+    daemon.wait_event("sweep_finished", policy="web-south")
+
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    notify.wait_for("STOPPING", "1")
+    assert daemon.wait() == exitcodes.OK
+    assert time.monotonic() - started < 5
+    assert daemon.events("daemon_stopped")
+
+
+def test_a_second_daemon_on_the_same_sqlite_ledger_refuses_to_start(service: Service) -> None:
+    service.write_config([web_south("1h")])
+    first, _ = service.start_ready()
+
+    second = service.start()
+    assert second.wait() == exitcodes.CONFIG
+    assert "in use by another cbr-replicator daemon" in second.output
+    assert f"pid {first.pid}" in second.output
+    assert first.process.poll() is None
+
+    # --run-once is no daemon: it runs beside one, relying on the ledger's leases.
+    once = service.start("--run-once")
+    assert once.wait() == exitcodes.OK
+    assert len(service.emulator.requests("replicate_backup")) == ELIGIBLE_WEB_BACKUPS
