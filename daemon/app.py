@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
+from daemon.cloud import ApiCallback, CloudOptions, Credentials, HuaweiCloud
 from daemon.config import LoadedConfig
 from daemon.errors import ConfigError
 from daemon.ledger import SqlLedger, open_ledger
@@ -32,6 +33,23 @@ def utc_now() -> datetime:
 def instance_id() -> str:
     """host:pid:start, recorded on every lease this process holds."""
     return f"{socket.gethostname()}:{os.getpid()}:{int(utc_now().timestamp())}"
+
+
+def owner_gone(owner: str) -> bool:
+    """Is ``owner`` (an ``instance_id``) a process of this host that no longer runs? Another
+    host's owner, a pid that exists (even reused) or an unreadable owner count as running:
+    a wrong "no" only delays work until the lease expires, a wrong "yes" never happens."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # EPERM: it runs, as another user
+    return False
 
 
 @dataclass
@@ -69,13 +87,26 @@ class App:
             self.emulator.stop()
 
 
-def build_app(loaded: LoadedConfig, *, open_cloud: bool = True) -> App:
+def build_app(
+    loaded: LoadedConfig,
+    *,
+    open_cloud: bool = True,
+    on_api_call: ApiCallback | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> App:
+    """``on_api_call(operation, outcome)`` and ``on_retry(operation)`` observe every API
+    call of the adapter (the daemon's metrics)."""
     settings = loaded.settings
     register_secrets(loaded.secrets)
     ledger = open_ledger(settings.ledger.url)
     emulator = _start_emulator(settings) if open_cloud else None
     try:
-        cloud = HuaweiCloud(_credentials(settings, emulator), _options(settings, emulator))
+        cloud = HuaweiCloud(
+            _credentials(settings, emulator),
+            _options(settings, emulator),
+            on_api_call=on_api_call,
+            on_retry=on_retry,
+        )
     except BaseException:
         ledger.close()
         if emulator is not None:
@@ -90,6 +121,7 @@ def build_app(loaded: LoadedConfig, *, open_cloud: bool = True) -> App:
         max_in_flight_per_region=settings.cloud.max_in_flight_per_region,
         rng=random.Random(),
         concurrency=settings.cloud.concurrency,
+        owner_gone=owner_gone,
     )
     return App(loaded=loaded, engine=engine, ledger=ledger, emulator=emulator)
 

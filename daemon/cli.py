@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--cloud", action="store_true", help="also resolve projects, vaults and capabilities"
     )
-    status = commands.add_parser("status", help="policies, jobs, traffic and vault bindings")
+    status = commands.add_parser(
+        "status", help="policies (RPO, stuck, traffic), jobs, vault bindings and alerts"
+    )
     status.add_argument("--json", action="store_true")
     history = commands.add_parser("history", help="submission attempts, newest first")
     history.add_argument("--backup")
@@ -62,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", help="re-queue a failed or given-up job")
     retry.add_argument("backup_id", metavar="BACKUP_ID")
     retry.add_argument("--to-region", required=True)
+    _add_report(commands)
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of the config file (for editor validation)"
+    )
+    shown = schema.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--policies-file",
+        action="store_true",
+        help="the schema of a policies_dir file (a list of policies) instead",
+    )
+    shown.add_argument(
+        "--markdown", action="store_true", help="every option as a Markdown reference instead"
+    )
     emulator = commands.add_parser(
         "emulator", help="run the local CBR + IAM emulator", add_help=False
     )
@@ -110,6 +125,35 @@ def _duration(text: str) -> timedelta:
     return value
 
 
+def _add_report(commands: Any) -> None:
+    report = commands.add_parser("report", help="reports from the ledger")
+    kinds = report.add_subparsers(dest="report", metavar="REPORT", required=True)
+    traffic = kinds.add_parser("traffic", help="bytes replicated, as CBR bills them")
+    traffic.add_argument(
+        "--since",
+        type=_since,
+        default=timedelta(days=30),
+        metavar="D",
+        help="a date (2026-11-01, UTC) or a duration back from now (7d, 12h); default 30d",
+    )
+    traffic.add_argument("--by", choices=("day", "policy", "region"), default="day")
+    traffic.add_argument("--json", action="store_true")
+
+
+def _since(text: str) -> date | timedelta:
+    """``--since``: a calendar date (UTC) or a duration counted back from now."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        return _duration(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a date (2026-11-01) nor a duration (7d, 12h)"
+        ) from None
+
+
 def _add_replicate_backup(commands: Any) -> None:
     parser = commands.add_parser("replicate-backup", help="replicate one backup now")
     parser.add_argument("backup_id", metavar="BACKUP_ID")
@@ -136,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.emulator import main as emulator_main
 
         return emulator_main(list(args.emulator_args))
+    if args.command == "schema":
+        return command_schema(args)
     config_path = Path(args.config)
     handlers: dict[str | None, Callable[[argparse.Namespace, Path], int]] = {
         "check-config": command_check_config,
@@ -144,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replicate-backup": command_replicate_backup,
         "replicate-vault": command_replicate_vault,
         "retry": command_retry,
+        "report": command_report,
     }
     handler = handlers.get(args.command)
     if handler is None:
@@ -303,3 +350,28 @@ def command_retry(args: argparse.Namespace, config_path: Path) -> int:
 
     with _app(config_path, args.log_format) as app:
         return retry(app, args.backup_id, args.to_region)
+
+
+def command_report(args: argparse.Namespace, config_path: Path) -> int:
+    from daemon.commands import report_traffic
+
+    with _app(config_path, args.log_format) as app:
+        since = args.since
+        if isinstance(since, timedelta):
+            start = app.engine.now() - since
+        else:
+            start = datetime.combine(since, time.min, tzinfo=UTC)
+        return report_traffic(app, since=start, by=args.by, as_json=args.json)
+
+
+def command_schema(args: argparse.Namespace) -> int:
+    from daemon.config import policies_file_json_schema, settings_json_schema
+
+    if args.markdown:
+        from daemon.reference import config_reference
+
+        print(config_reference(), end="")
+        return exitcodes.OK
+    schema = policies_file_json_schema() if args.policies_file else settings_json_schema()
+    print(json.dumps(schema, indent=2, sort_keys=False))
+    return exitcodes.OK

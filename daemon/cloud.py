@@ -12,13 +12,16 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
+import structlog
 from huaweicloudsdkcbr.v1 import (
     CbrClient,
     CopyBackupRequest,
@@ -74,7 +77,11 @@ from daemon.model import (
 )
 from daemon.ratelimit import TokenBucket
 
+log = structlog.get_logger("cbr_replicator")
+
 PAGE_SIZE = 1000  # the API's maximum ``limit``
+LISTING_WINDOW = 4  # pages of one vault read at once when it holds more
+VAULT_LISTING_TTL = 60.0  # seconds a project's vault listing answers find_vault
 DEFAULT_IAM_ENDPOINT = "https://iam.myhuaweicloud.com"
 THROTTLED_CODE = "APIGW.0308"
 ALREADY_REPLICATED_CODE = "BackupService.1009"
@@ -213,6 +220,7 @@ class HuaweiCloud:
         self._clients: dict[tuple[str, str], Any] = {}
         self._projects: dict[tuple[str, str | None], str] = {}
         self._iam: Any = None
+        self._vault_listings: dict[tuple[str, str], tuple[float, tuple[Vault, ...]]] = {}
         self._lock = threading.Lock()
 
     # -- resolution ------------------------------------------------------------------------
@@ -260,6 +268,19 @@ class HuaweiCloud:
         return wire.parse_destinations(body, region, "ShowReplicationCapabilities")
 
     def find_vault(self, region: str, project_id: str, name_or_id: str) -> Vault:
+        """From the project's vault listing (one call per 1,000 vaults, reused for
+        ``VAULT_LISTING_TTL``), so a policy naming 1,000 vaults costs one call, not 1,000; a
+        vault missing from the listing (made since) is looked up directly."""
+        listed = [
+            v for v in self._listed_vaults(region, project_id) if name_or_id in (v.name, v.id)
+        ]
+        if len(listed) == 1:
+            return listed[0]
+        if len(listed) > 1:
+            raise PermanentError(
+                f"vault name {name_or_id!r} is ambiguous in {region}; use its id",
+                code="vault_ambiguous",
+            )
         client = self._cbr(region, project_id)
         body = self._read(
             "list_vaults",
@@ -277,6 +298,27 @@ class HuaweiCloud:
             )
         return self.show_vault(region, project_id, name_or_id)
 
+    def _listed_vaults(self, region: str, project_id: str) -> tuple[Vault, ...]:
+        key = (region, project_id)
+        with self._lock:
+            cached = self._vault_listings.get(key)
+        if cached is not None and time.monotonic() - cached[0] < VAULT_LISTING_TTL:
+            return cached[1]
+        client = self._cbr(region, project_id)
+        vaults: list[Vault] = []
+        while True:
+            request = ListVaultRequest(limit=PAGE_SIZE, offset=len(vaults))
+            body = self._read("list_vaults", functools.partial(client.list_vault, request))
+            items = wire.require(body, "vaults", list, "ListVault")
+            vaults.extend(wire.parse_vault(item, region, "ListVault") for item in items)
+            count = wire.optional(body, "count", int, "ListVault")
+            if len(items) < PAGE_SIZE or (count is not None and len(vaults) >= count):
+                break
+        listing = tuple(vaults)
+        with self._lock:
+            self._vault_listings[key] = (time.monotonic(), listing)
+        return listing
+
     def show_vault(self, region: str, project_id: str, vault_id: str) -> Vault:
         client = self._cbr(region, project_id)
         try:
@@ -293,12 +335,26 @@ class HuaweiCloud:
     def list_backup_pages(
         self, region: str, project_id: str, vault_id: str, *, resource_type: str | None = None
     ) -> Iterator[list[Backup]]:
-        """Pages of ``limit=1000`` by ``offset``; ids already seen are dropped, so a listing
-        that shifts under us (backups added or deleted meanwhile) never yields one twice."""
-        client = self._cbr(region, project_id)
+        """Pages of ``limit=1000`` by ``offset``. Backups added meanwhile shift the listing
+        (newest first) down, so the next page may repeat the end of the last one: ids of the
+        previous page are dropped. Only that page's ids are kept, so memory stays flat
+        however large the vault; a repeat from further back is harmless (decided twice)."""
         seen: set[str] = set()
-        offset = 0
-        while True:
+        for page in self._backup_pages(region, project_id, vault_id, resource_type):
+            fresh = [backup for backup in page if backup.id not in seen]
+            seen = {backup.id for backup in page}
+            if fresh:
+                yield fresh
+
+    def _backup_pages(
+        self, region: str, project_id: str, vault_id: str, resource_type: str | None
+    ) -> Iterator[list[Backup]]:
+        """The listing's pages in order. A vault holding more than ``LISTING_WINDOW`` pages
+        (by the count of its first page) is read that many pages at a time, so a huge vault
+        takes a fraction of one round trip per page; memory stays bounded by the window."""
+        client = self._cbr(region, project_id)
+
+        def fetch(offset: int) -> tuple[list[Backup], int | None, int]:
             request = ListBackupsRequest(
                 vault_id=vault_id,
                 limit=PAGE_SIZE,
@@ -307,14 +363,38 @@ class HuaweiCloud:
                 resource_type=resource_type,
             )
             body = self._read("list_backups", functools.partial(client.list_backups, request))
-            page, count = wire.parse_backup_page(body, "ListBackups")
-            fresh = [backup for backup in page if backup.id not in seen]
-            seen.update(backup.id for backup in fresh)
-            if fresh:
-                yield fresh
-            offset += len(page)
-            if len(page) < PAGE_SIZE or (count is not None and offset >= count):
-                return
+            skipped: list[MalformedAnswerError] = []
+            page, count = wire.parse_backup_page(body, "ListBackups", skipped)
+            for error in skipped:  # the others of the page go on; this one waits for a fix
+                log.warning("malformed_backup_skipped", vault=vault_id, error=str(error))
+            return page, count, len(page) + len(skipped)
+
+        window = min(LISTING_WINDOW, self._options.concurrency)
+        ahead: deque[Future[tuple[list[Backup], int | None, int]]] = deque()
+        pool: ThreadPoolExecutor | None = None
+        offset = requested = 0  # offset of the page read next; first offset not yet asked for
+        try:
+            while True:
+                if ahead:
+                    page, count, size = ahead.popleft().result()
+                else:
+                    page, count, size = fetch(offset)
+                    requested = offset + PAGE_SIZE
+                offset += PAGE_SIZE
+                last = size < PAGE_SIZE or (count is not None and offset >= count)
+                if not last and count is not None and count > window * PAGE_SIZE > PAGE_SIZE:
+                    pool = pool or ThreadPoolExecutor(window, thread_name_prefix="listing")
+                    while len(ahead) < window and requested < count:
+                        ahead.append(pool.submit(fetch, requested))
+                        requested += PAGE_SIZE
+                yield page
+                if last:
+                    return
+        finally:
+            for future in ahead:
+                future.cancel()
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def show_backup(self, region: str, project_id: str, backup_id: str) -> Backup:
         client = self._cbr(region, project_id)
@@ -460,6 +540,7 @@ class HuaweiCloud:
             .build()
         )
         self._disable_transport_retries(client)
+        _keep_raw_body(client)
         return client
 
     def _iam_client(self) -> Any:
@@ -485,6 +566,7 @@ class HuaweiCloud:
                     .build()
                 )
                 self._disable_transport_retries(self._iam)
+                _keep_raw_body(self._iam)
             return self._iam
 
     def _add_token(self, credentials: Any) -> None:
@@ -544,6 +626,18 @@ class HuaweiCloud:
         adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
+
+
+def _keep_raw_body(client: Any) -> None:
+    """Skip the SDK's model deserialization: ``daemon.wire`` parses every answer once, from
+    ``raw_content`` (which the SDK still sets). The SDK's own pass builds a model object per
+    field and runs dateutil on every timestamp: it cost more CPU than the rest of a sweep.
+    Error answers are unaffected (the SDK raises them before deserializing)."""
+    client.deserialize = _no_model
+
+
+def _no_model(response: Any, response_type: Any, progress_callback: Any) -> None:
+    return None
 
 
 def _project_in_region(name: str, region: str) -> bool:

@@ -7,17 +7,22 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon import exitcodes, manual, replicate
+from daemon import exitcodes, manual, replicate, watch
 from daemon.app import App
+from daemon.config import format_duration
 from daemon.errors import CloudError, PermissionDeniedError, RefusedError
-from daemon.model import Backup, Decision, Job, JobState, Vault
+from daemon.model import Backup, Decision, Job, JobState, SweepReport, Vault
+from daemon.notify import WebhookClient
 from daemon.policy import Policy
+from daemon.ports import Notification
+from daemon.progress import Progress
 from daemon.run import RunReport, run_policies, wait_for_run
 from daemon.sweep import resolve_policy
+from daemon.traffic import GroupBy, group_traffic
 
 
 def _out(line: str = "") -> None:
@@ -95,9 +100,25 @@ def run_once(
 ) -> int:
     chosen = app.policies(policies)
     printer = _DecisionPrinter(as_json) if dry_run else None
-    run = run_policies(app.engine, chosen, dry_run=dry_run, sink=printer)
-    if wait and not dry_run:
-        wait_for_run(app.engine, run, timeout=wait_timeout)
+    progress = Progress(sys.stderr, len(chosen))
+    progress.enabled = progress.enabled and not dry_run  # a dry run prints its own table
+    sink = printer or (progress.decision if progress.enabled else None)
+    try:
+        run = run_policies(
+            app.engine, chosen, dry_run=dry_run, sink=sink, on_swept=progress.swept_one
+        )
+        if wait and not dry_run:
+            finished = _finished_counter(app, [policy.name for policy in chosen])
+            wait_for_run(
+                app.engine,
+                run,
+                timeout=wait_timeout,
+                on_round=lambda pending: progress.waiting(pending, finished()),
+            )
+    finally:
+        progress.close()
+    if not dry_run:
+        _send_notifications(app, run)
     _print_run(app, run, printer, as_json=as_json, dry_run=dry_run)
     if wait and not dry_run and not as_json:
         _out(
@@ -105,6 +126,27 @@ def run_once(
             f"{run.unfinished_jobs} unfinished (see status and history)"
         )
     return _run_exit_code(run)
+
+
+def _finished_counter(app: App, names: list[str]) -> Callable[[], int]:
+    """Jobs of these policies that reached an end state since this call (the progress)."""
+    ends = {JobState.SUCCEEDED, JobState.GIVEN_UP}
+
+    def count() -> int:
+        return sum(app.ledger.count_jobs(ends, policy=name) for name in names)
+
+    baseline = count()
+    return lambda: count() - baseline
+
+
+def _send_notifications(app: App, run: RunReport) -> None:
+    """Deliver what this run's alert changes queued, and ping the heartbeats of the policies
+    that swept without error. A failure is logged; it never changes the exit code."""
+    outbox = watch.Outbox(
+        app.ledger, app.settings, WebhookClient(), owner=app.engine.owner, clock=app.engine.now
+    )
+    outbox.deliver_pending()
+    outbox.ping_heartbeats(report.policy for report in run.sweeps if report.error is None)
 
 
 def _print_run(
@@ -163,27 +205,13 @@ def _run_exit_code(run: RunReport) -> int:
 def status(app: App, *, as_json: bool) -> int:
     ledger = app.ledger
     now = app.engine.now()
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     sweeps = ledger.last_sweeps()
     counts = ledger.job_counts()
-    policies: list[dict[str, Any]] = []
-    for policy in app.settings.policies:
-        last = sweeps.get(policy.name)
-        oldest = ledger.oldest_pending_backup(policy.name)
-        policies.append(
-            {
-                "policy": policy.name,
-                "enabled": policy.enabled,
-                "last_sweep": last.finished_at if last else None,
-                "last_result": (last.error_reason or "error")
-                if last and last.error
-                else ("ok" if last else None),
-                "jobs": {str(state): counts.get((policy.name, state), 0) for state in JobState},
-                "oldest_pending_backup": oldest,
-                "traffic_today_bytes": ledger.traffic_bytes(policy=policy.name, since=midnight),
-                "traffic_total_bytes": ledger.traffic_bytes(policy=policy.name),
-            }
-        )
+    policies = [
+        _policy_status(app, policy, sweeps.get(policy.name), counts, now)
+        for policy in app.settings.policies
+    ]
+    alerts = [_notification_dict(item) for item in ledger.recent_notifications(limit=10)]
     manual_jobs = {str(state): counts.get((None, state), 0) for state in JobState}
     bindings: list[dict[str, Any]] = [
         {
@@ -215,20 +243,12 @@ def status(app: App, *, as_json: bool) -> int:
                 "manual_jobs": manual_jobs,
                 "vault_bindings": bindings,
                 "instances": instances,
+                "recent_alerts": alerts,
             }
         )
         return exitcodes.OK
     for row in policies:
-        jobs = ", ".join(f"{state} {count}" for state, count in row["jobs"].items() if count)
-        last_sweep = f"{_when(row['last_sweep'])} ({row['last_result'] or 'never'})"
-        oldest_text = _when(row["oldest_pending_backup"])
-        traffic = (
-            f"today {_size(row['traffic_today_bytes'])}, total {_size(row['traffic_total_bytes'])}"
-        )
-        _out(
-            f"{row['policy']}: last sweep {last_sweep}; jobs: {jobs or 'none'}; "
-            f"oldest pending backup {oldest_text}; traffic {traffic}"
-        )
+        _print_policy_status(row)
     manual_line = ", ".join(f"{state} {count}" for state, count in manual_jobs.items() if count)
     if manual_line:
         _out(f"manual jobs: {manual_line}")
@@ -245,7 +265,105 @@ def status(app: App, *, as_json: bool) -> int:
             f"instance {instance['owner']} ({instance['role']}): last seen "
             f"{_when(instance['last_seen_at'])}; holds {holds}, {instance['jobs_leased']} job(s)"
         )
+    for alert in alerts:
+        _out(
+            f"alert {_when(alert['at'])} {alert['event']} {alert['subject']} "
+            f"(notification {alert['delivery']})"
+        )
     return exitcodes.OK
+
+
+def _policy_status(
+    app: App,
+    policy: Policy,
+    last: SweepReport | None,
+    counts: dict[tuple[str | None, JobState], int],
+    now: datetime,
+) -> dict[str, Any]:
+    ledger = app.ledger
+    day_start, _ = replicate.day_bounds(now, policy.schedule.timezone)
+    rpo = watch.rpo_now(ledger, policy, now)
+    budget = policy.traffic_budget_per_day
+    last_result = None if last is None else (last.error_reason or "error") if last.error else "ok"
+    return {
+        "policy": policy.name,
+        "enabled": policy.enabled,
+        "destination_region": policy.destination.region,
+        "last_sweep": last.finished_at if last else None,
+        "last_result": last_result,
+        "jobs": {str(state): counts.get((policy.name, state), 0) for state in JobState},
+        "oldest_pending_backup": ledger.oldest_pending_backup(policy.name),
+        "rpo": {
+            "state": str(rpo.state),
+            "rpo_seconds": int(rpo.rpo.total_seconds()),
+            "newest_replicated_age_seconds": _seconds(rpo.newest_replicated_age),
+            "oldest_waiting_age_seconds": _seconds(rpo.oldest_waiting_age),
+        },
+        "stuck": [
+            {
+                "backup_id": job.source_backup_id,
+                "backup_name": job.backup_name,
+                "since": job.updated_at,
+            }
+            for job in watch.stuck_now(ledger, policy, now)
+        ],
+        "traffic_today_bytes": ledger.traffic_bytes(policy=policy.name, since=day_start),
+        "traffic_total_bytes": ledger.traffic_bytes(policy=policy.name),
+        "traffic_budget_per_day": budget,
+        "traffic_budget_used_bytes": (
+            ledger.submitted_bytes(policy=policy.name, since=day_start) if budget else None
+        ),
+    }
+
+
+def _seconds(age: timedelta | None) -> int | None:
+    return None if age is None else int(age.total_seconds())
+
+
+def _print_policy_status(row: dict[str, Any]) -> None:
+    jobs = ", ".join(f"{state} {count}" for state, count in row["jobs"].items() if count)
+    last_sweep = f"{_when(row['last_sweep'])} ({row['last_result'] or 'never'})"
+    _out(
+        f"{row['policy']} -> {row['destination_region']}: last sweep {last_sweep}; "
+        f"jobs: {jobs or 'none'}; oldest pending backup {_when(row['oldest_pending_backup'])}"
+    )
+    rpo = row["rpo"]
+    stuck = ", ".join(item["backup_id"] for item in row["stuck"]) or "none"
+    _out(
+        f"  rpo {rpo['state']} (rpo {_age(rpo['rpo_seconds'])}; newest replicated backup "
+        f"{_age(rpo['newest_replicated_age_seconds'], ago=True)}, oldest waiting "
+        f"{_age(rpo['oldest_waiting_age_seconds'], ago=True)}); stuck: {stuck}"
+    )
+    budget = row["traffic_budget_per_day"]
+    used = (
+        f" (budget: {_size(row['traffic_budget_used_bytes'])} of {_size(budget)} submitted)"
+        if budget
+        else ""
+    )
+    _out(
+        f"  traffic today {_size(row['traffic_today_bytes'])}{used}, "
+        f"total {_size(row['traffic_total_bytes'])}"
+    )
+
+
+def _age(seconds: int | None, *, ago: bool = False) -> str:
+    if seconds is None:
+        return "none"
+    text = format_duration(timedelta(seconds=seconds))
+    return f"{text} ago" if ago else text
+
+
+def _notification_dict(item: Notification) -> dict[str, Any]:
+    return {
+        "at": item.created_at,
+        "event": item.event,
+        "subject": item.subject,
+        "policy": item.policy,
+        # Without a webhook a change is only recorded (and logged): nothing to deliver.
+        "delivery": "none" if item.last_error == watch.NO_WEBHOOK else item.status,
+        "delivery_attempts": item.attempts,
+        "delivery_error": item.last_error,
+    }
 
 
 def _when(moment: datetime | None) -> str:
@@ -273,6 +391,35 @@ def history(app: App, *, backup: str | None, policy: str | None, limit: int, as_
             f"{' ' + entry.error_code if entry.error_code else ''}"
             f"{' request ' + entry.request_id if entry.request_id else ''}"
         )
+    return exitcodes.OK
+
+
+def report_traffic(app: App, *, since: datetime, by: GroupBy, as_json: bool) -> int:
+    """Bytes replicated since ``since``, as CBR bills them, grouped by day (UTC), policy or
+    destination region."""
+    rows = group_traffic(app.ledger.traffic_entries(since=since), by)
+    total = sum(row.bytes for row in rows)
+    if as_json:
+        _json(
+            {
+                "since": since,
+                "by": by,
+                "rows": [
+                    {by: row.key, "bytes": row.bytes, "replications": row.replications}
+                    for row in rows
+                ],
+                "total_bytes": total,
+                "total_replications": sum(row.replications for row in rows),
+            }
+        )
+        return exitcodes.OK
+    header = {"day": "DAY (UTC)", "policy": "POLICY", "region": "REGION"}[by]
+    _out(f"traffic since {_when(since)}, as billed (each replication: its backup's size)")
+    _out(f"{header:<24} {'REPLICATIONS':>12} {'SIZE':>12} {'BYTES':>18}")
+    for row in rows:
+        _out(f"{row.key:<24} {row.replications:>12} {_size(row.bytes):>12} {row.bytes:>18}")
+    count = sum(row.replications for row in rows)
+    _out(f"{'total':<24} {count:>12} {_size(total):>12} {total:>18}")
     return exitcodes.OK
 
 

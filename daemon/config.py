@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic.json_schema import GenerateJsonSchema
 
 from daemon.errors import ConfigError
-from daemon.policy import Loc, Policy, Settings, policy_conflicts
+from daemon.policy import Loc, NotifySettings, Policy, Settings, policy_conflicts
 
 MAX_FILE_BYTES = 1 << 20  # RELIABILITY.md §5: refuse anything bigger before parsing
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -118,7 +120,11 @@ class _Problems:
 def _dotted(loc: Loc) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        name = part if part.isprintable() else repr(part)  # a key may hold a line break
+        text += f".{name}" if text else name
     return text or "(top level)"
 
 
@@ -181,49 +187,141 @@ def _read_yaml(path: Path, problems: _Problems) -> _Document | None:
 def _parse_yaml(path: Path, text: str, problems: _Problems) -> _Document | None:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            return _Document(path, None, {})
+        lines: dict[Loc, int] = {}
+        if not _walk_nodes(root, (), lines, lambda line, msg: problems.file(path, msg, line)):
+            return None
+        # The walk refused what safe_load would choke on; a merge key (<<) naming something
+        # else than mappings is still found only here.
+        return _Document(path, yaml.safe_load(text), lines)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
-        problems.file(path, f"invalid YAML: {error.problem or error}; fix the syntax", line)
-        return None
-    except yaml.YAMLError as error:
-        problems.file(path, f"invalid YAML: {error}; fix the syntax")
-        return None
-    if root is None:
-        return _Document(path, None, {})
-    lines: dict[Loc, int] = {}
-    if not _walk_nodes(root, (), lines, lambda line, msg: problems.file(path, msg, line)):
-        return None
-    return _Document(path, yaml.safe_load(text), lines)
+        what = _one_line(error.problem or str(error))
+        problems.file(path, f"invalid YAML: {what}; fix the syntax", line)
+    except yaml.YAMLError as error:  # e.g. a control character (ReaderError, no line)
+        problems.file(path, f"invalid YAML: {_one_line(str(error))}; fix the syntax")
+    except RecursionError:  # the composer recurses once per level of nesting
+        problems.file(path, f"invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep")
+    return None
+
+
+def _one_line(text: str) -> str:
+    """PyYAML's messages span lines (they quote the spot); a problem is one line."""
+    return " ".join(text.split())
+
+
+# Aliases may repeat a node any number of times ("billion laughs"); a real config has a few
+# hundred values and a few levels. Past these bounds the file is refused before it is loaded.
+MAX_YAML_VALUES = 50_000
+MAX_YAML_DEPTH = 64
+_SCALAR_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "timestamp")
+)
+_PLAIN: dict[str, type[yaml.Node]] = {  # what needs no check (nearly every node)
+    "tag:yaml.org,2002:str": yaml.ScalarNode,
+    "tag:yaml.org,2002:map": yaml.MappingNode,
+    "tag:yaml.org,2002:seq": yaml.SequenceNode,
+}
+_NODE_KINDS: dict[str, type[yaml.Node]] = {
+    **dict.fromkeys(_SCALAR_TAGS, yaml.ScalarNode),
+    "tag:yaml.org,2002:map": yaml.MappingNode,
+    "tag:yaml.org,2002:seq": yaml.SequenceNode,
+}
 
 
 def _walk_nodes(
     node: yaml.Node, loc: Loc, lines: dict[Loc, int], report: Callable[[int, str], None]
 ) -> bool:
-    """Record each path's line; report unsafe tags and duplicate keys. True when clean."""
-    lines.setdefault(loc, node.start_mark.line + 1)
-    clean = True
-    if node.tag not in _SAFE_TAGS:
-        report(
-            node.start_mark.line + 1,
-            f"{_dotted(loc)}: YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not "
-            "allowed (plain YAML only); remove the tag",
-        )
-        clean = False
-    if isinstance(node, yaml.SequenceNode):
+    """Record each path's line; report unsafe tags, values that do not fit their tag, keys
+    that are not text, duplicate keys, recursive aliases, alias bombs and deep nesting.
+    True when clean."""
+    return _NodeWalk(lines, report).walk(node, loc)
+
+
+@dataclass
+class _NodeWalk:
+    lines: dict[Loc, int]
+    report: Callable[[int, str], None]
+    values: int = 0
+    open: set[int] = field(default_factory=set)  # ids of the nodes being walked (ancestors)
+
+    def walk(self, node: yaml.Node, loc: Loc) -> bool:
+        self.values += 1
+        if self.values > MAX_YAML_VALUES or id(node) in self.open or len(loc) > MAX_YAML_DEPTH:
+            return self._refuse(node, loc)
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if _PLAIN.get(node.tag) is not type(node):
+            problem = _tag_problem(node)
+            if problem is not None:
+                self.report(node.start_mark.line + 1, f"{_dotted(loc)}: {problem}")
+                return False
+        if not isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+            return True
+        self.open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return self._walk_sequence(node, loc)
+            return self._walk_mapping(node, loc)
+        finally:
+            self.open.discard(id(node))
+
+    def _walk_sequence(self, node: yaml.SequenceNode, loc: Loc) -> bool:
+        clean = True
         for index, item in enumerate(node.value):
-            clean &= _walk_nodes(item, (*loc, index), lines, report)
-    elif isinstance(node, yaml.MappingNode):
+            clean &= self.walk(item, (*loc, index))
+        return clean
+
+    def _walk_mapping(self, node: yaml.MappingNode, loc: Loc) -> bool:
+        clean = True
         seen: set[str] = set()
         for key, value in node.value:
+            line = key.start_mark.line + 1
+            if not isinstance(key, yaml.ScalarNode):
+                self.report(line, f"{_dotted(loc)}: a key must be plain text, not a collection")
+                clean = False
+                continue
             name = str(key.value)
             if name in seen and name != "<<":
-                report(key.start_mark.line + 1, f"{_dotted((*loc, name))}: key given twice")
+                self.report(line, f"{_dotted((*loc, name))}: key given twice")
                 clean = False
             seen.add(name)
-            lines[(*loc, name)] = key.start_mark.line + 1
-            clean &= _walk_nodes(value, (*loc, name), lines, report)
-    return clean
+            self.lines[(*loc, name)] = line
+            clean &= self.walk(value, (*loc, name))
+        return clean
+
+    def _refuse(self, node: yaml.Node, loc: Loc) -> bool:
+        line = node.start_mark.line + 1
+        if self.values > MAX_YAML_VALUES:
+            if self.values == MAX_YAML_VALUES + 1:  # say it once
+                self.report(
+                    line,
+                    f"YAML aliases expand to more than {MAX_YAML_VALUES} values; "
+                    "write the values out instead",
+                )
+        elif id(node) in self.open:
+            self.report(line, f"{_dotted(loc)}: a YAML alias refers to itself; remove it")
+        else:
+            self.report(line, f"{_dotted(loc[:MAX_YAML_DEPTH])}: nested too deeply; flatten it")
+        return False
+
+
+def _tag_problem(node: yaml.Node) -> str | None:
+    """Why this value cannot be loaded as plain YAML, or None. Never quotes the value (it
+    may be a secret)."""
+    shown = node.tag.replace("tag:yaml.org,2002:", "!!")
+    if node.tag not in _SAFE_TAGS:
+        return f"YAML tag {shown} is not allowed (plain YAML only); remove the tag"
+    kind = _NODE_KINDS.get(node.tag)
+    if kind is None or not isinstance(node, kind):  # e.g. !!merge as a value, !!int [1]
+        return f"the value does not fit its YAML tag {shown}; remove the tag or fix the value"
+    if node.tag in _SCALAR_TAGS and node.tag != "tag:yaml.org,2002:str":
+        try:
+            yaml.constructor.SafeConstructor().construct_object(node)
+        except Exception:  # PyYAML raises ValueError, KeyError, AttributeError, ... here
+            return f"the value does not fit its YAML tag {shown}; remove the tag or fix the value"
+    return None
 
 
 # --- assembling the raw settings -------------------------------------------------------
@@ -556,9 +654,72 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     )
 
 
+class _SchemaGenerator(GenerateJsonSchema):
+    """Defaults written as the config writes them (``30s``, not ISO 8601's ``PT30S``)."""
+
+    def encode_default(self, dft: Any) -> Any:
+        if isinstance(dft, timedelta):
+            return format_duration(dft)
+        return super().encode_default(dft)
+
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
 def settings_json_schema() -> dict[str, Any]:
-    """The JSON schema of the config, with every field's description."""
-    return Settings.model_json_schema()
+    """The JSON Schema of the main config file, with every field's description, as an editor
+    sees the file: before ``${NAME}`` references are read and ``defaults`` merged."""
+    schema = Settings.model_json_schema(schema_generator=_SchemaGenerator)
+    _as_written(schema["$defs"])
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "$id": "https://cbr-replicator.invalid/config.schema.json",
+        **schema,
+        "title": "cbr-replicator configuration",
+    }
+
+
+def policies_file_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a ``policies_dir`` file: a list of policies."""
+    definitions = settings_json_schema()["$defs"]
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "$id": "https://cbr-replicator.invalid/policies.schema.json",
+        "title": "cbr-replicator policies file",
+        "type": "array",
+        "items": {"$ref": "#/$defs/Policy"},
+        "$defs": definitions,
+    }
+
+
+def _as_written(definitions: dict[str, Any]) -> None:
+    """What the models cannot say: ``X_file`` may stand for a secret ``X`` (one of the two),
+    a policy's schedule may come from ``defaults``, and its rpo's default is derived."""
+    models: dict[Loc, str] = {
+        ("cloud", "credentials"): "CredentialsSettings",
+        ("notify", "webhook"): "WebhookSettings",
+    }
+    for place, keys in _SECRET_PLACES:
+        definition = definitions[models[place]]
+        required = definition.setdefault("required", [])
+        choices: list[dict[str, Any]] = []
+        for key in sorted(keys):
+            definition["properties"][f"{key}_file"] = {
+                "type": "string",
+                "description": f"file holding {key} (e.g. a systemd credential); not with {key}",
+            }
+            if key in required:
+                required.remove(key)
+                choices.append({"oneOf": [{"required": [key]}, {"required": [f"{key}_file"]}]})
+            else:
+                choices.append({"not": {"required": [key, f"{key}_file"]}})
+        definition["allOf"] = choices
+        if not required:
+            del definition["required"]
+    policy = definitions["Policy"]
+    policy["required"] = [name for name in policy["required"] if name != "schedule"]
+    policy["properties"]["schedule"]["description"] += " (or defaults.schedule)"
+    del policy["properties"]["rpo"]["default"]
 
 
 # --- describing --------------------------------------------------------------------------
@@ -642,11 +803,28 @@ def _describe_policy(policy: Policy) -> Iterator[str]:
         f"  limits: max_in_flight {policy.max_in_flight}, traffic budget "
         f"{budget + '/day' if budget else 'none'}, acceleration {policy.enable_acceleration}"
     )
-    # Validated today so configs written now stay valid; the engine does not act on them yet.
     yield (
-        f"  not enforced yet: rpo {format_duration(policy.rpo)}, "
+        f"  alerts: rpo {format_duration(policy.rpo)}, "
         f"stuck after {format_duration(policy.stuck_after)}"
     )
+    if policy.notify is not None:
+        yield f"  notify (overrides the global one): {_describe_notify(policy.notify)}"
+
+
+def _describe_notify(notify: NotifySettings) -> str:
+    """Where notifications go: hosts only (a ping URL's path is a token), secrets masked."""
+    parts = []
+    if notify.webhook is not None:
+        signed = "signed" if notify.webhook.secret is not None else "unsigned"
+        parts.append(f"webhook {_url_host(notify.webhook.url)} ({signed})")
+    if notify.heartbeat is not None:
+        parts.append(f"heartbeat {_url_host(notify.heartbeat.url)}")
+    return ", ".join(parts) or "off"
+
+
+def _url_host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def describe_settings(loaded: LoadedConfig) -> str:
@@ -655,6 +833,7 @@ def describe_settings(loaded: LoadedConfig) -> str:
     lines = [f"config: {', '.join(str(path) for path in loaded.files)}"]
     lines += _describe_cloud(settings)
     lines.append(f"metrics: {settings.metrics.listen or 'off'}; log: {settings.log.format}")
+    lines.append(f"notify: {_describe_notify(settings.notify)}")
     lines.append(f"policies: {len(settings.policies)}")
     for policy in settings.policies:
         lines += _describe_policy(policy)

@@ -39,21 +39,25 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from daemon import alerts
+from daemon.alerts import AlertChange, AlertKind, ReplicationWindow, StoredAlert
 from daemon.errors import LedgerError
 from daemon.model import (
     Attempt,
     Job,
     JobState,
     Origin,
+    Reason,
     SweepReport,
     VaultBinding,
 )
-from daemon.ports import HistoryEntry, InstanceInfo
+from daemon.ports import HistoryEntry, InstanceInfo, Notification, TrafficEntry
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INSTANCE_RETENTION = timedelta(days=7)  # instances not seen for this long are forgotten
 BUSY_TIMEOUT_MS = 10_000
 IN_LIST_CHUNK = 500  # below SQLite's bound-parameter limit, whatever its build
+MIGRATION_LOCK = 0x63627272  # PostgreSQL advisory lock key held while migrating ("cbrr")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -184,6 +188,44 @@ class InstanceRow(SQLModel, table=True):
     last_seen_at: datetime | None = _when(index=True)
 
 
+class AlertRow(SQLModel, table=True):
+    """Added in schema version 3: the last recorded state of each alert subject (issue 9).
+
+    A subject in state ``ok`` has no row, except a policy's health (``policy:<name>``),
+    which stays to mark that the policy was evaluated once."""
+
+    __tablename__: ClassVar[str] = "alert_states"
+
+    subject: str = Field(primary_key=True, max_length=255)
+    policy: str = Field(max_length=64, index=True)
+    kind: str = Field(max_length=16)
+    state: str = Field(max_length=16)
+    since: datetime | None = _when()
+
+
+class NotificationRow(SQLModel, table=True):
+    """Added in schema version 3: every alert change, and its webhook delivery (an outbox
+    written with the change, so a change is sent once even across restarts)."""
+
+    __tablename__: ClassVar[str] = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=64, unique=True)
+    event: str = Field(max_length=32)
+    subject: str = Field(max_length=255)
+    policy: str = Field(max_length=64, index=True)
+    created_at: datetime | None = _when()
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | dropped
+    attempts: int = 0
+    next_attempt_at: datetime | None = _when()
+    lease_owner: str | None = Field(default=None, max_length=255)
+    lease_expires_at: datetime | None = _when()
+    finished_at: datetime | None = _when()
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
 class SchemaVersionRow(SQLModel, table=True):
     __tablename__: ClassVar[str] = "schema_version"
 
@@ -210,7 +252,11 @@ def _v2_instances(connection: Connection) -> None:
     _create(connection, "instances")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_instances)
+def _v3_alerts(connection: Connection) -> None:
+    _create(connection, "alert_states", "notifications")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_instances, _v3_alerts)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -348,8 +394,24 @@ class SqlLedger:
                 )
             return [_job_from_row(row) for row in rows]
 
+    def write_intents(self, jobs: Sequence[Job], now: datetime, *, owner: str) -> list[Job]:
+        # The rows stay locked (FOR UPDATE; BEGIN IMMEDIATE on SQLite) from the owner check to
+        # the commit, so a claim by another process comes either before (and wins) or after.
+        with self._session() as session:
+            existing = self._rows_by_key(session, [job.key for job in jobs], lock=True)
+            stored: list[JobRow] = []
+            for job in jobs:
+                row = existing.get(job.key)
+                if row is None or row.lease_owner != owner:
+                    continue
+                _copy_job_to_row(job, row, now)
+                session.add(row)
+                stored.append(row)
+            session.flush()
+            return [_job_from_row(row) for row in stored]
+
     def _rows_by_key(
-        self, session: Session, keys: Sequence[tuple[str, str]]
+        self, session: Session, keys: Sequence[tuple[str, str]], *, lock: bool = False
     ) -> dict[tuple[str, str], JobRow]:
         by_region: dict[str, list[str]] = {}
         for backup_id, region in keys:
@@ -357,12 +419,13 @@ class SqlLedger:
         found: dict[tuple[str, str], JobRow] = {}
         for region, backup_ids in by_region.items():
             for chunk in _chunks(backup_ids):
-                rows = session.exec(
-                    select(JobRow).where(
-                        JobRow.destination_region == region,
-                        col(JobRow.source_backup_id).in_(chunk),
-                    )
+                query = select(JobRow).where(
+                    JobRow.destination_region == region,
+                    col(JobRow.source_backup_id).in_(chunk),
                 )
+                if lock and not self.is_sqlite:
+                    query = query.with_for_update()
+                rows = session.exec(query)
                 found.update(((row.source_backup_id, row.destination_region), row) for row in rows)
         return found
 
@@ -670,6 +733,136 @@ class SqlLedger:
                 for attempt, job in session.exec(query)
             ]
 
+    def traffic_entries(self, *, since: datetime) -> list[TrafficEntry]:
+        query = select(
+            JobRow.policy, JobRow.destination_region, JobRow.finished_at, JobRow.bytes
+        ).where(
+            JobRow.state == JobState.SUCCEEDED.value,
+            JobRow.origin != Origin.ADOPTED.value,
+            col(JobRow.finished_at) >= since,
+        )
+        with self._session() as session:
+            return [
+                TrafficEntry(policy, region, finished_at, int(size))
+                for policy, region, finished_at, size in session.exec(query)
+                if finished_at is not None
+            ]
+
+    def replication_window(self, policy: str) -> ReplicationWindow:
+        newest_query = select(func.max(JobRow.backup_created_at)).where(
+            JobRow.policy == policy, JobRow.state == JobState.SUCCEEDED.value
+        )
+        gone = (col(JobRow.state) == JobState.GIVEN_UP.value) & (
+            col(JobRow.last_error_code) == "source_backup_deleted"
+        )
+        with self._session() as session:
+            newest = self._moment(session.exec(newest_query).one())
+            waiting_query = select(func.min(JobRow.backup_created_at)).where(
+                JobRow.policy == policy, JobRow.state != JobState.SUCCEEDED.value, ~gone
+            )
+            if newest is not None:
+                waiting_query = waiting_query.where(col(JobRow.backup_created_at) > newest)
+            oldest = self._moment(session.exec(waiting_query).one())
+        return ReplicationWindow(newest_replicated=newest, oldest_waiting=oldest)
+
+    def budget_deferral(self, policy: str, now: datetime) -> datetime | None:
+        query = select(func.max(JobRow.next_attempt_at)).where(
+            JobRow.policy == policy,
+            col(JobRow.state).in_([JobState.QUEUED.value, JobState.FAILED.value]),
+            JobRow.last_error_code == Reason.TRAFFIC_BUDGET_EXHAUSTED.value,
+            col(JobRow.next_attempt_at) > now,
+        )
+        with self._session() as session:
+            return self._moment(session.exec(query).one())
+
+    def _moment(self, value: object) -> datetime | None:
+        return UtcDateTime().process_result_value(_parse_if_text(value), self.engine.dialect)
+
+    # -- alerts and notifications --------------------------------------------------------------
+    def alert_states(self, policy: str) -> dict[str, StoredAlert]:
+        with self._session() as session:
+            rows = session.exec(select(AlertRow).where(AlertRow.policy == policy))
+            return {
+                row.subject: StoredAlert(
+                    row.subject, AlertKind(row.kind), row.state, row.since or _EPOCH
+                )
+                for row in rows
+            }
+
+    def record_alerts(
+        self, changes: Sequence[tuple[AlertChange, Notification | None]], now: datetime
+    ) -> list[AlertChange]:
+        if not changes:
+            return []
+        subjects = [change.subject for change, _ in changes]
+        query = select(AlertRow).where(col(AlertRow.subject).in_(subjects))
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        applied: list[AlertChange] = []
+        try:
+            with self._session() as session:
+                rows = {row.subject: row for row in session.exec(query)}
+                for change, notification in changes:
+                    if _apply_alert(session, rows, change, now):
+                        applied.append(change)
+                        if notification is not None:
+                            session.add(_notification_row(notification))
+        except IntegrityError:  # another process recorded the same first change: it sends it
+            return []
+        return applied
+
+    def claim_notifications(
+        self, *, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Notification]:
+        due = col(NotificationRow.next_attempt_at).is_(None) | (
+            col(NotificationRow.next_attempt_at) <= now
+        )
+        unleased = col(NotificationRow.lease_expires_at).is_(None) | (
+            col(NotificationRow.lease_expires_at) <= now
+        )
+        query = (
+            select(NotificationRow)
+            .where(NotificationRow.status == "pending", due, unleased)
+            .order_by(col(NotificationRow.id))
+            .limit(limit)
+        )
+        if not self.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        with self._session() as session:
+            rows = list(session.exec(query))
+            for row in rows:
+                row.lease_owner = owner
+                row.lease_expires_at = lease_until
+                session.add(row)
+            return [_notification_from_row(row) for row in rows]
+
+    def finish_notification(
+        self,
+        notification_id: int,
+        *,
+        now: datetime,
+        status: str,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        with self._session() as session:
+            row = session.get(NotificationRow, notification_id)
+            if row is None:
+                return
+            row.attempts += 1
+            row.status = status
+            row.last_error = error
+            row.next_attempt_at = next_attempt_at
+            row.lease_owner = None
+            row.lease_expires_at = None
+            row.finished_at = now if status != "pending" else None
+            session.add(row)
+
+    def recent_notifications(self, *, limit: int = 20) -> list[Notification]:
+        query = select(NotificationRow).order_by(col(NotificationRow.id).desc()).limit(limit)
+        with self._session() as session:
+            return [_notification_from_row(row) for row in session.exec(query)]
+
     # -- instances -------------------------------------------------------------------------------
     def heartbeat(self, owner: str, *, role: str, now: datetime) -> None:
         query = select(InstanceRow).where(InstanceRow.owner == owner)
@@ -727,6 +920,60 @@ class SqlLedger:
 def _cause(error: SQLAlchemyError) -> object:
     """The driver's own message when there is one (it names the file or the constraint)."""
     return getattr(error, "orig", None) or error
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _apply_alert(
+    session: Session, rows: dict[str, AlertRow], change: AlertChange, now: datetime
+) -> bool:
+    """Compare and set one subject's state; False when it is no longer ``change.previous``."""
+    row = rows.get(change.subject)
+    current = row.state if row is not None else alerts.OK
+    if current != change.previous:
+        return False
+    if change.state == alerts.OK and change.kind != AlertKind.POLICY:
+        if row is not None:
+            session.delete(row)
+            del rows[change.subject]
+        return True
+    if row is None:
+        row = AlertRow(
+            subject=change.subject, policy=change.policy, kind=str(change.kind), state=""
+        )
+        rows[change.subject] = row
+    row.state = change.state
+    row.since = now
+    session.add(row)
+    session.flush()
+    return True
+
+
+def _notification_row(notification: Notification) -> NotificationRow:
+    return NotificationRow(
+        event_id=notification.event_id,
+        event=notification.event,
+        subject=notification.subject,
+        policy=notification.policy,
+        created_at=notification.created_at,
+        payload=notification.payload,
+    )
+
+
+def _notification_from_row(row: NotificationRow) -> Notification:
+    return Notification(
+        event_id=row.event_id,
+        event=row.event,
+        subject=row.subject,
+        policy=row.policy,
+        payload=row.payload,
+        created_at=row.created_at or _EPOCH,
+        status=row.status,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        id=row.id,
+    )
 
 
 def _parse_if_text(value: object) -> datetime | None:
@@ -808,8 +1055,8 @@ def _sqlite_engine(database: str | None) -> Engine:
 def _create_private_file(path: Path) -> None:
     """The ledger holds project and vault ids: 0600 in a 0700 directory when we create them."""
     try:
-        if not path.parent.exists():
-            path.parent.mkdir(parents=True, mode=0o700)
+        # exist_ok: several instances may create it at the same moment.
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
     except OSError as error:
@@ -840,6 +1087,10 @@ def _check_sqlite(engine: Engine) -> None:
 
 def _migrate(engine: Engine) -> None:
     with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            # Instances started together on an empty database would all create the tables at
+            # once, and all but one fail; one at a time, the later ones find them made.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         SQLModel.metadata.create_all(
             connection, tables=[SQLModel.metadata.tables["schema_version"]]
         )

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import (
@@ -27,11 +27,23 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from daemon import alerts
+from daemon.alerts import ReplicationWindow
 from daemon.model import Job, JobState, SweepReport
 
 PREFIX = "cbr_replicator"
 MANUAL = "manual"  # the policy label of jobs made by replicate-backup/replicate-vault
 SWEEP_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+@dataclass(frozen=True)
+class AlertFacts:
+    """One policy's RPO and stuck figures; the RPO state is computed at scrape time."""
+
+    region: str
+    rpo: timedelta
+    window: ReplicationWindow
+    stuck: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ class LedgerSnapshot:
     jobs: Mapping[tuple[str | None, JobState], int] = field(default_factory=dict)
     replicated_bytes: Mapping[str, int] = field(default_factory=dict)  # policy -> bytes
     oldest_pending: Mapping[str, datetime | None] = field(default_factory=dict)  # policy ->
+    alerts: Mapping[str, AlertFacts] = field(default_factory=dict)  # policy ->
 
 
 class _LedgerCollector(Collector):
@@ -73,6 +86,45 @@ class _LedgerCollector(Collector):
             replicated.add_metric([policy], count)
         yield replicated
         yield self._oldest_family(snapshot)
+        yield from self._alert_families(snapshot)
+
+    def _alert_families(self, snapshot: LedgerSnapshot) -> Iterator[GaugeMetricFamily]:
+        labels = ["policy", "destination_region"]
+        rpo = GaugeMetricFamily(f"{PREFIX}_rpo_seconds", "The policy's RPO", labels=labels)
+        state = GaugeMetricFamily(
+            f"{PREFIX}_rpo_state",
+            "1 for the policy's RPO state now (ok, at_risk, breached), 0 for the others",
+            labels=[*labels, "state"],
+        )
+        newest = GaugeMetricFamily(
+            f"{PREFIX}_newest_replicated_backup_age_seconds",
+            "Age of the newest source backup with a finished replica (absent: none yet)",
+            labels=labels,
+        )
+        waiting = GaugeMetricFamily(
+            f"{PREFIX}_oldest_waiting_backup_age_seconds",
+            "Age of the oldest backup newer than the newest replica still without one (what "
+            "the RPO state compares with the rpo); 0 when none waits",
+            labels=labels,
+        )
+        stuck = GaugeMetricFamily(
+            f"{PREFIX}_stuck_replications",
+            "Replications whose record has not moved for the policy's stuck_after",
+            labels=labels,
+        )
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        for policy, facts in sorted(snapshot.alerts.items()):
+            status = alerts.rpo_status(facts.window, facts.rpo, now)
+            key = [policy, facts.region]
+            rpo.add_metric(key, facts.rpo.total_seconds())
+            for name in alerts.RpoState:
+                state.add_metric([*key, str(name)], 1.0 if status.state == name else 0.0)
+            if status.newest_replicated_age is not None:
+                newest.add_metric(key, status.newest_replicated_age.total_seconds())
+            age = status.oldest_waiting_age or timedelta(0)
+            waiting.add_metric(key, age.total_seconds())
+            stuck.add_metric(key, facts.stuck)
+        yield from (rpo, state, newest, waiting, stuck)
 
     def _oldest_family(self, snapshot: LedgerSnapshot) -> GaugeMetricFamily:
         oldest = GaugeMetricFamily(
@@ -139,6 +191,13 @@ class Metrics:
             ["policy"],
             registry=self.registry,
         )
+        self.notifications = Counter(
+            f"{PREFIX}_notifications",
+            "Webhook notifications and heartbeat pings by outcome (delivered, failed: tried "
+            "again later, dropped)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self._ledger = _LedgerCollector(clock)
         self.registry.register(self._ledger)
 
@@ -187,6 +246,10 @@ class Metrics:
 
     def on_retry(self, operation: str) -> None:
         self.api_retries.labels(operation).inc()
+
+    def count_notifications(self, kind: str, outcome: str, count: int = 1) -> None:
+        if count:
+            self.notifications.labels(kind, outcome).inc(count)
 
     def update_ledger(self, snapshot: LedgerSnapshot) -> None:
         self._ledger.update(snapshot)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import re
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -48,18 +50,21 @@ def parse_duration(value: object) -> object:
     """
     if isinstance(value, bool):
         raise ValueError("write a duration such as 30s, 5m, 6h, 1d or 1h30m, not true/false")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text.isdigit():
-        return timedelta(seconds=int(text))
-    match = _DURATION.fullmatch(text)
-    if not text or match is None:
-        raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 5m, 6h, 1d or 1h30m")
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    try:
+        if isinstance(value, int | float):
+            return timedelta(seconds=value)
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        match = _DURATION.fullmatch(text)
+        if not text or match is None:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 5m, 6h, 1d or 1h30m")
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:  # pydantic reports ValueError only; timedelta tops out at 1e9 days
+        raise ValueError("is far too long a duration; write e.g. 30s, 5m, 6h or 1d") from None
 
 
 def parse_size(value: object) -> object:
@@ -72,7 +77,10 @@ def parse_size(value: object) -> object:
     if match is None:
         raise ValueError(f"{value!r} is not a size; write e.g. 500GiB, 2TiB or 1TB")
     number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[(unit or "b").lower()])
+    size = float(number) * _SIZE_UNITS[(unit or "b").lower()]
+    if not math.isfinite(size):
+        raise ValueError(f"{value!r} is far too large a size; write e.g. 500GiB or 2TiB")
+    return int(size)
 
 
 def _positive(value: timedelta) -> timedelta:
@@ -87,12 +95,32 @@ def _not_negative(value: timedelta) -> timedelta:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
-NonNegativeDuration = Annotated[
-    timedelta, BeforeValidator(parse_duration), AfterValidator(_not_negative)
+# What the config file may hold, for the JSON Schema (``cbr-replicator schema``): the text
+# forms parse_duration and parse_size accept, or plain numbers.
+_DURATION_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string", "pattern": r"^\s*(\d+|(?=\d)(\d+d)?(\d+h)?(\d+m)?(\d+s)?)\s*$"},
+            {"type": "number", "minimum": 0},
+        ]
+    }
+)
+_SIZE_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([kKmMgGtTpP][iI]?[bB]|[bB])?\s*$"},
+            {"type": "integer", "exclusiveMinimum": 0},
+        ]
+    }
+)
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), _DURATION_SCHEMA]
+PositiveDuration = Annotated[
+    timedelta, BeforeValidator(parse_duration), AfterValidator(_positive), _DURATION_SCHEMA
 ]
-ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+NonNegativeDuration = Annotated[
+    timedelta, BeforeValidator(parse_duration), AfterValidator(_not_negative), _DURATION_SCHEMA
+]
+ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0), _SIZE_SCHEMA]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
@@ -468,7 +496,8 @@ class MetricsSettings(_Model):
 
 class LogSettings(_Model):
     format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="auto: JSON unless stderr is a terminal"
+        default="auto",
+        description="auto: JSON unless the log stream (daemon: stdout, commands: stderr) is a tty",
     )
     level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="lowest level logged"
@@ -511,10 +540,12 @@ class PolicyDefaults(_Model):
         default=None, description="bytes submitted per day (schedule timezone) at most, e.g. 2TiB"
     )
     rpo: PositiveDuration | None = Field(
-        default=None, description="alert when the newest replica is older"
+        default=None,
+        description="longest a backup may wait for its replica; default 2x the schedule's period",
     )
     stuck_after: PositiveDuration = Field(
-        default=timedelta(hours=6), description="a replication running longer is stuck"
+        default=timedelta(hours=6),
+        description="a replication whose record has not moved for this long is stuck",
     )
 
 
@@ -532,10 +563,12 @@ class Policy(_Model):
         default=None, description="bytes submitted per day (schedule timezone) at most, e.g. 2TiB"
     )
     rpo: PositiveDuration = Field(
-        default=timedelta(0), description="alert age of the newest replica; default 2x period"
+        default=timedelta(0),
+        description="longest a backup may wait for its replica; default 2x the schedule's period",
     )
     stuck_after: PositiveDuration = Field(
-        default=timedelta(hours=6), description="a replication running longer is stuck"
+        default=timedelta(hours=6),
+        description="a replication whose record has not moved for this long is stuck",
     )
     notify: NotifySettings | None = Field(default=None, description="overrides global notify")
 
@@ -617,4 +650,5 @@ def _vault_pairs(raw: Mapping[Any, Any]) -> list[tuple[str, str]]:
     vaults, region = source.get("vaults"), destination.get("region")
     if not isinstance(vaults, list | tuple) or not isinstance(region, str):
         return []
-    return [(vault, region) for vault in dict.fromkeys(vaults) if isinstance(vault, str)]
+    names = (vault for vault in vaults if isinstance(vault, str))  # a list item is unhashable
+    return [(vault, region) for vault in dict.fromkeys(names)]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from daemon.alerts import AlertChange, ReplicationWindow, StoredAlert
 from daemon.model import (
     Attempt,
     Backup,
@@ -103,6 +104,32 @@ class InstanceInfo:
     jobs_leased: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class TrafficEntry:
+    """One finished replication as CBR bills it (the source backup's size), for reports."""
+
+    policy: str | None  # None: a manual replication
+    destination_region: str
+    finished_at: datetime
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One alert change to send: its webhook body and its delivery so far."""
+
+    event_id: str
+    event: str
+    subject: str
+    policy: str
+    payload: str  # the JSON document posted to the webhook
+    created_at: datetime
+    status: str = "pending"  # pending | delivered | dropped
+    attempts: int = 0
+    last_error: str | None = None
+    id: int | None = None
+
+
 class Ledger(Protocol):
     """Durable state: jobs, attempts, vault bindings, sweeps and leases.
 
@@ -124,6 +151,12 @@ class Ledger(Protocol):
         attempts, in one transaction. Sets ``updated_at`` (and ``created_at`` on insert) to
         ``now``; returns the stored jobs with their ids. An attempt whose ``job_id`` is 0
         belongs to the job of the same position in ``jobs``."""
+        ...
+
+    def write_intents(self, jobs: Sequence[Job], now: datetime, *, owner: str) -> list[Job]:
+        """Store these jobs (the intents written before their POSTs) where ``owner`` still
+        holds the job's lease, in one transaction; return the stored ones. A job another
+        process claimed meanwhile (the lease ran out) is left alone: that one posts it."""
         ...
 
     def claim_jobs(
@@ -238,6 +271,56 @@ class Ledger(Protocol):
         self, *, source_backup_id: str | None = None, policy: str | None = None, limit: int = 50
     ) -> list[HistoryEntry]:
         """Attempts, newest first."""
+        ...
+
+    def traffic_entries(self, *, since: datetime) -> list[TrafficEntry]:
+        """Replications (not adopted replicas) that finished successfully since ``since``."""
+        ...
+
+    def replication_window(self, policy: str) -> ReplicationWindow:
+        """Creation time of the policy's newest backup with a finished replica, and of the
+        oldest newer one still without (a given-up job whose source is gone is no backup)."""
+        ...
+
+    def budget_deferral(self, policy: str, now: datetime) -> datetime | None:
+        """Until when the policy's jobs deferred by its traffic budget wait (the latest
+        ``next_attempt_at`` after ``now``), or None when none waits for it."""
+        ...
+
+    # -- alerts and notifications ----------------------------------------------------------
+    def alert_states(self, policy: str) -> dict[str, StoredAlert]:
+        """The recorded alert states of the policy's subjects, by subject."""
+        ...
+
+    def record_alerts(
+        self, changes: Sequence[tuple[AlertChange, Notification | None]], now: datetime
+    ) -> list[AlertChange]:
+        """Apply each change whose ``previous`` state is still the recorded one (compare and
+        set, so two processes never record one change twice) and queue its notification, in
+        one transaction. Returns the changes applied."""
+        ...
+
+    def claim_notifications(
+        self, *, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Notification]:
+        """Lease up to ``limit`` pending notifications that are due, oldest first."""
+        ...
+
+    def finish_notification(
+        self,
+        notification_id: int,
+        *,
+        now: datetime,
+        status: str,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Count one delivery round: ``delivered``, ``dropped``, or ``pending`` again (due at
+        ``next_attempt_at``); the lease is released."""
+        ...
+
+    def recent_notifications(self, *, limit: int = 20) -> list[Notification]:
+        """The newest alert changes, newest first (``status``)."""
         ...
 
     # -- instances -----------------------------------------------------------------------------

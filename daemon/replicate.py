@@ -8,12 +8,14 @@ POST the job stays ``submitting`` until a reconcile read says what happened.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -25,6 +27,7 @@ from daemon.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
     CloudError,
+    MalformedAnswerError,
     NotFoundError,
     PermanentError,
     PermissionDeniedError,
@@ -47,6 +50,7 @@ log = structlog.get_logger("cbr_replicator")
 
 CRASH_ENV = "CBR_REPLICATOR_TEST_CRASH_AT"  # test-only: kill this process at a named point
 AMBIGUOUS_RECHECK = timedelta(seconds=30)  # how soon a submitting job is reconciled again
+CLAIM_ROUND = 1000  # jobs claimed at once by a submission pass
 
 
 @dataclass(frozen=True)
@@ -138,25 +142,115 @@ def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> S
     # Jobs already ``submitting`` count against the slots but are claimed too (to reconcile),
     # so always allow a few claims even when every slot is taken.
     claim_limit = max(slots, 1) if limit is None else min(max(slots, 1), limit)
-    now = engine.now()
-    claimed = engine.ledger.claim_jobs(
-        owner=engine.owner,
-        now=now,
-        lease_until=now + engine.lease,
-        limit=claim_limit,
-        policy=target.policy,
-    )
-    report.claimed = len(claimed)
-    if not claimed:
-        return report
-    crash_point("after_claim")
-    budget = _SlotBudget(slots, _traffic_left(engine, target))
-    workers = max(1, min(engine.concurrency, len(claimed)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
-        outcomes = list(pool.map(lambda job: _submit_one(engine, target, job, budget), claimed))
-    for outcome, job in outcomes:
-        report.add(outcome, job)
+    budget: _SlotBudget | None = None
+    # Claimed in rounds: memory stays flat, and each round is done long before its lease ends.
+    while report.claimed < claim_limit:
+        wanted = min(CLAIM_ROUND, claim_limit - report.claimed)
+        now = engine.now()
+        claimed = engine.ledger.claim_jobs(
+            owner=engine.owner,
+            now=now,
+            lease_until=now + engine.lease,
+            limit=wanted,
+            policy=target.policy,
+        )
+        report.claimed += len(claimed)
+        if not claimed:
+            break
+        crash_point("after_claim")
+        if budget is None:
+            budget = _SlotBudget(slots, _traffic_left(engine, target))
+        workers = max(1, min(engine.concurrency, len(claimed)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
+            outcomes = _submit_round(engine, target, claimed, budget, pool=pool, workers=workers)
+        for outcome, job in outcomes:
+            report.add(outcome, job)
+        # A job released for want of a slot is due again: with no slot left, stop here.
+        if len(claimed) < wanted or budget.slots_left() <= 0:
+            break
     return report
+
+
+def _submit_round(
+    engine: Engine,
+    target: Target,
+    claimed: list[Job],
+    budget: _SlotBudget,
+    *,
+    pool: ThreadPoolExecutor,
+    workers: int,
+) -> list[tuple[str, Job]]:
+    """Jobs left ``submitting`` are reconciled first, one by one; the others go in batches."""
+    leftovers = [job for job in claimed if job.state == JobState.SUBMITTING]
+    fresh = [job for job in claimed if job.state != JobState.SUBMITTING]
+    submit = functools.partial(_submit_one, engine, target, budget=budget)
+    outcomes = list(pool.map(submit, leftovers))
+    outcomes += _submit_batches(engine, target, fresh, budget, pool=pool, size=2 * workers)
+    return outcomes
+
+
+def _submit_batches(
+    engine: Engine,
+    target: Target,
+    jobs: list[Job],
+    budget: _SlotBudget,
+    *,
+    pool: ThreadPoolExecutor,
+    size: int,
+) -> list[tuple[str, Job]]:
+    """One ledger write for a batch's intents, its POSTs in parallel, one write for their
+    outcomes (two transactions per batch, not two per job). The next batch is queued while
+    one is posted, so the workers never wait for the ledger; an intent is still committed
+    before its POST."""
+    outcomes: list[tuple[str, Job]] = []
+    window: deque[tuple[Job, Future[_Posted]]] = deque()
+    try:
+        for start in range(0, len(jobs), size):
+            admitted = []
+            for job in jobs[start : start + size]:
+                refused = _admit(engine, target, job, budget)
+                if refused is None:
+                    admitted.append(job)
+                else:
+                    outcomes.append(refused)
+            if admitted:
+                intents = _write_intents(engine, target, admitted)
+                written = {intent.key for intent in intents}
+                outcomes += [("deferred", job) for job in admitted if job.key not in written]
+                crash_point("after_intent")
+                window.extend(
+                    (intent, pool.submit(_post_only, engine, target, intent)) for intent in intents
+                )
+            while len(window) >= 2 * size:
+                outcomes += _store_finished(engine, [window.popleft() for _ in range(size)])
+        while window:
+            batch = [window.popleft() for _ in range(min(size, len(window)))]
+            outcomes += _store_finished(engine, batch)
+    finally:
+        for _, future in window:
+            future.cancel()  # after a failure: left submitting, reconciled by a later pass
+    return outcomes
+
+
+def _store_finished(
+    engine: Engine, batch: list[tuple[Job, Future[_Posted]]]
+) -> list[tuple[str, Job]]:
+    """Store the outcomes of finished POSTs in one write; a failure (permission denied, a
+    bug) is raised after the others are stored and its job released."""
+    posted: list[_Posted] = []
+    failed: list[Job] = []
+    failure: Exception | None = None
+    for intent, future in batch:
+        try:
+            posted.append(future.result())
+        except Exception as error:
+            failure = failure or error
+            failed.append(_unleased(intent))
+    stored = _store_posts(engine, posted)
+    if failure is not None:
+        engine.ledger.save_jobs(failed, engine.now())
+        raise failure
+    return stored
 
 
 class _SlotBudget:
@@ -173,6 +267,10 @@ class _SlotBudget:
                 return False
             self._slots -= 1
             return True
+
+    def slots_left(self) -> int:
+        with self._lock:
+            return self._slots
 
     def take_traffic(self, size: int) -> bool:
         with self._lock:
@@ -228,14 +326,24 @@ def _submit_claimed(
     # (and was admitted to the traffic budget when its intent was written). Asking again would
     # starve it for good once every slot is held by such jobs.
     else:
-        if not budget.take_traffic(job.bytes):
-            return "deferred", _defer_to_next_day(engine, target, job)
-        if not budget.take():
-            _release(engine, job)
-            return "deferred", job
-    intent = _write_intent(engine, target, job)
+        refused = _admit(engine, target, job, budget)
+        if refused is not None:
+            return refused
+    intents = _write_intents(engine, target, [job])
+    if not intents:
+        return "deferred", job  # another process claimed it meanwhile
     crash_point("after_intent")
-    return _post(engine, target, intent)
+    return _post(engine, target, intents[0])
+
+
+def _admit(engine: Engine, target: Target, job: Job, budget: _SlotBudget) -> tuple[str, Job] | None:
+    """None when the job may be posted now (traffic and slot taken); else its deferral."""
+    if not budget.take_traffic(job.bytes):
+        return "deferred", _defer_to_next_day(engine, target, job)
+    if not budget.take():
+        _release(engine, job)
+        return "deferred", job
+    return None
 
 
 def _defer_to_next_day(engine: Engine, target: Target, job: Job) -> Job:
@@ -299,18 +407,41 @@ def apply_record(job: Job, record: ReplicationRecord, now: datetime) -> Job:
     return job.evolve(state=JobState.REPLICATING, replication_record_id=record.id)
 
 
-def _write_intent(engine: Engine, target: Target, job: Job) -> Job:
-    replica = job_replica(target, job, engine.now())
-    intent = job.evolve(
-        state=JobState.SUBMITTING,
-        attempts=job.attempts + 1,
-        replica_name=replica.name,
-        replica_description=replica.description,
-        next_attempt_at=engine.now() + AMBIGUOUS_RECHECK,
-    )
-    # Committed (synchronous=FULL on SQLite) before the POST: a crash after this point
-    # leads to a reconcile, never to a blind second POST.
-    return engine.ledger.save_jobs([intent], engine.now())[0]
+def _write_intents(engine: Engine, target: Target, jobs: list[Job]) -> list[Job]:
+    now = engine.now()
+    intents = []
+    for job in jobs:
+        replica = job_replica(target, job, now)
+        intents.append(
+            job.evolve(
+                state=JobState.SUBMITTING,
+                attempts=job.attempts + 1,
+                replica_name=replica.name,
+                replica_description=replica.description,
+                next_attempt_at=now + AMBIGUOUS_RECHECK,
+                # The lease restarts with the intent: it must outlast this POST (the lease
+                # exceeds connect + read timeout), however long the job waited for its turn.
+                lease_owner=engine.owner,
+                lease_expires_at=now + engine.lease,
+            )
+        )
+    # Committed (synchronous=FULL on SQLite) before the POSTs: a crash after this point
+    # leads to a reconcile, never to a blind second POST. Only where this process still
+    # holds the claim: one whose lease ran out while it waited may have been claimed (and
+    # posted) by another instance since; that one owns it now.
+    stored = engine.ledger.write_intents(intents, now, owner=engine.owner)
+    if len(stored) < len(intents):
+        kept = {job.key for job in stored}
+        for job in intents:
+            if job.key not in kept:
+                log.warning(
+                    "claim_lost",
+                    policy=target.policy,
+                    backup=job.source_backup_id,
+                    region=job.destination_region,
+                    detail="claimed by another process after this one's lease ran out",
+                )
+    return stored
 
 
 def job_replica(target: Target, job: Job, now: datetime) -> ReplicaSpec:
@@ -333,7 +464,36 @@ def job_replica(target: Target, job: Job, now: datetime) -> ReplicaSpec:
     )
 
 
+@dataclass(frozen=True)
+class _Posted:
+    """What a POST came to: the job as it is to be stored and its attempt row's outcome,
+    not stored yet (``stored``: already stored, on the 1009 path)."""
+
+    outcome: str
+    job: Job
+    attempt: str = ""
+    error: CloudError | None = None
+    request_id: str | None = None
+    stored: bool = False
+
+
 def _post(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
+    return _store_posts(engine, [_post_only(engine, target, job)])[0]
+
+
+def _store_posts(engine: Engine, posted: list[_Posted]) -> list[tuple[str, Job]]:
+    """One ledger write for the jobs and attempt rows of several POSTs."""
+    pending = [item for item in posted if not item.stored]
+    now = engine.now()
+    attempts = [
+        _attempt(item.job, now, item.attempt, error=item.error, request_id=item.request_id)
+        for item in pending
+    ]
+    saved = iter(engine.ledger.save_jobs([item.job for item in pending], now, attempts))
+    return [(item.outcome, item.job if item.stored else next(saved)) for item in posted]
+
+
+def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
     replica = job_replica(target, job, engine.now())
     destination = Destination(
         job.destination_region, job.destination_project_id, job.destination_vault_id
@@ -351,8 +511,8 @@ def _post(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
         _save(engine, job, "already_replicated", error=error)
         reconciled = reconcile(engine, job)
         if reconciled is not None:
-            return "reconciled", reconciled
-        return "deferred", _release(engine, job)
+            return _Posted("reconciled", reconciled, stored=True)
+        return _Posted("deferred", _release(engine, job), stored=True)
     except (AmbiguousError, TransientError) as error:
         crash_point("after_post")
         bound.warning("replicate_uncertain", error=str(error), code=error.code)
@@ -361,7 +521,7 @@ def _post(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
             next_attempt_at=retry_at, last_error_code=error.code, last_error=str(error)
         )
         outcome = "ambiguous" if isinstance(error, AmbiguousError) else "transient"
-        return "deferred", _save(engine, _unleased(kept), outcome, error=error)
+        return _Posted("deferred", _unleased(kept), outcome, error)
     except PermissionDeniedError:
         raise
     except PermanentError as error:
@@ -369,8 +529,8 @@ def _post(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
         failed = retrying.after_failure(
             job, target.retry, engine.now(), code=error.code, message=str(error), rng=engine.rng
         )
-        saved = _save(engine, _unleased(failed), "refused", error=error)
-        return ("given_up" if saved.state == JobState.GIVEN_UP else "failed"), saved
+        label = "given_up" if failed.state == JobState.GIVEN_UP else "failed"
+        return _Posted(label, _unleased(failed), "refused", error)
     crash_point("after_post")
     replicating = job.evolve(
         state=JobState.REPLICATING,
@@ -379,9 +539,8 @@ def _post(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
         last_error_code=None,
         last_error=None,
     )
-    saved = _save(engine, _unleased(replicating), "accepted", request_id=accepted.request_id)
     bound.info("replication_submitted", record=accepted.replication_record_id)
-    return "submitted", saved
+    return _Posted("submitted", _unleased(replicating), "accepted", request_id=accepted.request_id)
 
 
 def _uncertain_delay(error: CloudError) -> timedelta:
@@ -414,7 +573,19 @@ def _save(
 ) -> Job:
     """Store the job and one attempt row (what ``history`` shows) in one transaction."""
     now = engine.now()
-    attempt = Attempt(
+    attempt = _attempt(job, now, outcome, error=error, request_id=request_id)
+    return engine.ledger.save_jobs([job], now, [attempt])[0]
+
+
+def _attempt(
+    job: Job,
+    now: datetime,
+    outcome: str,
+    *,
+    error: CloudError | None = None,
+    request_id: str | None = None,
+) -> Attempt:
+    return Attempt(
         job_id=job.id or 0,
         at=now,
         outcome=outcome,
@@ -422,7 +593,6 @@ def _save(
         error_message=str(error) if error else None,
         request_id=request_id or (error.request_id if error else None),
     )
-    return engine.ledger.save_jobs([job], now, [attempt])[0]
 
 
 # -- tracking ------------------------------------------------------------------------------
@@ -440,6 +610,16 @@ def track_jobs(engine: Engine, jobs: Iterable[Job], retry: retrying.RetryPolicy)
             )
         except NotFoundError:
             continue  # the source was deleted; the replication may still finish: keep it
+        except MalformedAnswerError as error:
+            # This backup's answer is odd: its job waits for a readable one, the others go
+            # on (RELIABILITY.md §4, T5). The cloud unreachable still ends the round.
+            log.warning(
+                "track_skipped",
+                backup=job.source_backup_id,
+                region=job.destination_region,
+                error=str(error),
+            )
+            continue
         changed = track_from_backup(job, backup, retry, engine.now(), engine.rng)
         if changed is not None:
             updated.append(changed)

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from daemon import replicate
-from daemon.errors import CloudError, PermissionDeniedError
+from daemon import replicate, watch
+from daemon.errors import CloudError, LedgerError, PermissionDeniedError
 from daemon.model import TERMINAL_STATES, JobState, SweepReport
 from daemon.policy import Policy
 from daemon.replicate import Engine
@@ -43,20 +43,35 @@ def run_policies(
     dry_run: bool = False,
     sink: DecisionSink | None = None,
     role: str = "run-once",
+    on_swept: Callable[[SweepReport], None] | None = None,
 ) -> RunReport:
     """Sweep every given policy once (one after the other); a failing policy never stops
-    the others. ``role`` is what ``status`` shows for this process among the instances."""
+    the others. ``role`` is what ``status`` shows for this process among the instances.
+    After each sweep its alert states are evaluated (``watch``), then ``on_swept`` is called."""
     run = RunReport()
     if not dry_run:
         engine.ledger.heartbeat(engine.owner, role=role, now=engine.now())
     for policy in policies:
         report, resolved = sweep_policy(engine, policy, dry_run=dry_run, sink=sink)
+        if not dry_run:
+            evaluate_alerts(engine, policy, report)
+        if on_swept is not None:
+            on_swept(report)
         run.sweeps.append(report)
         if resolved is not None:
             run.resolved[policy.name] = resolved
         if report.error and report.error_reason in _UNREACHABLE_CODES:
             run.cloud_unreachable = True
     return run
+
+
+def evaluate_alerts(engine: Engine, policy: Policy, report: SweepReport | None = None) -> None:
+    """Record and announce the policy's alert changes; a ledger failure here is logged and
+    never stops the run (the next evaluation sees the same changes)."""
+    try:
+        watch.evaluate_policy(engine.ledger, policy, engine.now(), report)
+    except LedgerError as error:
+        log.error("alerts_failed", policy=policy.name, error=str(error))
 
 
 # Errors that mean "the cloud did not answer" rather than "the cloud said no".
@@ -71,17 +86,23 @@ def wait_for_run(
     poll_interval: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
+    on_round: Callable[[int], None] | None = None,
 ) -> None:
     """Track in-flight jobs of the swept policies until all are finished or the timeout
-    passes; retries whose backoff ends meanwhile are submitted again."""
+    passes; retries whose backoff ends meanwhile are submitted again. ``on_round(pending)``
+    follows each round (the progress display); the alert states are evaluated at the end."""
     deadline = monotonic() + timeout.total_seconds()
     while True:
         remaining = timedelta(seconds=max(0.0, deadline - monotonic()))
         pending = _follow(engine, run, engine.now() + remaining)
+        if on_round is not None:
+            on_round(pending)
         if pending == 0 or monotonic() >= deadline:
             break
         sleep(poll_interval)
     _count_outcomes(engine, run)
+    for resolved in run.resolved.values():
+        evaluate_alerts(engine, resolved.policy)
 
 
 def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:

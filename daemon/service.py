@@ -6,7 +6,8 @@ APScheduler.
 Threads: the main thread runs the main loop (signals, reload, WATCHDOG=1); APScheduler's
 thread fires the triggers; a sweep thread and a tracker thread run the work items, one at a
 time under ``_work_lock``, so a reload swaps the configuration between two work items.
-Sweeps call ``run_policies``, as ``--run-once`` does.
+Sweeps call ``run_policies``, as ``--run-once`` does. A notify thread (``Courier``) sends the
+alert notifications and heartbeat pings, outside the work lock.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,14 +31,14 @@ import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from daemon import exitcodes, replicate
+from daemon import exitcodes, replicate, watch
 from daemon.app import App, build_app
-from daemon.cloud import HuaweiCloud
 from daemon.config import LoadedConfig, load_settings
 from daemon.errors import CloudError, ConfigError, LedgerError, TransientError
-from daemon.metrics import LedgerSnapshot, Metrics, MetricsServer
+from daemon.metrics import AlertFacts, LedgerSnapshot, Metrics, MetricsServer
 from daemon.model import (
     IN_FLIGHT_STATES,
     Backup,
@@ -50,11 +51,12 @@ from daemon.model import (
     Vault,
     VaultReplicationAccepted,
 )
+from daemon.notify import WebhookClient
 from daemon.observe import bound_context, configure_logging
 from daemon.policy import Policy, ScheduleSettings, Settings, apscheduler_crontab
 from daemon.ports import Cloud
 from daemon.retrying import RetryPolicy
-from daemon.run import run_policies
+from daemon.run import evaluate_alerts, run_policies
 from daemon.sdnotify import Notifier
 from daemon.sweep import ResolvedPolicy, retry_policy
 
@@ -62,9 +64,11 @@ log = structlog.get_logger("cbr_replicator")
 
 STOP_TIMEOUT = timedelta(seconds=90)  # in-flight work may finish; below TimeoutStopSec
 HANG_AFTER = timedelta(minutes=15)  # a work item without a cloud call this long is hung
+HEARTBEAT_EVERY_AT_MOST = timedelta(seconds=30)  # "last seen" of this instance (``status``)
 TRACK_EVERY_AT_MOST = timedelta(minutes=1)
 TRACK_BATCH = 500
 IDLE_TICK = 5.0  # seconds between main-loop rounds when there is no watchdog
+COURIER_TICK = timedelta(minutes=1)  # notifications due for a retry go out this often at least
 
 
 # -- single instance -------------------------------------------------------------------------
@@ -203,14 +207,16 @@ class Daemon:
         self._snapshot = LedgerSnapshot()
         self._last_sweep: SweepReport | None = None
         self._metrics_server: MetricsServer | None = None
-        self.app = build_app(loaded)
+        self.app = self._build_app(loaded)
         self.engine = self._watched_engine(self.app)
+        self.courier = Courier(lambda: self.app, self.metrics, self._stopping)
         self.scheduler = BackgroundScheduler(
             # Sweeps queue for one thread; the tracker has its own and skips a round while
             # a sweep runs (the sweep tracks its policy's jobs itself).
             executors={
                 "default": ThreadPoolExecutor(max_workers=1),
                 "tracker": ThreadPoolExecutor(max_workers=1),
+                "heartbeat": ThreadPoolExecutor(max_workers=1),
             },
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=UTC,
@@ -246,6 +252,7 @@ class Daemon:
         self._refresh_snapshot(baseline=True)
         self._schedule(self.app.policies())
         self.scheduler.start()
+        self.courier.start()
         policies = [policy.name for policy in self.app.policies()]
         if not policies:
             log.warning("no_enabled_policies", config=str(self.config_path))
@@ -287,6 +294,7 @@ class Daemon:
     def _stop(self) -> int:
         self._notify(STOPPING=1, STATUS="stopping: finishing in-flight work")
         log.info("daemon_stopping")
+        self.courier.wake()  # it sees the stop and ends its loop
         self.scheduler.shutdown(wait=False)
         if not self._wait_for_work(STOP_TIMEOUT):
             log.warning("stop_timeout", seconds=STOP_TIMEOUT.total_seconds())
@@ -373,7 +381,7 @@ class Daemon:
                     "ledger.url changed: a running daemon keeps its ledger; restart the "
                     "service (systemctl restart cbr-replicator) to use another one"
                 ]
-            return build_app(loaded), []
+            return self._build_app(loaded), []
         except ConfigError as error:
             return None, list(error.problems)
         except LedgerError as error:
@@ -402,6 +410,7 @@ class Daemon:
         for policy in policies:
             self._add_policy_job(policy)
         self._add_tracker(policies)
+        self._add_heartbeat()
 
     def _add_policy_job(self, policy: Policy) -> None:
         self.scheduler.add_job(
@@ -424,6 +433,28 @@ class Daemon:
             replace_existing=True,
             misfire_grace_time=60,
         )
+
+    def _add_heartbeat(self) -> None:
+        """The instance's row in the ledger, refreshed on a thread of its own: a long sweep
+        (the tracker skips its rounds meanwhile) never makes a live instance look gone."""
+        every = min(HEARTBEAT_EVERY_AT_MOST, self.settings.cloud.lease / 2)
+        self.scheduler.add_job(
+            self._heartbeat_job,
+            trigger=IntervalTrigger(seconds=max(1.0, every.total_seconds())),
+            id="heartbeat",
+            name="instance heartbeat",
+            executor="heartbeat",
+            replace_existing=True,
+            misfire_grace_time=60,
+        )
+
+    def _heartbeat_job(self) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            self.app.ledger.heartbeat(self.engine.owner, role="daemon", now=self.engine.now())
+        except LedgerError as error:
+            log.warning("heartbeat_failed", error=str(error))
 
     def _reschedule(self, old: Settings, new: Settings) -> dict[str, object]:
         before = {policy.name: policy for policy in old.policies if policy.enabled}
@@ -485,17 +516,52 @@ class Daemon:
             if policy is None:
                 return
             with bound_context(policy=name):
-                run = run_policies(self.engine, [policy])
+                run = run_policies(self.engine, [policy], role="daemon")
             for report in run.sweeps:
                 self._record_sweep(report, policy)
+                if report.error is None:
+                    self.courier.ping_after(policy.name)
             self._targets.update(run.resolved)
+            self.courier.wake()
 
     def _record_sweep(self, report: SweepReport, policy: Policy) -> None:
         if report.error_reason == "leased":
             log.info("sweep_skipped", policy=policy.name, reason=report.error)
+            self._follow_sweeper(policy.name, report.started_at)
             return
         self.metrics.record_sweep(report, policy.destination.region)
         self._last_sweep = report
+
+    # -- failover (several instances on one ledger) ------------------------------------------
+    def _follow_sweeper(self, name: str, skipped_at: datetime) -> None:
+        """Another instance is sweeping this policy, so this run was skipped: look again every
+        quarter lease until that instance has finished a sweep (this round is done) or its
+        lease ran out without one (it died: this instance sweeps the round instead). A dead
+        instance's policy is taken over about a lease after it stopped renewing, not at the
+        next scheduled run, which may be hours away."""
+        if self._stopping.is_set():
+            return
+        self.scheduler.add_job(
+            self._takeover_job,
+            trigger=DateTrigger(run_date=self.engine.now() + self.engine.lease / 4),
+            args=[name, skipped_at],
+            id=f"takeover:{name}",
+            name=f"take {name} over if its sweeper stopped",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    def _takeover_job(self, name: str, skipped_at: datetime) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            last = self.app.ledger.last_sweeps().get(name)
+        except LedgerError as error:
+            log.warning("takeover_check_failed", policy=name, error=str(error))
+            last = None
+        if last is not None and last.finished_at is not None and last.finished_at >= skipped_at:
+            return  # the other instance finished this round
+        self._sweep_job(name)  # skipped again (and followed) while the holder's lease is live
 
     def _track_job(self) -> None:
         """Follow running replications to their end; submit what is due (retries whose
@@ -503,6 +569,8 @@ class Daemon:
         with self._work("tracking replications", wait=False) as app:
             if app is None:
                 return
+            # Seen alive by the other instances sharing the ledger (``status``).
+            app.ledger.heartbeat(self.engine.owner, role="daemon", now=self.engine.now())
             self._track_replicating(app)
             for name, resolved in list(self._targets.items()):
                 if _enabled_policy(app, name) is None:
@@ -512,6 +580,8 @@ class Daemon:
                 region = resolved.target.destination.region
                 self.metrics.count_replications(name, region, "submitted", report.submitted)
                 self.metrics.count_replications(name, region, "failed", report.failed)
+                evaluate_alerts(self.engine, resolved.policy)  # stuck, given up, rpo recovered
+            self.courier.wake()
 
     def _track_replicating(self, app: App) -> None:
         retries = {policy.name: retry_policy(policy) for policy in app.settings.policies}
@@ -557,6 +627,7 @@ class Daemon:
                     policy.name: ledger.oldest_pending_backup(policy.name)
                     for policy in self.app.policies()
                 },
+                alerts={policy.name: self._alert_facts(policy) for policy in self.app.policies()},
             )
         except LedgerError as error:
             log.error("ledger_read_failed", error=str(error))
@@ -567,6 +638,15 @@ class Daemon:
         self._snapshot = snapshot
         self.metrics.update_ledger(snapshot)
 
+    def _alert_facts(self, policy: Policy) -> AlertFacts:
+        ledger = self.app.ledger
+        return AlertFacts(
+            region=policy.destination.region,
+            rpo=policy.rpo,
+            window=ledger.replication_window(policy.name),
+            stuck=len(watch.stuck_now(ledger, policy, self.engine.now())),
+        )
+
     def _status(self, activity: str) -> str:
         return status_line(activity, self._snapshot, self._last_sweep)
 
@@ -574,14 +654,15 @@ class Daemon:
         _notify_quietly(self.notifier, **fields)
 
     # -- cloud -----------------------------------------------------------------------------
+    def _build_app(self, loaded: LoadedConfig) -> App:
+        return build_app(
+            loaded, on_api_call=self.metrics.on_api_call, on_retry=self.metrics.on_retry
+        )
+
     def _watched_engine(self, app: App) -> replicate.Engine:
         """The app's engine with its cloud watched: every call counts as progress (for the
         watchdog) and, once stopping, reads are refused so a sweep ends at its next page."""
         cloud: Cloud = app.engine.cloud
-        if isinstance(cloud, HuaweiCloud):
-            # The adapter's hooks for API metrics; build_app does not take them (yet).
-            cloud._on_api_call = self.metrics.on_api_call
-            cloud._on_retry = self.metrics.on_retry
         watched = WatchedCloud(cloud, on_call=self._on_cloud_call)
         return dataclasses.replace(app.engine, cloud=watched)
 
@@ -589,6 +670,60 @@ class Daemon:
         self._progress = time.monotonic()
         if self._stopping.is_set() and not mutating:
             raise TransientError("the daemon is stopping", code="daemon_stopping")
+
+
+class Courier:
+    """The notify thread: delivers the ledger's pending notifications and pings heartbeats,
+    woken after each work item and at least every ``COURIER_TICK``. A slow or dead receiver
+    holds up no sweep; a daemon thread, so it never delays the exit either (a notification
+    cut off then stays pending, and goes out after its lease, from this or another process)."""
+
+    def __init__(
+        self, current_app: Callable[[], App], metrics: Metrics, stopping: threading.Event
+    ) -> None:
+        self._current_app = current_app
+        self._metrics = metrics
+        self._stopping = stopping
+        self._client = WebhookClient()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._pings: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def ping_after(self, policy: str) -> None:
+        """Ping the policy's heartbeat (it swept without error) at the next round."""
+        with self._lock:
+            self._pings.add(policy)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(COURIER_TICK.total_seconds())
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._round()
+            except Exception:  # a notification never stops the daemon
+                log.exception("notify_round_crashed")
+
+    def _round(self) -> None:
+        app = self._current_app()
+        with self._lock:
+            policies, self._pings = sorted(self._pings), set()
+        outbox = watch.Outbox(
+            app.ledger, app.settings, self._client, owner=app.engine.owner, clock=app.engine.now
+        )
+        report = outbox.deliver_pending(stop=self._stopping.is_set)
+        for outcome in ("delivered", "failed", "dropped"):
+            self._metrics.count_notifications("webhook", outcome, getattr(report, outcome))
+        for _url, result in outbox.ping_heartbeats(policies):
+            self._metrics.count_notifications("heartbeat", "delivered" if result.ok else "failed")
 
 
 def _enabled_policy(app: App, name: str) -> Policy | None:

@@ -2,21 +2,34 @@
 vaults page by page, decide per backup, record the decisions, then submit due work.
 
 Per page there is one ledger read (the jobs of that page's backups) and one ledger write, so
-memory stays flat however many backups a vault holds (DESIGN.md §4).
+memory stays flat however many backups a vault holds (DESIGN.md §4). Up to
+``engine.concurrency`` threads list different vaults at once; their pages are decided and
+recorded in the sweeping thread, one page at a time, so the ledger has one user per sweep.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import structlog
 
-from daemon import replicate, retrying, rules
-from daemon.errors import NotFoundError, RefusedError
+from daemon import alerts, replicate, retrying, rules
+from daemon.errors import (
+    CloudError,
+    LedgerError,
+    MalformedAnswerError,
+    NotFoundError,
+    PermanentError,
+    PermissionDeniedError,
+    RefusedError,
+)
 from daemon.model import (
     Action,
     Backup,
@@ -34,6 +47,8 @@ from daemon.policy import Policy
 from daemon.replicate import Engine, Target
 
 log = structlog.get_logger("cbr_replicator")
+
+BATCH_BACKUPS = 1000  # backups decided together at most (one ledger read and write)
 
 DecisionSink = Callable[[Policy, Vault, Backup, Decision], None]
 
@@ -186,25 +201,127 @@ class _Tally:
         self.reasons = Counter()
 
 
-def scan_vault(
+def scan_vaults(
     engine: Engine,
     resolved: ResolvedPolicy,
-    vault: Vault,
     tally: _Tally,
     *,
     dry_run: bool,
     sink: DecisionSink | None,
     renew: Callable[[], None],
+) -> list[CloudError]:
+    """List the policy's vaults (several at once, each vault's pages in order) and decide and
+    record every page here. A vault whose own answers fail it (malformed, or a 4xx such as
+    not found) is left for the next sweep and its error returned: the other vaults are still
+    swept (RELIABILITY.md §4, T5). Anything else stops the scan and is raised: the cloud
+    unreachable or throttling after retries (the other vaults would only wait for the same),
+    permission denied (stop everything)."""
+    vaults = resolved.source_vaults
+    workers = max(1, min(engine.concurrency, len(vaults)))
+    feed = _PageFeed(engine, resolved, size=2 * workers)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan")
+    failed: list[CloudError] = []
+    try:
+        for vault in vaults:
+            pool.submit(feed.fetch, vault)
+        for pages in feed.batches(len(vaults), most=BATCH_BACKUPS, failed=failed):
+            renew()
+            decide_pages(engine, resolved, pages, tally, dry_run=dry_run, sink=sink)
+    finally:
+        feed.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return failed
+
+
+class _PageFeed:
+    """Listing threads put pages in a bounded queue (so memory stays flat); the sweeping
+    thread takes them. Each vault ends with a marker, or with the error that stopped it."""
+
+    def __init__(self, engine: Engine, resolved: ResolvedPolicy, size: int) -> None:
+        self._cloud = engine.cloud
+        self._target = resolved.target
+        self._queue: queue.Queue[tuple[Vault, list[Backup] | None, Exception | None]] = queue.Queue(
+            size
+        )
+        self._closed = threading.Event()
+
+    def fetch(self, vault: Vault) -> None:
+        if self._closed.is_set():
+            return
+        target = self._target
+        try:
+            for page in self._cloud.list_backup_pages(
+                target.source_region, target.source_project_id, vault.id
+            ):
+                if not self._put((vault, page, None)):
+                    return
+        except Exception as error:  # handed over: the sweeping thread raises it
+            self._put((vault, None, error))
+            return
+        self._put((vault, None, None))
+
+    def _put(self, item: tuple[Vault, list[Backup] | None, Exception | None]) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def batches(
+        self, vaults: int, most: int, failed: list[CloudError]
+    ) -> Iterator[list[tuple[Vault, list[Backup]]]]:
+        """Pages as they come; the pages already waiting go together (up to ``most``
+        backups), so small pages of many vaults cost one ledger read and write, not one each.
+        A vault's own error (malformed answer, 4xx) ends that vault only and is added to
+        ``failed``."""
+        finished, size = 0, 0
+        batch: list[tuple[Vault, list[Backup]]] = []
+        while finished < vaults:
+            try:
+                vault, page, error = self._queue.get(block=not batch)
+            except queue.Empty:
+                yield batch
+                batch, size = [], 0
+                continue
+            if isinstance(error, MalformedAnswerError | PermanentError):
+                log.warning("vault_listing_failed", vault=vault.name, error=str(error))
+                failed.append(error)
+                finished += 1
+                continue
+            if error is not None:
+                raise error
+            if page is None:
+                finished += 1
+                continue
+            batch.append((vault, page))
+            size += len(page)
+            if size >= most:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def decide_pages(
+    engine: Engine,
+    resolved: ResolvedPolicy,
+    pages: list[tuple[Vault, list[Backup]]],
+    tally: _Tally,
+    *,
+    dry_run: bool,
+    sink: DecisionSink | None,
 ) -> None:
-    target = resolved.target
-    region = target.destination.region
-    for page in engine.cloud.list_backup_pages(
-        target.source_region, target.source_project_id, vault.id
-    ):
-        renew()
-        jobs = engine.ledger.get_jobs(region, [backup.id for backup in page])
-        now = engine.now()
-        writes: list[Job] = []
+    """One ledger read for the pages' jobs, a decision per backup, one ledger write."""
+    region = resolved.target.destination.region
+    jobs = engine.ledger.get_jobs(region, [backup.id for _, page in pages for backup in page])
+    now = engine.now()
+    writes: list[Job] = []
+    for vault, page in pages:
         for backup in page:
             job = jobs.get(backup.id)
             decision = rules.decide(backup, region, job, now)
@@ -214,8 +331,8 @@ def scan_vault(
             write = plan_write(engine, resolved, vault, backup, job=job, decision=decision)
             if write is not None:
                 writes.append(write)
-        if writes and not dry_run:
-            engine.ledger.save_jobs(writes, now)
+    if writes and not dry_run:
+        engine.ledger.save_jobs(writes, now)
 
 
 def _count(tally: _Tally, decision: Decision) -> None:
@@ -297,6 +414,64 @@ def new_job(
 # -- one sweep -----------------------------------------------------------------------------
 
 
+class LeaseLostError(Exception):
+    """Another process holds the lease this one was working under."""
+
+
+class LeaseKeeper:
+    """Keeps a named ledger lease while a long piece of work runs: a thread of its own renews
+    it every quarter of its length, whatever the work is doing (a slow page, a long
+    submission pass), so it never runs out under a live holder. ``check()`` raises
+    LeaseLostError once the lease is lost: a renewal was refused (another process took it
+    over, this one having stalled for a whole lease), or the ledger could not be reached for
+    a whole lease (another may have taken it by now)."""
+
+    def __init__(self, engine: Engine, name: str, length: timedelta) -> None:
+        self._engine = engine
+        self._name = name
+        self._length = length
+        self._stopped = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease:{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def check(self) -> None:
+        if self._lost.is_set():
+            raise LeaseLostError(
+                f"lease {self._name} lost: another process took it over; this one stops here"
+            )
+
+    def _run(self) -> None:
+        period = self._length.total_seconds() / 4
+        renewed = time.monotonic()
+        while not self._stopped.wait(period):
+            now = self._engine.now()
+            try:
+                held = self._engine.ledger.acquire_lease(
+                    self._name, owner=self._engine.owner, now=now, until=now + self._length
+                )
+            except LedgerError as error:
+                log.warning("lease_renewal_failed", lease=self._name, error=str(error))
+                held = time.monotonic() - renewed < self._length.total_seconds()
+            else:
+                renewed = time.monotonic() if held else renewed
+            if not held:
+                log.warning("lease_lost", lease=self._name, owner=self._engine.owner)
+                self._lost.set()
+                return
+
+
+def _nothing() -> None:
+    pass
+
+
 def sweep_policy(
     engine: Engine,
     policy: Policy,
@@ -309,7 +484,9 @@ def sweep_policy(
     report (``error``/``error_reason``); PermissionDeniedError propagates (stop everything)."""
     started = engine.now()
     lease_name = f"sweep:{policy.name}"
-    lease_length = max(engine.lease, timedelta(minutes=5))
+    # Renewed every quarter of its length while the sweep runs (LeaseKeeper): another
+    # instance takes the policy over at most one lease after this one stopped renewing.
+    lease_length = engine.lease
     if not dry_run and not engine.ledger.acquire_lease(
         lease_name,
         owner=engine.owner,
@@ -322,13 +499,8 @@ def sweep_policy(
             report, error="another process is sweeping this policy", error_reason="leased"
         ), None
 
-    def renew() -> None:
-        if not dry_run:
-            now = engine.now()
-            engine.ledger.acquire_lease(
-                lease_name, owner=engine.owner, now=now, until=now + lease_length
-            )
-
+    keeper = None if dry_run else LeaseKeeper(engine, lease_name, lease_length)
+    renew = keeper.check if keeper is not None else _nothing
     sweep_id = None if dry_run else engine.ledger.start_sweep(policy.name, started)
     tally = _Tally()
     submitted = 0
@@ -337,21 +509,27 @@ def sweep_policy(
     resolved: ResolvedPolicy | None = None
     monotonic_start = time.monotonic()
     try:
+        if keeper is not None:
+            keeper.start()
         resolved = resolve_policy(engine, policy)
         keep_bindings(engine, resolved, dry_run=dry_run)
-        for vault in resolved.source_vaults:
-            scan_vault(engine, resolved, vault, tally, dry_run=dry_run, sink=sink, renew=renew)
+        failed = scan_vaults(engine, resolved, tally, dry_run=dry_run, sink=sink, renew=renew)
         if submit and not dry_run:
+            renew()
             submitted = replicate.submit_due(engine, resolved.target).submitted
+        if failed:
+            raise failed[0]  # reported as the sweep's error, once the other vaults are done
     except RefusedError as refusal:
         error, error_reason = str(refusal), refusal.reason
+    except LeaseLostError as lost:
+        error, error_reason = str(lost), "lease_lost"
     except Exception as failure:
-        from daemon.errors import CloudError, PermissionDeniedError
-
         if isinstance(failure, PermissionDeniedError) or not isinstance(failure, CloudError):
             raise
         error, error_reason = str(failure), failure.code or failure.__class__.__name__
     finally:
+        if keeper is not None:
+            keeper.stop()  # before the release: a late renewal would take the lease again
         if not dry_run:
             engine.ledger.release_lease(lease_name, owner=engine.owner)
     report = SweepReport(
@@ -378,5 +556,14 @@ def sweep_policy(
         error_reason=error_reason,
         error=error,
         seconds=round(time.monotonic() - monotonic_start, 3),
+        **_rpo_fields(engine, policy, dry_run=dry_run),
     )
     return report, resolved
+
+
+def _rpo_fields(engine: Engine, policy: Policy, *, dry_run: bool) -> dict[str, object]:
+    """The policy's RPO figures for the sweep's log line (none on a dry run)."""
+    if dry_run:
+        return {}
+    window = engine.ledger.replication_window(policy.name)
+    return alerts.rpo_log_fields(alerts.rpo_status(window, policy.rpo, engine.now()))

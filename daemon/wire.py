@@ -121,11 +121,24 @@ def _child_bootable(child: object) -> bool | None:
     return bootable if isinstance(bootable, bool) else None
 
 
-def parse_backup_page(body: JsonObject, where: str) -> tuple[list[Backup], int | None]:
-    """A ``ListBackups`` page and the total count the server reported (None if absent)."""
+def parse_backup_page(
+    body: JsonObject, where: str, skipped: list[MalformedAnswerError] | None = None
+) -> tuple[list[Backup], int | None]:
+    """A ``ListBackups`` page and the total count the server reported (None if absent).
+
+    With ``skipped``, a malformed backup goes there instead of failing the whole page, so
+    one odd backup does not hide the others of its vault (RELIABILITY.md §4, T5)."""
     items = require(body, "backups", list, where)
     count = optional(body, "count", int, where)
-    return [parse_backup(item, where) for item in items], count
+    if skipped is None:
+        return [parse_backup(item, where) for item in items], count
+    page = []
+    for item in items:
+        try:
+            page.append(parse_backup(item, where))
+        except MalformedAnswerError as error:
+            skipped.append(error)
+    return page, count
 
 
 def parse_vault(obj: object, region: str, where: str) -> Vault:

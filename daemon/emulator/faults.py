@@ -18,7 +18,8 @@ BEFORE_KINDS = ("throttle", "error_before", "html")
 AFTER_KINDS = ("error_after", "reset_after", "slow_after", "malformed")
 ALL_KINDS = BEFORE_KINDS + AFTER_KINDS
 RATE_KEYS = {kind: f"{kind}_rate" for kind in ALL_KINDS}
-OTHER_KEYS = ("latency_ms", "slow_seconds", "operations", "iam")
+# `malformed_writes: true` lets `malformed` truncate the answer of an applied POST too (T5).
+OTHER_KEYS = ("latency_ms", "slow_seconds", "operations", "iam", "malformed_writes")
 
 # RELIABILITY.md §4 base rates for the crash + faults test.
 BASE_RATES = {
@@ -96,8 +97,8 @@ class FaultInjector:
         draw = self._rng.random()
         edge = 0.0
         for kind in ALL_KINDS:
-            if kind == "malformed" and method != "GET":
-                continue  # a truncated body is only meaningful for reads
+            if kind == "malformed" and method != "GET" and not settings.get("malformed_writes"):
+                continue  # by default a truncated body is only for reads
             edge += float(settings.get(RATE_KEYS[kind], 0.0))
             if draw < edge:
                 return kind

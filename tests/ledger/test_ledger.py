@@ -262,6 +262,24 @@ def test_named_leases_exclude_other_owners_until_expiry(ledger: SqlLedger) -> No
     assert ledger.acquire_lease("sweep:web", owner="a", now=later, until=later)
 
 
+def test_a_live_lease_of_a_holder_that_is_gone_is_taken_over(ledger: SqlLedger) -> None:
+    # A process killed mid-sweep leaves its lease behind; the next one need not wait it out.
+    until = NOW + timedelta(minutes=5)
+    assert ledger.acquire_lease("sweep:web", owner="killed", now=NOW, until=until)
+    asked: list[str] = []
+
+    def alive(owner: str) -> bool:
+        asked.append(owner)
+        return False
+
+    assert not ledger.acquire_lease("sweep:web", owner="b", now=NOW, until=until, holder_gone=alive)
+    assert asked == ["killed"]
+    assert ledger.acquire_lease(
+        "sweep:web", owner="b", now=NOW, until=until, holder_gone=lambda owner: owner == "killed"
+    )
+    assert not ledger.acquire_lease("sweep:web", owner="killed", now=NOW, until=until)
+
+
 def test_last_sweeps_are_the_newest_finished_per_policy(ledger: SqlLedger) -> None:
     for minute, policy in ((0, "web"), (10, "web"), (5, "db")):
         started = NOW + timedelta(minutes=minute)

@@ -1,0 +1,36 @@
+"""Instances started together on an empty ledger (issue 8: several daemons on one PostgreSQL
+database) all open it: the first creates the schema, the others wait and find it made.
+Before the fix, all but one failed with a duplicate key in ``pg_type`` (CREATE TABLE racing)."""
+
+from __future__ import annotations
+
+import threading
+
+from daemon.ledger import SCHEMA_VERSION, SqlLedger, open_ledger
+
+
+def test_instances_opening_an_empty_ledger_at_once_all_succeed(ledger_url: str) -> None:
+    starting = 6
+    barrier = threading.Barrier(starting)
+    opened: list[SqlLedger] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            opened.append(open_ledger(ledger_url))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(starting)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert len(opened) == starting
+        assert {ledger.schema_version() for ledger in opened} == {SCHEMA_VERSION}
+    finally:
+        for ledger in opened:
+            ledger.close()

@@ -1,0 +1,88 @@
+"""Helpers shared by the reliability tests T2-T5 (not the crash test's)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from sqlalchemy import inspect, text
+
+from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
+from daemon.emulator import Emulator
+from daemon.ledger import SqlLedger
+from daemon.replicate import Engine
+
+
+def scratch_directory() -> str | None:
+    """A RAM-backed directory for temporary files when the system has one (POSIX shared
+    memory), else None (the default temporary directory).
+
+    The state machine commits thousands of ledger transactions and the config fuzzer writes
+    thousands of small files; on a busy CI disk the fsyncs and directory updates alone take
+    minutes. These tests check logic, not durability across a power cut (the crash test kills
+    real processes on a real file), so the disk may as well be memory.
+    """
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def cloud_on(emulator: Emulator) -> HuaweiCloud:
+    """The real adapter (official SDK, over HTTP) on an in-process emulator; read retries do
+    not wait."""
+    return HuaweiCloud(
+        Credentials(
+            access_key=SecretStr(emulator.access_key),
+            secret_key=SecretStr(emulator.secret_key),
+            domain_id=emulator.domain_id,
+        ),
+        CloudOptions(
+            cbr_endpoints={},
+            all_regions_endpoint=emulator.url,
+            requests_per_second=10_000,
+            read_attempts=3,
+            read_timeout=timedelta(seconds=5),
+        ),
+        sleep=lambda seconds: None,
+    )
+
+
+class ManualClock:
+    """The engine's clock: moves only when told (and can move the emulator's with it)."""
+
+    def __init__(self, emulator: Emulator | None = None) -> None:
+        self.now = datetime(2026, 11, 20, tzinfo=UTC)
+        self.emulator = emulator
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        if self.emulator is not None:
+            self.emulator.advance(seconds)
+
+
+def engine_on(emulator: Emulator, ledger: SqlLedger, clock: ManualClock) -> Engine:
+    return Engine(
+        cloud=cloud_on(emulator),
+        ledger=ledger,
+        clock=clock,
+        owner="reliability-test",
+        lease=timedelta(minutes=2),
+    )
+
+
+def ledger_snapshot(ledger: SqlLedger, *, skip: tuple[str, ...] = ("sweeps",)) -> dict[str, Any]:
+    """Every row of every ledger table (but ``skip``), in a stable order: two snapshots are
+    equal exactly when the durable state is."""
+    tables: dict[str, Any] = {}
+    with ledger.engine.connect() as connection:
+        for name in sorted(inspect(connection).get_table_names()):
+            if name in skip:
+                continue
+            rows = connection.execute(text(f'SELECT * FROM "{name}"')).all()
+            tables[name] = sorted((tuple(row) for row in rows), key=repr)
+    return tables
