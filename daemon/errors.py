@@ -15,8 +15,13 @@ class ConfigError(ReplicatorError):
     """The configuration is invalid. ``problems`` holds one line per problem found."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
+        # One line each, whatever a value quoted in it holds (a path or key with a line break).
+        self.problems = [_one_line(problem) for problem in problems]
         super().__init__("\n".join(self.problems))
+
+
+def _one_line(text: str) -> str:
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class RefusedError(ReplicatorError):

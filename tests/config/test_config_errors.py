@@ -274,6 +274,19 @@ def test_missing_secret_file(base: dict[str, Any], write: Write, check: Check,
     assert_config_error(check(path), path, "cloud.credentials.secret_key_file: secret file", "nope")
 
 
+def test_a_secret_path_with_a_line_break_stays_one_line(
+    base: dict[str, Any], write: Write, check: Check, config_dir: Path
+) -> None:
+    # Found by the config fuzzer (T4): the path was quoted raw and split the message in two.
+    path = write(secret_config(base, config_dir / "\n\n"))
+    code, _out, err = check(path)
+    assert code == 78
+    problems = [line for line in err.splitlines() if "secret_key_file" in line]
+    assert len(problems) == 1
+    assert problems[0].startswith(str(path))
+    assert "\\n" in problems[0]
+
+
 def test_secret_file_readable_by_group(base: dict[str, Any], write: Write, check: Check) -> None:
     secret = write("sk-value-123\n", "sk")
     secret.chmod(0o640)
