@@ -16,12 +16,13 @@ import dataclasses
 import fcntl
 import os
 import re
+import select
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -198,9 +199,15 @@ class Daemon:
         self.notifier = notifier
         self.metrics = Metrics()
         self._stopping = threading.Event()  # set on SIGTERM: no new work, reads refused
-        self._wake = threading.Event()
-        self._work_lock = threading.Lock()
+        # Signal handlers only set these flags. A handler runs in the main thread between
+        # two bytecodes, wherever that thread is, even inside another handler: one that took
+        # a lock (Event.set) hung the daemon for good when the main loop held that lock at
+        # the time (inside Event.wait or clear). The interpreter itself wakes the main loop,
+        # by writing to a pipe (signal.set_wakeup_fd) before any handler runs.
+        self._stop_signal: str | None = None
         self._reload_requested = False
+        self._wake_read = -1  # the pipe's end the main loop waits on; made by serve()
+        self._work_lock = threading.Lock()
         self._progress = time.monotonic()
         self._working = False
         self._targets: dict[str, ResolvedPolicy] = {}
@@ -228,7 +235,12 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------
     def serve(self) -> int:
-        previous = self._install_signal_handlers()  # before READY=1: a reload may follow it
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)  # set_wakeup_fd wants it so
+        self._wake_read = wake_read
+        # Before READY=1: a reload may follow it at once.
+        previous, previous_wakeup_fd = self._install_signal_handlers(wake_write)
         try:
             try:
                 self._start()
@@ -239,6 +251,9 @@ class Daemon:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+            signal.set_wakeup_fd(previous_wakeup_fd)
+            os.close(wake_read)
+            os.close(wake_write)
         return self._stop()
 
     def _start(self) -> None:
@@ -268,13 +283,22 @@ class Daemon:
     def _main_loop(self) -> None:
         """Signals only set flags; everything they ask for happens here."""
         tick = min(self._watchdog_seconds() or IDLE_TICK, IDLE_TICK)
-        while not self._stopping.is_set():
+        while not self._stop_asked():
             self._keep_alive()
-            self._wake.wait(tick)
-            self._wake.clear()
-            if self._reload_requested and not self._stopping.is_set():
+            self._sleep_until_signal(tick)
+            if self._reload_requested and not self._stop_asked():
                 self._reload_requested = False
                 self._reload()
+
+    def _sleep_until_signal(self, seconds: float) -> None:
+        try:
+            readable, _, _ = select.select([self._wake_read], [], [], seconds)
+        except InterruptedError:  # pragma: no cover (PEP 475 retries; kept for safety)
+            return
+        if readable:
+            with suppress(BlockingIOError):  # raised once drained
+                while os.read(self._wake_read, 512):
+                    pass
 
     def _keep_alive(self) -> None:
         """WATCHDOG=1, unless APScheduler's thread died or a work item hangs: then systemd
@@ -293,7 +317,7 @@ class Daemon:
 
     def _stop(self) -> int:
         self._notify(STOPPING=1, STATUS="stopping: finishing in-flight work")
-        log.info("daemon_stopping")
+        log.info("daemon_stopping", signal=self._stop_signal)
         self.courier.wake()  # it sees the stop and ends its loop
         self.scheduler.shutdown(wait=False)
         if not self._wait_for_work(STOP_TIMEOUT):
@@ -324,29 +348,38 @@ class Daemon:
         tick = min(self._watchdog_seconds() or 1.0, 1.0)
         while not self._work_lock.acquire(timeout=tick):
             self._keep_alive()
-            if deadline is None and self._stopping.is_set():
+            if deadline is None and self._stop_asked():
                 return False
             if deadline is not None and time.monotonic() >= deadline:
                 return False
         return True
 
     # -- signals ---------------------------------------------------------------------------
-    def _install_signal_handlers(self) -> dict[int, Any]:
+    def _install_signal_handlers(self, wake_fd: int) -> tuple[dict[int, Any], int]:
+        previous_wakeup_fd = signal.set_wakeup_fd(wake_fd, warn_on_full_buffer=False)
         handlers: dict[int, Callable[[int, FrameType | None], None]] = {
             signal.SIGTERM: self._on_stop_signal,
             signal.SIGINT: self._on_stop_signal,
             signal.SIGHUP: self._on_reload_signal,
         }
-        return {number: signal.signal(number, handler) for number, handler in handlers.items()}
+        previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
+        return previous, previous_wakeup_fd
 
+    # A handler sets one flag, nothing else: no logging (the main thread may be inside a
+    # write to the same stream), no lock. The main loop acts on the flags.
     def _on_stop_signal(self, number: int, _frame: FrameType | None) -> None:
-        log.info("signal_received", signal=signal.Signals(number).name)
-        self._stopping.set()
-        self._wake.set()
+        self._stop_signal = signal.Signals(number).name
 
     def _on_reload_signal(self, _number: int, _frame: FrameType | None) -> None:
         self._reload_requested = True
-        self._wake.set()
+
+    def _stop_asked(self) -> bool:
+        """Whether a stop signal came; in the main thread, it is passed on here to the event
+        the work threads watch (a handler may not set it: Event.set takes a lock)."""
+        if self._stop_signal is not None and not self._stopping.is_set():
+            self._stopping.set()
+            self.courier.wake()
+        return self._stopping.is_set()
 
     # -- reload ----------------------------------------------------------------------------
     def _reload(self) -> None:

@@ -50,6 +50,15 @@ class NotifySocket:
         self._socket.bind(b"\0" + self.name[1:].encode())
         self.messages: list[dict[str, str]] = []
 
+    def poll(self) -> list[dict[str, str]]:
+        """The messages already here, oldest first, without waiting; [] when none."""
+        arrived: list[dict[str, str]] = []
+        while select.select([self._socket], [], [], 0)[0]:
+            text = self._socket.recv(65536).decode()
+            arrived.append(dict(line.split("=", 1) for line in text.splitlines() if "=" in line))
+        self.messages.extend(arrived)
+        return arrived
+
     def wait_for(self, key: str, contains: str = "", timeout: float = DEADLINE) -> dict[str, str]:
         """The next message carrying ``key`` (``READY``, ``STATUS``...) whose value holds
         ``contains``; earlier messages are consumed."""
