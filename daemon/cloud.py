@@ -618,10 +618,15 @@ class HuaweiCloud:
     def _disable_transport_retries(self, client: Any) -> None:
         """Remount the session adapter without urllib3's 429 retry, so a throttled GET
         reaches us as an answer with its ``Retry-After`` header rather than a RetryError
-        that lost it. Our own tenacity loop is the only retry."""
+        that lost it. Our own tenacity loop is the only retry.
+
+        The session also stops reading the environment (proxy variables, ``~/.netrc``, CA
+        bundle variables): the config alone says how to reach CBR (``cloud.proxy``,
+        ``cloud.ca_bundle``), and the look-ups cost CPU on every request."""
         session = getattr(client.get_http_client(), "_session", None)
         if session is None:
             return
+        session.trust_env = False
         size = max(10, self._options.concurrency)
         adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
         session.mount("https://", adapter)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,10 +43,12 @@ from daemon import alerts
 from daemon.alerts import AlertChange, AlertKind, ReplicationWindow, StoredAlert
 from daemon.errors import LedgerError
 from daemon.model import (
+    TERMINAL_STATES,
     Attempt,
     Job,
     JobState,
     Origin,
+    PageJobs,
     Reason,
     SweepReport,
     VaultBinding,
@@ -263,12 +265,47 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 _JOB_FIELDS = tuple(name for name in Job.__dataclass_fields__ if name != "id")
 
 
+_JOB_PLAIN_FIELDS = tuple(name for name in _JOB_FIELDS if name not in {"state", "origin"})
+
+
 def _job_from_row(row: JobRow) -> Job:
     return Job(
-        **{name: getattr(row, name) for name in _JOB_FIELDS if name not in {"state", "origin"}},
+        **{name: getattr(row, name) for name in _JOB_PLAIN_FIELDS},
         state=JobState(row.state),
         origin=Origin(row.origin),
         id=row.id,
+    )
+
+
+_JOBS_TABLE = JobRow.__table__  # type: ignore[attr-defined]
+_SETTLED_BY_VALUE = {state.value: state for state in TERMINAL_STATES}
+
+
+def _jobs_in(
+    session: Session, destination_region: str, backup_ids: Collection[str]
+) -> dict[str, Job]:
+    found: dict[str, Job] = {}
+    table = _JOBS_TABLE
+    for chunk in _chunks(list(backup_ids)):
+        rows = session.execute(
+            table.select().where(
+                table.c.destination_region == destination_region,
+                table.c.source_backup_id.in_(chunk),
+            )
+        )
+        for row in rows.mappings():
+            found[row["source_backup_id"]] = _job_from_values(row)
+    return found
+
+
+def _job_from_values(values: Mapping[Any, Any]) -> Job:
+    """A job from a plain (Core) result row: the sweep reads one page's jobs at a time, and
+    building ORM objects for them was most of a steady-state sweep's CPU (issue 7)."""
+    return Job(
+        **{name: values[name] for name in _JOB_PLAIN_FIELDS},
+        state=JobState(values["state"]),
+        origin=Origin(values["origin"]),
+        id=values["id"],
     )
 
 
@@ -338,17 +375,29 @@ class SqlLedger:
 
     # -- jobs ----------------------------------------------------------------------------------
     def get_jobs(self, destination_region: str, backup_ids: Collection[str]) -> dict[str, Job]:
-        found: dict[str, Job] = {}
+        with self._session() as session:
+            return _jobs_in(session, destination_region, backup_ids)
+
+    def get_page_jobs(self, destination_region: str, backup_ids: Collection[str]) -> PageJobs:
+        table = _JOBS_TABLE
+        settled: dict[str, JobState] = {}
+        open_ids: list[str] = []
         with self._session() as session:
             for chunk in _chunks(list(backup_ids)):
-                rows = session.exec(
-                    select(JobRow).where(
-                        JobRow.destination_region == destination_region,
-                        col(JobRow.source_backup_id).in_(chunk),
+                rows = session.execute(
+                    select(table.c.source_backup_id, table.c.state).where(
+                        table.c.destination_region == destination_region,
+                        table.c.source_backup_id.in_(chunk),
                     )
                 )
-                found.update((row.source_backup_id, _job_from_row(row)) for row in rows)
-        return found
+                for backup_id, state in rows:
+                    settled_state = _SETTLED_BY_VALUE.get(state)
+                    if settled_state is None:
+                        open_ids.append(backup_id)
+                    else:
+                        settled[backup_id] = settled_state
+            found = _jobs_in(session, destination_region, open_ids) if open_ids else {}
+        return PageJobs(open=found, settled=settled)
 
     def get_job(self, source_backup_id: str, destination_region: str) -> Job | None:
         return self.get_jobs(destination_region, [source_backup_id]).get(source_backup_id)

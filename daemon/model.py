@@ -215,6 +215,18 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class PageJobs:
+    """The ledger's jobs for one listing page: the settled ones (succeeded, given up) by
+    state alone, which is all a sweep needs of them, and the others whole."""
+
+    open: dict[str, Job]
+    settled: dict[str, JobState]
+
+    def __len__(self) -> int:
+        return len(self.open) + len(self.settled)
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     """One API submission of a job, kept for ``history``."""
 

@@ -322,7 +322,10 @@ class CloudSettings(_Model):
     verify_tls: bool = Field(
         default=True, validate_default=True, description="verify TLS certificates"
     )
-    proxy: str | None = Field(default=None, description="HTTP(S) proxy URL")
+    proxy: str | None = Field(
+        default=None,
+        description="HTTP(S) proxy URL (proxy environment variables are not read)",
+    )
     connect_timeout: PositiveDuration = Field(
         default=timedelta(seconds=10), description="TCP/TLS connect timeout"
     )

@@ -19,6 +19,7 @@ from daemon.model import (
     Destination,
     Job,
     JobState,
+    PageJobs,
     ReplicaSpec,
     ReplicationAccepted,
     SweepReport,
@@ -143,6 +144,11 @@ class Ledger(Protocol):
         ...
 
     def get_job(self, source_backup_id: str, destination_region: str) -> Job | None: ...
+
+    def get_page_jobs(self, destination_region: str, backup_ids: Collection[str]) -> PageJobs:
+        """The jobs a sweep needs for one page of backups (one transaction): in steady
+        state nearly all are settled, and reading them whole cost most of a sweep's CPU."""
+        ...
 
     def save_jobs(
         self, jobs: Sequence[Job], now: datetime, attempts: Sequence[Attempt] = ()

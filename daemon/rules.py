@@ -13,6 +13,7 @@ from datetime import datetime
 from daemon.model import (
     ECS_RESOURCE_TYPE,
     REPLICA_IMAGE_TYPE,
+    TERMINAL_STATES,
     Action,
     Backup,
     Decision,
@@ -169,16 +170,24 @@ def decide(backup: Backup, destination_region: str, job: Job | None, now: dateti
     """
     if job is None:
         return _decide_new(backup, destination_region)
-    if job.state == JobState.SUCCEEDED:
-        # A replica deleted after success is not re-replicated by a policy: it *was* replicated.
-        return _verdict(backup, Action.SKIP, Reason.ALREADY_REPLICATED)
-    if job.state == JobState.GIVEN_UP:
-        return _verdict(backup, Action.SKIP, Reason.GIVEN_UP)  # waits for the operator's retry
+    if job.state in TERMINAL_STATES:
+        return decide_settled(backup, job.state)
     if job.state == JobState.SUBMITTING:
         return _decide_submitting(backup, destination_region)
     if job.state == JobState.REPLICATING:
         return _decide_replicating(backup, destination_region, job)
     return _decide_waiting(backup, destination_region, job, now)
+
+
+def decide_settled(backup: Backup, state: JobState) -> Decision:
+    """The decision for a backup whose job is settled (succeeded or given up): it depends on
+    the state alone, so a sweep reads no more of such a job."""
+    if state == JobState.SUCCEEDED:
+        # A replica deleted after success is not re-replicated by a policy: it *was* replicated.
+        return _verdict(backup, Action.SKIP, Reason.ALREADY_REPLICATED)
+    if state == JobState.GIVEN_UP:
+        return _verdict(backup, Action.SKIP, Reason.GIVEN_UP)  # waits for the operator's retry
+    raise ValueError(f"{state.value} is not a settled state")
 
 
 # -- per-policy and per-request checks -----------------------------------------------------

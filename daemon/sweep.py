@@ -318,17 +318,22 @@ def decide_pages(
 ) -> None:
     """One ledger read for the pages' jobs, a decision per backup, one ledger write."""
     region = resolved.target.destination.region
-    jobs = engine.ledger.get_jobs(region, [backup.id for _, page in pages for backup in page])
+    known = engine.ledger.get_page_jobs(region, [backup.id for _, page in pages for backup in page])
     now = engine.now()
     writes: list[Job] = []
     for vault, page in pages:
         for backup in page:
-            job = jobs.get(backup.id)
-            decision = rules.decide(backup, region, job, now)
+            settled = known.settled.get(backup.id)
+            if settled is not None:  # nothing to write for it, whatever the cloud says
+                decision = rules.decide_settled(backup, settled)
+                write = None
+            else:
+                job = known.open.get(backup.id)
+                decision = rules.decide(backup, region, job, now)
+                write = plan_write(engine, resolved, vault, backup, job=job, decision=decision)
             _count(tally, decision)
             if sink is not None:
                 sink(resolved.policy, vault, backup, decision)
-            write = plan_write(engine, resolved, vault, backup, job=job, decision=decision)
             if write is not None:
                 writes.append(write)
     if writes and not dry_run:

@@ -7,10 +7,11 @@ field that we need raises ``MalformedAnswerError``. Pure functions, no I/O.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from daemon.errors import MalformedAnswerError
 from daemon.model import Backup, ReplicationRecord, Vault
@@ -23,8 +24,8 @@ def parse_body(raw: bytes | str | None, operation: str) -> JsonObject:
     if raw is None or raw in (b"", ""):
         raise MalformedAnswerError(f"{operation}: empty answer body")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+        body = orjson.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:  # orjson.JSONDecodeError is a ValueError
         raise MalformedAnswerError(
             f"{operation}: answer is not JSON ({error.__class__.__name__})"
         ) from None
@@ -68,23 +69,53 @@ def parse_timestamp(value: object) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+_RECORD_TEXTS = (
+    "destination_region",
+    "destination_project_id",
+    "destination_vault_id",
+    "destination_backup_id",
+)
+
+
 def parse_record(obj: object, where: str) -> ReplicationRecord:
     if not isinstance(obj, dict):
         raise MalformedAnswerError(f"{where}: replication record is not an object")
-    extra = optional(obj, "extra_info", dict, where) or {}
+    # One pass of plain checks; the checking helpers (which name the bad field) run only
+    # when that pass finds something wrong. A sweep parses one record per backup listed.
+    record_id, status = obj.get("id"), obj.get("status")
+    texts = [obj.get(key) for key in _RECORD_TEXTS]
+    extra = obj.get("extra_info")
+    if not (
+        isinstance(record_id, str)
+        and isinstance(status, str)
+        and all(value is None or isinstance(value, str) for value in texts)
+        and (extra is None or isinstance(extra, dict))
+    ):
+        return _parse_record_checked(obj, where)
+    extra = extra or {}
     progress = extra.get("progress")
     return ReplicationRecord(
-        id=require(obj, "id", str, where),
-        status=require(obj, "status", str, where),
-        destination_region=optional(obj, "destination_region", str, where),
-        destination_project_id=optional(obj, "destination_project_id", str, where),
-        destination_vault_id=optional(obj, "destination_vault_id", str, where),
-        destination_backup_id=optional(obj, "destination_backup_id", str, where),
+        id=record_id,
+        status=status,
+        destination_region=texts[0],
+        destination_project_id=texts[1],
+        destination_vault_id=texts[2],
+        destination_backup_id=texts[3],
         created_at=parse_timestamp(obj.get("created_at")),
         fail_code=extra.get("fail_code") or None,
         fail_reason=extra.get("fail_reason") or None,
         progress=progress if isinstance(progress, int) else None,
     )
+
+
+def _parse_record_checked(obj: dict[str, Any], where: str) -> ReplicationRecord:
+    """The slow path of ``parse_record``: raises naming the first malformed field."""
+    require(obj, "id", str, where)
+    require(obj, "status", str, where)
+    for key in _RECORD_TEXTS:
+        optional(obj, key, str, where)
+    optional(obj, "extra_info", dict, where)
+    raise AssertionError("parse_record's checks disagree")  # pragma: no cover
 
 
 def parse_backup(obj: object, where: str) -> Backup:

@@ -311,6 +311,15 @@ JOB_CASES = [
 @pytest.mark.parametrize(("listed", "known", "expected"), JOB_CASES)
 def test_decide_with_job(listed: Backup, known: Job, expected: Decision) -> None:
     assert rules.decide(listed, REGION, known, NOW) == expected
+    if known.state in {JobState.SUCCEEDED, JobState.GIVEN_UP}:
+        # The sweep's shortcut for settled jobs (their state alone) decides the same.
+        assert rules.decide_settled(listed, known.state) == expected
+
+
+@pytest.mark.parametrize("state", [s for s in JobState if s not in rules.TERMINAL_STATES])
+def test_decide_settled_refuses_a_job_that_is_not_settled(state: JobState) -> None:
+    with pytest.raises(ValueError, match="not a settled state"):
+        rules.decide_settled(backup(), state)
 
 
 # -- per-policy and per-request checks -----------------------------------------------------

@@ -86,6 +86,26 @@ def test_get_jobs_reads_a_page_larger_than_one_in_list(ledger: SqlLedger) -> Non
     assert ledger.get_jobs("ap-southeast-1", ids) == {}
 
 
+def test_page_jobs_give_settled_jobs_by_state_and_the_others_whole(ledger: SqlLedger) -> None:
+    states = [JobState.SUCCEEDED, JobState.GIVEN_UP, JobState.QUEUED, JobState.REPLICATING]
+    ids = [f"b-{n:04d}" for n in range(1200)]  # more than one IN list
+    saved = ledger.save_jobs(
+        [job(backup_id, states[n % 4]) for n, backup_id in enumerate(ids)], NOW
+    )
+    known = ledger.get_page_jobs(REGION, [*ids, "missing"])
+
+    assert len(known) == 1200
+    assert known.settled == {
+        j.source_backup_id: j.state
+        for j in saved
+        if j.state in {JobState.SUCCEEDED, JobState.GIVEN_UP}
+    }
+    assert known.open == {
+        j.source_backup_id: j for j in saved if j.state in {JobState.QUEUED, JobState.REPLICATING}
+    }
+    assert len(ledger.get_page_jobs("ap-southeast-1", ids)) == 0
+
+
 def test_attempts_with_job_id_zero_belong_to_the_job_at_their_position(ledger: SqlLedger) -> None:
     attempts = [
         Attempt(job_id=0, at=NOW, outcome="accepted", request_id="req-1"),
