@@ -17,9 +17,10 @@ One new backup appears in a source vault before each start, so there is always w
 into. Then the faults are switched off and ``--run-once --wait`` runs until every job is
 terminal, and the oracle checks: no duplicate replica in the emulator, a replica for every
 eligible (backup, region) pair, every ledger job terminal with the replica the cloud made,
-``PRAGMA integrity_check`` ok, no traceback, no run ended by an escaped error, no unexpected
-exit code (0, 1 and 75 are a run's own verdicts: a sweep an API fault stopped, a policy
-another process was sweeping, the cloud unreachable), no hung process.
+``PRAGMA integrity_check`` ok (PostgreSQL: no doubled job key), no traceback, no run ended
+by an escaped error, no unexpected exit code (0, 1 and 75 are a run's own verdicts: a
+sweep an API fault stopped, a policy another process was sweeping, the cloud unreachable),
+no hung process.
 
 ``--blind-retry`` is the negative control: this script itself posts ``replicate`` through the
 SDK adapter and, after any failed POST, posts again without reading the backup first. It must
@@ -308,6 +309,14 @@ def ledger_facts(url: str) -> tuple[LedgerFacts, dict[tuple[str, str], str | Non
             rows = connection.execute(text(f"{query} FROM jobs")).all()
             if engine.dialect.name == "sqlite":
                 facts.integrity = str(connection.exec_driver_sql("PRAGMA integrity_check").scalar())
+            else:  # the server is never killed; what a killed client could break is the keys
+                doubled = connection.execute(
+                    text(
+                        "SELECT COUNT(*) FROM (SELECT 1 FROM jobs GROUP BY source_backup_id, "
+                        "destination_region HAVING COUNT(*) > 1) AS doubled"
+                    )
+                ).scalar()
+                facts.integrity = "ok" if doubled == 0 else f"{doubled} doubled job keys"
     finally:
         engine.dispose()
     states: Counter[str] = Counter()

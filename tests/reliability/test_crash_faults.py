@@ -37,8 +37,14 @@ def run_script(workdir: Path, *args: str) -> tuple[int, dict[str, Any], str]:
     return result.returncode, json.loads(lines[-1]), result.stdout + result.stderr[-3000:]
 
 
-def test_kills_and_faults_make_no_duplicate_and_lose_nothing(tmp_path: Path) -> None:
-    code, summary, output = run_script(tmp_path / "t1", "--profile", "ci")
+def test_kills_and_faults_make_no_duplicate_and_lose_nothing(
+    tmp_path: Path, ledger_url: str
+) -> None:
+    """On both ledgers (issue 8: the crash suite passes on PostgreSQL too)."""
+    code, summary, output = run_script(
+        tmp_path / "t1", "--profile", "ci", "--ledger-url", ledger_url
+    )
+    assert summary["ledger"] == ("sqlite" if ledger_url.startswith("sqlite") else "postgresql")
     assert summary["starts"] >= 60, output
     assert summary["kills"] >= 30, output
     assert summary["duplicates"] == 0, output
