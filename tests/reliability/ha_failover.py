@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import secrets
 import shutil
 import signal
 import socket
@@ -52,6 +51,7 @@ from typing import Any
 
 import yaml
 
+from tests.postgres_support import POSTGRES_ADMIN, ThrowawayDatabase
 from tests.reliability.crash_faults import (
     EmulatorProcess,
     backup_item,
@@ -62,9 +62,6 @@ from tests.reliability.crash_faults import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-POSTGRES_ADMIN = os.environ.get(
-    "CBR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 SOURCE_REGION = "cn-north-4"
 DESTINATIONS = {"cn-south-1": "dr-south", "ap-southeast-1": "dr-apac"}
 SOURCE_VAULTS = ("vault-a", "vault-b", "vault-c", "vault-d", "vault-e", "vault-f")
@@ -140,37 +137,6 @@ def utc_now() -> datetime:
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
-
-
-def _dsn(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    return (
-        f"host={parsed.host} port={parsed.port or 5432} dbname={parsed.database} "
-        f"user={parsed.username or 'postgres'}"
-        + (f" password={parsed.password}" if parsed.password else "")
-    )
-
-
-class Database:
-    """A throwaway database ``cbr_ha_<hex>`` in the server of ``admin_url``."""
-
-    def __init__(self, admin_url: str) -> None:
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        self.admin_url = admin_url
-        self.name = f"cbr_ha_{secrets.token_hex(6)}"
-        with psycopg.connect(_dsn(admin_url), autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{self.name}"')
-        self.url = make_url(admin_url).set(database=self.name).render_as_string(False)
-
-    def drop(self) -> None:
-        import psycopg
-
-        with psycopg.connect(_dsn(self.admin_url), autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 @dataclass
@@ -816,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     scenario_file = workdir / "scenario.yaml"
     scenario_file.write_text(yaml.safe_dump(scenario(profile, rng, credentials)))
     began = time.monotonic()
-    database = Database(args.postgres_url)
+    database = ThrowawayDatabase("cbr_ha", args.postgres_url)
     emulator = EmulatorProcess(scenario_file, seed, workdir / "emulator.log")
     fleet: Fleet | None = None
     probe = Probe(database.url)

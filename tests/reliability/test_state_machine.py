@@ -1,7 +1,8 @@
 """T2 (RELIABILITY.md §4): a hypothesis state machine over the real ledger and replicate code.
 
-The ledger is the real ``SqlLedger`` on a SQLite file; a crash drops the engine without a
-clean exit (its leases stay behind until they expire) and reopens the file. The services are
+The ledger is the real ``SqlLedger`` on a SQLite file (and, with fewer examples, on a
+PostgreSQL database); a crash drops the engine without a clean exit (its leases stay behind
+until they expire) and reopens the ledger. The services are
 the real ``sweep_policy`` (the idempotent scan), ``submit_due`` (claim, reconcile, intent,
 POST) and ``track_jobs``. Time is a fake clock. The cloud is ``ScriptedCloud``: the *cloud's*
 side of the ``ports.Cloud`` protocol, kept in memory, which answers each replicate call with a
@@ -72,6 +73,7 @@ from daemon.model import (
 from daemon.policy import Policy
 from daemon.replicate import Engine, Target
 from daemon.sweep import resolve_policy, sweep_policy
+from tests.postgres_support import ThrowawayDatabase
 from tests.reliability.reliability_support import scratch_directory
 
 SOURCE = "cn-north-4"
@@ -431,10 +433,14 @@ class SharedLedgerFile:
     ledger: SqlLedger | None = None
 
     @classmethod
+    def _open(cls) -> SqlLedger:
+        cls.directory = Path(tempfile.mkdtemp(prefix="cbr-t2-", dir=scratch_directory()))
+        return open_ledger(f"sqlite:///{cls.directory / 'ledger.db'}")
+
+    @classmethod
     def fresh(cls) -> SqlLedger:
         if cls.ledger is None:
-            cls.directory = Path(tempfile.mkdtemp(prefix="cbr-t2-", dir=scratch_directory()))
-            cls.ledger = open_ledger(f"sqlite:///{cls.directory / 'ledger.db'}")
+            cls.ledger = cls._open()
             atexit.register(cls.remove)
         ledger = SqlLedger(cls.ledger.engine)
         with ledger.engine.begin() as connection:
@@ -451,12 +457,34 @@ class SharedLedgerFile:
             shutil.rmtree(cls.directory, ignore_errors=True)
 
 
+class SharedPostgresLedger(SharedLedgerFile):
+    """The same on PostgreSQL: a database of its own in the local server, dropped at exit.
+    (A ``crash`` closes every connection, as a killed process's would be.)"""
+
+    database: ThrowawayDatabase | None = None
+    ledger: SqlLedger | None = None
+
+    @classmethod
+    def _open(cls) -> SqlLedger:
+        cls.database = ThrowawayDatabase("cbr_t2")
+        return open_ledger(cls.database.url)
+
+    @classmethod
+    def remove(cls) -> None:
+        if cls.ledger is not None:
+            cls.ledger.close()
+        if cls.database is not None:
+            cls.database.drop()
+
+
 class ReplicationMachine(RuleBasedStateMachine):
+    shared: type[SharedLedgerFile] = SharedLedgerFile
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
         self.generation = 0
-        self.raw = SharedLedgerFile.fresh()
+        self.raw = self.shared.fresh()
         self.process = Process()
         self.ledger = CrashingLedger(self.raw, self.process)
         self.cloud = ScriptedCloud(self.clock, lambda: self.raw, self.process)
@@ -648,6 +676,22 @@ ReplicationMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestReplicationMachine = ReplicationMachine.TestCase
+
+
+class PostgresReplicationMachine(ReplicationMachine):
+    """The machine on PostgreSQL (issue 8: the reliability tests run on both ledgers); fewer
+    examples, each step costs a few round trips to the server."""
+
+    shared = SharedPostgresLedger
+
+
+PostgresReplicationMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("T2_POSTGRES_EXAMPLES", "60")),
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestReplicationMachineOnPostgres = pytest.mark.postgres(PostgresReplicationMachine.TestCase)
 
 
 def test_the_machine_catches_a_blind_retry(monkeypatch: pytest.MonkeyPatch) -> None:
