@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, select
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from daemon import alerts
 from daemon.alerts import AlertChange, AlertKind, ReplicationWindow, StoredAlert
@@ -1088,7 +1090,7 @@ def _sqlite_engine(database: str | None) -> Engine:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (the pysqlite recipe).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -1099,6 +1101,25 @@ def _sqlite_engine(database: str | None) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _is_busy(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+
+# SQLite answers "database is locked" at once, without its busy handler, to a connection that
+# asks for WAL while another converts the file: six instances opening a new ledger together
+# failed 10 % of the time (issue 8). Retried within the busy timeout; once the file is in WAL
+# mode, the first query finds it so and needs no lock.
+@retry(
+    retry=retry_if_exception(_is_busy),
+    stop=stop_after_delay(BUSY_TIMEOUT_MS / 1000),
+    wait=wait_random(0.005, 0.05),
+    reraise=True,
+)
+def _use_wal(cursor: sqlite3.Cursor) -> None:
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
 
 
 def _create_private_file(path: Path) -> None:
