@@ -45,6 +45,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,16 +143,23 @@ def pick_kind(rng: random.Random) -> str:
     return rng.choice(("volume", "no_system_disk", "creating"))
 
 
-def scenario(profile: Profile, rng: random.Random, credentials: dict[str, str]) -> dict[str, Any]:
+def scenario(
+    initial_per_vault: int,
+    rng: random.Random,
+    credentials: dict[str, str],
+    source_vaults: Sequence[str] = SOURCE_VAULTS,
+) -> dict[str, Any]:
+    """The emulator's world: source vaults with their first backups, one replication vault
+    per destination region (the failover script uses more source vaults)."""
     vaults = [
         {
             "name": vault,
             "backups": [
                 backup_item(f"{vault}-init-{index:03d}", pick_kind(rng))
-                for index in range(profile.initial_per_vault)
+                for index in range(initial_per_vault)
             ],
         }
-        for vault in SOURCE_VAULTS
+        for vault in source_vaults
     ]
     regions: dict[str, Any] = {
         SOURCE_REGION: {"replication_destinations": list(DESTINATIONS), "vaults": vaults}
@@ -333,8 +341,11 @@ def ledger_facts(url: str) -> tuple[LedgerFacts, dict[tuple[str, str], str | Non
 
 
 def ledger_is_empty(url: str) -> bool:
-    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy import create_engine, inspect, make_url, text
 
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        return True  # the daemon creates it (and its directory); sqlite3 would refuse to
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
@@ -848,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         "domain_id": "crash-faults-domain",
     }
     scenario_file = workdir / "scenario.yaml"
-    scenario_file.write_text(yaml.safe_dump(scenario(profile, rng, credentials)))
+    scenario_file.write_text(yaml.safe_dump(scenario(profile.initial_per_vault, rng, credentials)))
     began = time.monotonic()
     emulator = EmulatorProcess(scenario_file, seed, workdir / "emulator.log")
     try:

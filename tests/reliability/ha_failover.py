@@ -53,17 +53,18 @@ import yaml
 
 from tests.postgres_support import POSTGRES_ADMIN, ThrowawayDatabase
 from tests.reliability.crash_faults import (
+    DESTINATIONS,
+    SOURCE_REGION,
     EmulatorProcess,
     backup_item,
     fault_config,
     is_eligible,
     pick_kind,
     replicated_pairs,
+    scenario,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_REGION = "cn-north-4"
-DESTINATIONS = {"cn-south-1": "dr-south", "ap-southeast-1": "dr-apac"}
 SOURCE_VAULTS = ("vault-a", "vault-b", "vault-c", "vault-d", "vault-e", "vault-f")
 # policy -> (source vaults, destination region): every vault goes to both regions, through
 # six policies, so three instances have several policies each to sweep.
@@ -231,29 +232,6 @@ class Probe:
 
 
 # -- the emulator and the config ---------------------------------------------------------------
-
-
-def scenario(profile: Profile, rng: random.Random, credentials: dict[str, str]) -> dict[str, Any]:
-    vaults = [
-        {
-            "name": vault,
-            "backups": [
-                backup_item(f"{vault}-init-{index:03d}", pick_kind(rng))
-                for index in range(profile.initial_per_vault)
-            ],
-        }
-        for vault in SOURCE_VAULTS
-    ]
-    regions: dict[str, Any] = {
-        SOURCE_REGION: {"replication_destinations": list(DESTINATIONS), "vaults": vaults}
-    }
-    for region, vault in DESTINATIONS.items():
-        regions[region] = {"vaults": [{"name": vault, "protect_type": "replication"}]}
-    return {
-        "credentials": credentials,
-        "settings": {"wait_seconds": 0.2, "replicate_seconds": 1.0, "fail_rate": 0.0},
-        "regions": regions,
-    }
 
 
 def write_config(
@@ -780,7 +758,8 @@ def main(argv: list[str] | None = None) -> int:
         "domain_id": "ha-failover-domain",
     }
     scenario_file = workdir / "scenario.yaml"
-    scenario_file.write_text(yaml.safe_dump(scenario(profile, rng, credentials)))
+    world = scenario(profile.initial_per_vault, rng, credentials, SOURCE_VAULTS)
+    scenario_file.write_text(yaml.safe_dump(world))
     began = time.monotonic()
     database = ThrowawayDatabase("cbr_ha", args.postgres_url)
     emulator = EmulatorProcess(scenario_file, seed, workdir / "emulator.log")
