@@ -84,6 +84,8 @@ REPLICATE_SECONDS = 60  # how long the fake cloud takes to finish a replication
 MAX_BACKUPS = 5
 PAGE = 3  # small pages, so the scan's per-page reads and writes are exercised
 REFUSAL_CODE = "BackupService.6129"
+RECORD_FAIL_CODE = "BackupService.6666"  # what a replication record that ends in fail says
+MAX_ATTEMPTS = 3
 START = datetime(2026, 11, 20, tzinfo=UTC)
 
 POST_OUTCOMES = (
@@ -219,7 +221,7 @@ class ScriptedCloud:
                 destination_vault_id=r.vault_id,
                 destination_backup_id=r.destination_backup_id,
                 created_at=r.created_at,
-                fail_code="BackupService.6666" if r.status == "fail" else None,
+                fail_code=RECORD_FAIL_CODE if r.status == "fail" else None,
             )
             for r in self.records
             if r.backup_id == backup_id
@@ -397,7 +399,7 @@ def make_policy(region: str, max_in_flight: int) -> Policy:
             "source": {"region": SOURCE, "vaults": [VAULT]},
             "destination": {"region": region, "vault": f"dr-{region}"},
             "schedule": {"interval": "1h"},
-            "retry": {"max_attempts": 3, "initial_backoff": "1m", "max_backoff": "10m"},
+            "retry": {"max_attempts": MAX_ATTEMPTS, "initial_backoff": "1m", "max_backoff": "10m"},
             "max_in_flight": max_in_flight,
         }
     )
@@ -653,8 +655,11 @@ class ReplicationMachine(RuleBasedStateMachine):
                 assert job is not None, f"{backup_id}->{region} was never enqueued"
                 live = self.cloud.live_records(backup_id, region)
                 if job.state == JobState.GIVEN_UP:
-                    # Only business refusals give a job up, and nothing was made for it.
-                    assert job.last_error_code == REFUSAL_CODE, job
+                    # Given up only after max_attempts refusals or failed replications (both
+                    # count; a found hunt once gave one up after refused, refused, failed
+                    # record), and nothing was made for it.
+                    assert job.last_error_code in (REFUSAL_CODE, RECORD_FAIL_CODE), job
+                    assert job.attempts == MAX_ATTEMPTS, job
                     assert live == [], job
                 else:
                     assert job.state == JobState.SUCCEEDED, f"not drained: {job}"
