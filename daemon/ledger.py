@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -30,11 +30,14 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
+    insert,
     or_,
     text,
+    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -311,15 +314,75 @@ def _job_from_values(values: Mapping[Any, Any]) -> Job:
     )
 
 
-def _copy_job_to_row(job: Job, row: JobRow, now: datetime) -> None:
-    for name in _JOB_FIELDS:
-        if name in {"created_at", "updated_at"}:
-            continue
-        value = getattr(job, name)
-        setattr(row, name, str(value) if name in {"state", "origin"} else value)
-    row.updated_at = now
-    if row.created_at is None:
-        row.created_at = job.created_at or now
+_ATTEMPTS_TABLE = AttemptRow.__table__  # type: ignore[attr-defined]
+_JOB_ENUM_FIELDS = frozenset({"state", "origin"})
+_JOB_UPDATED_FIELDS = tuple(name for name in _JOB_FIELDS if name != "created_at")
+
+
+class _StoredJob(NamedTuple):
+    id: int
+    created_at: datetime | None
+    lease_owner: str | None
+
+
+# Jobs are written with one executemany per statement kind, through Core: building and
+# flushing an ORM row per job was a quarter of a catch-up sweep's CPU (issue 7).
+_UPDATE_JOB = (
+    update(_JOBS_TABLE)
+    .where(_JOBS_TABLE.c.id == bindparam("row_id"))
+    .values(
+        {
+            name: bindparam(f"new_{name}", type_=_JOBS_TABLE.c[name].type)
+            for name in _JOB_UPDATED_FIELDS
+        }
+    )
+)
+_INSERT_JOBS = insert(_JOBS_TABLE).returning(
+    _JOBS_TABLE.c.id,
+    _JOBS_TABLE.c.source_backup_id,
+    _JOBS_TABLE.c.destination_region,
+    sort_by_parameter_order=True,
+)
+
+
+def _store_jobs(
+    session: Session,
+    jobs: Sequence[Job],
+    stored: Mapping[tuple[str, str], _StoredJob],
+    now: datetime,
+) -> list[Job]:
+    """Update the stored ones, insert the others; each job as saved, with its id."""
+    updates: dict[int, dict[str, Any]] = {}
+    inserts: dict[tuple[str, str], dict[str, Any]] = {}
+    for job in jobs:
+        values = _job_values(job)
+        values["updated_at"] = now
+        found = stored.get(job.key)
+        if found is not None:
+            updates[found.id] = {"row_id": found.id} | {
+                f"new_{name}": values[name] for name in _JOB_UPDATED_FIELDS
+            }
+        else:  # a key given twice in one call is one row, as it was given last
+            earlier = inserts.get(job.key)
+            values["created_at"] = earlier["created_at"] if earlier else job.created_at or now
+            inserts[job.key] = values
+    if updates:
+        session.execute(_UPDATE_JOB, list(updates.values()))
+    saved = {key: (found.id, found.created_at) for key, found in stored.items()}
+    if inserts:
+        for row_id, backup_id, region in session.execute(_INSERT_JOBS, list(inserts.values())):
+            saved[(backup_id, region)] = (row_id, inserts[(backup_id, region)]["created_at"])
+    return [
+        job.evolve(id=saved[job.key][0], created_at=saved[job.key][1] or now, updated_at=now)
+        for job in jobs
+    ]
+
+
+def _job_values(job: Job) -> dict[str, Any]:
+    values = {name: getattr(job, name) for name in _JOB_FIELDS}
+    for name in _JOB_ENUM_FIELDS:
+        values[name] = str(values[name])
+    return values
 
 
 def _binding_from_row(row: BindingRow) -> VaultBinding:
@@ -410,74 +473,54 @@ class SqlLedger:
         if not jobs and not attempts:
             return []
         with self._session() as session:
-            existing = self._rows_by_key(session, [job.key for job in jobs])
-            rows: list[JobRow] = []
-            for job in jobs:
-                row = existing.get(job.key)
-                if row is None:
-                    row = JobRow(
-                        source_backup_id=job.source_backup_id,
-                        destination_region=job.destination_region,
-                        state=str(job.state),
-                        origin=str(job.origin),
-                        source_region=job.source_region,
-                        source_project_id=job.source_project_id,
-                        source_vault_id=job.source_vault_id,
-                        destination_project_id=job.destination_project_id,
-                        destination_vault_id=job.destination_vault_id,
-                    )
-                    existing[job.key] = row
-                _copy_job_to_row(job, row, now)
-                session.add(row)
-                rows.append(row)
-            session.flush()
-            for position, attempt in enumerate(attempts):
-                job_id = attempt.job_id or rows[position].id or 0
-                session.add(
-                    AttemptRow(
-                        job_id=job_id,
-                        at=attempt.at,
-                        outcome=attempt.outcome,
-                        error_code=attempt.error_code,
-                        error_message=attempt.error_message,
-                        request_id=attempt.request_id,
-                    )
+            stored = _store_jobs(session, jobs, self._stored_by_key(session, jobs), now)
+            if attempts:
+                session.execute(
+                    insert(_ATTEMPTS_TABLE),
+                    [
+                        {
+                            "job_id": attempt.job_id or stored[position].id or 0,
+                            "at": attempt.at,
+                            "outcome": attempt.outcome,
+                            "error_code": attempt.error_code,
+                            "error_message": attempt.error_message,
+                            "request_id": attempt.request_id,
+                        }
+                        for position, attempt in enumerate(attempts)
+                    ],
                 )
-            return [_job_from_row(row) for row in rows]
+            return stored
 
     def write_intents(self, jobs: Sequence[Job], now: datetime, *, owner: str) -> list[Job]:
         # The rows stay locked (FOR UPDATE; BEGIN IMMEDIATE on SQLite) from the owner check to
         # the commit, so a claim by another process comes either before (and wins) or after.
         with self._session() as session:
-            existing = self._rows_by_key(session, [job.key for job in jobs], lock=True)
-            stored: list[JobRow] = []
-            for job in jobs:
-                row = existing.get(job.key)
-                if row is None or row.lease_owner != owner:
-                    continue
-                _copy_job_to_row(job, row, now)
-                session.add(row)
-                stored.append(row)
-            session.flush()
-            return [_job_from_row(row) for row in stored]
+            existing = self._stored_by_key(session, jobs, lock=True)
+            owned = [
+                job
+                for job in jobs
+                if (found := existing.get(job.key)) is not None and found.lease_owner == owner
+            ]
+            return _store_jobs(session, owned, existing, now)
 
-    def _rows_by_key(
-        self, session: Session, keys: Sequence[tuple[str, str]], *, lock: bool = False
-    ) -> dict[tuple[str, str], JobRow]:
+    def _stored_by_key(
+        self, session: Session, jobs: Sequence[Job], *, lock: bool = False
+    ) -> dict[tuple[str, str], _StoredJob]:
+        """What the stored rows of ``jobs`` are needed for, by key."""
         by_region: dict[str, list[str]] = {}
-        for backup_id, region in keys:
-            by_region.setdefault(region, []).append(backup_id)
-        found: dict[tuple[str, str], JobRow] = {}
+        for job in jobs:
+            by_region.setdefault(job.destination_region, []).append(job.source_backup_id)
+        table = _JOBS_TABLE
+        found: dict[tuple[str, str], _StoredJob] = {}
         for region, backup_ids in by_region.items():
             for chunk in _chunks(backup_ids):
-                query = select(JobRow).where(
-                    JobRow.destination_region == region,
-                    col(JobRow.source_backup_id).in_(chunk),
-                )
+                query = select(
+                    table.c.source_backup_id, table.c.id, table.c.created_at, table.c.lease_owner
+                ).where(table.c.destination_region == region, table.c.source_backup_id.in_(chunk))
                 if lock and not self.is_sqlite:
                     query = query.with_for_update()
-                rows = session.exec(query)
-                found.update(((row.source_backup_id, row.destination_region), row) for row in rows)
+                for backup_id, row_id, created_at, lease_owner in session.execute(query):
+                    found[(backup_id, region)] = _StoredJob(row_id, created_at, lease_owner)
         return found
 
     def claim_jobs(
@@ -492,35 +535,38 @@ class SqlLedger:
     ) -> list[Job]:
         if limit <= 0:
             return []
+        table = _JOBS_TABLE
+        state, next_attempt_at = table.c.state, table.c.next_attempt_at
         due = or_(
-            (col(JobRow.state) == JobState.QUEUED.value)
-            & (col(JobRow.next_attempt_at).is_(None) | (col(JobRow.next_attempt_at) <= now)),
-            (col(JobRow.state) == JobState.FAILED.value) & (col(JobRow.next_attempt_at) <= now),
-            (col(JobRow.state) == JobState.SUBMITTING.value)
-            & (col(JobRow.next_attempt_at).is_(None) | (col(JobRow.next_attempt_at) <= now)),
+            (state == JobState.QUEUED.value)
+            & (next_attempt_at.is_(None) | (next_attempt_at <= now)),
+            (state == JobState.FAILED.value) & (next_attempt_at <= now),
+            (state == JobState.SUBMITTING.value)
+            & (next_attempt_at.is_(None) | (next_attempt_at <= now)),
         )
-        unleased = col(JobRow.lease_expires_at).is_(None) | (col(JobRow.lease_expires_at) <= now)
-        query = select(JobRow).where(due, unleased)
+        unleased = table.c.lease_expires_at.is_(None) | (table.c.lease_expires_at <= now)
+        query = table.select().where(due, unleased)
         if policy is not None:
-            query = query.where(JobRow.policy == policy)
+            query = query.where(table.c.policy == policy)
         if destination_region is not None:
-            query = query.where(JobRow.destination_region == destination_region)
+            query = query.where(table.c.destination_region == destination_region)
         # Reconcile-first: submitting jobs sort before the rest (RELIABILITY.md §1).
         query = query.order_by(
-            (col(JobRow.state) != JobState.SUBMITTING.value),
-            func.coalesce(col(JobRow.next_attempt_at), col(JobRow.created_at)),
-            col(JobRow.id),
+            (state != JobState.SUBMITTING.value),
+            func.coalesce(next_attempt_at, table.c.created_at),
+            table.c.id,
         ).limit(limit)
         if not self.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         with self._session() as session:
-            rows = list(session.exec(query))
-            for row in rows:
-                row.lease_owner = owner
-                row.lease_expires_at = lease_until
-                session.add(row)
-            session.flush()
-            return [_job_from_row(row) for row in rows]
+            jobs = [_job_from_values(row) for row in session.execute(query).mappings()]
+            if jobs:
+                session.execute(
+                    update(table)
+                    .where(table.c.id.in_([job.id for job in jobs]))
+                    .values(lease_owner=owner, lease_expires_at=lease_until)
+                )
+            return [job.evolve(lease_owner=owner, lease_expires_at=lease_until) for job in jobs]
 
     def claim_job(
         self,
@@ -552,10 +598,11 @@ class SqlLedger:
 
     def release_jobs(self, owner: str) -> None:
         with self._session() as session:
-            for row in session.exec(select(JobRow).where(JobRow.lease_owner == owner)):
-                row.lease_owner = None
-                row.lease_expires_at = None
-                session.add(row)
+            session.execute(
+                update(_JOBS_TABLE)
+                .where(_JOBS_TABLE.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
 
     def count_jobs(
         self,
@@ -581,14 +628,15 @@ class SqlLedger:
         after_id: int = 0,
         policy: str | None = None,
     ) -> list[Job]:
-        query = select(JobRow).where(
-            col(JobRow.state).in_([str(state) for state in states]), col(JobRow.id) > after_id
+        table = _JOBS_TABLE
+        query = table.select().where(
+            table.c.state.in_([str(state) for state in states]), table.c.id > after_id
         )
         if policy is not None:
-            query = query.where(JobRow.policy == policy)
-        query = query.order_by(col(JobRow.id)).limit(limit)
+            query = query.where(table.c.policy == policy)
+        query = query.order_by(table.c.id).limit(limit)
         with self._session() as session:
-            return [_job_from_row(row) for row in session.exec(query)]
+            return [_job_from_values(row) for row in session.execute(query).mappings()]
 
     # -- vault bindings ------------------------------------------------------------------------
     def get_binding(self, source_vault_id: str, destination_region: str) -> VaultBinding | None:
