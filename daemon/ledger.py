@@ -640,14 +640,22 @@ class SqlLedger:
 
     # -- vault bindings ------------------------------------------------------------------------
     def get_binding(self, source_vault_id: str, destination_region: str) -> VaultBinding | None:
+        return self.get_bindings(destination_region, [source_vault_id]).get(source_vault_id)
+
+    def get_bindings(
+        self, destination_region: str, source_vault_ids: Collection[str]
+    ) -> dict[str, VaultBinding]:
+        found: dict[str, VaultBinding] = {}
         with self._session() as session:
-            row = session.exec(
-                select(BindingRow).where(
-                    BindingRow.source_vault_id == source_vault_id,
-                    BindingRow.destination_region == destination_region,
+            for chunk in _chunks(list(source_vault_ids)):
+                rows = session.exec(
+                    select(BindingRow).where(
+                        BindingRow.destination_region == destination_region,
+                        col(BindingRow.source_vault_id).in_(chunk),
+                    )
                 )
-            ).first()
-            return _binding_from_row(row) if row is not None else None
+                found.update((row.source_vault_id, _binding_from_row(row)) for row in rows)
+        return found
 
     def add_binding(self, binding: VaultBinding) -> VaultBinding:
         row = BindingRow(

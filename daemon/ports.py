@@ -219,6 +219,13 @@ class Ledger(Protocol):
     # -- vault bindings ----------------------------------------------------------------------
     def get_binding(self, source_vault_id: str, destination_region: str) -> VaultBinding | None: ...
 
+    def get_bindings(
+        self, destination_region: str, source_vault_ids: Collection[str]
+    ) -> dict[str, VaultBinding]:
+        """The bindings of these vaults to the region, by source vault id (one read for a
+        policy's vaults, not one per vault)."""
+        ...
+
     def add_binding(self, binding: VaultBinding) -> VaultBinding:
         """Insert the binding unless one exists for (vault, region); return the stored row
         (the existing one when the unique constraint already held it)."""

@@ -156,6 +156,9 @@ def keep_bindings(engine: Engine, resolved: ResolvedPolicy, *, dry_run: bool) ->
     """Write the once-only binding of each source vault to the destination region on the
     policy's first sweep; refuse the policy when a binding points elsewhere."""
     target = resolved.target
+    bindings = engine.ledger.get_bindings(
+        target.destination.region, [vault.id for vault in resolved.source_vaults]
+    )
     for vault in resolved.source_vaults:
         wanted = VaultBinding(
             source_vault_id=vault.id,
@@ -167,7 +170,7 @@ def keep_bindings(engine: Engine, resolved: ResolvedPolicy, *, dry_run: bool) ->
             source_region=target.source_region,
             source_vault_name=vault.name,
         )
-        existing = engine.ledger.get_binding(vault.id, target.destination.region)
+        existing = bindings.get(vault.id)
         if existing is None and not dry_run:
             existing = engine.ledger.add_binding(wanted)
         if existing is not None and not _same_destination(existing, wanted):

@@ -266,6 +266,44 @@ def test_a_vault_binding_is_once_only_and_the_first_one_wins(ledger: SqlLedger) 
     assert ledger.get_binding("v-src", "af-south-1") is None
 
 
+def test_bindings_of_many_vaults_are_read_at_once_for_one_region(ledger: SqlLedger) -> None:
+    vaults = [f"v-{index:04d}" for index in range(1200)]  # more than one IN list
+    for vault in vaults[::3]:
+        ledger.add_binding(binding(source_vault_id=vault))
+    ledger.add_binding(binding(source_vault_id=vaults[1], destination_region="ap-southeast-1"))
+    found = ledger.get_bindings(REGION, vaults)
+    assert sorted(found) == vaults[::3]
+    assert all(found[vault].source_vault_id == vault for vault in found)
+    assert list(ledger.get_bindings("ap-southeast-1", vaults)) == [vaults[1]]
+
+
+def test_a_key_given_twice_in_one_save_is_one_row_as_given_last(ledger: SqlLedger) -> None:
+    first, last = job("b1", backup_name="first"), job("b1", backup_name="last", attempts=2)
+    saved = ledger.save_jobs([first, last], NOW)
+    assert saved[0].id == saved[1].id is not None
+    stored = ledger.get_job("b1", REGION)
+    assert stored is not None
+    assert (stored.backup_name, stored.attempts, stored.created_at) == ("last", 2, NOW)
+
+
+def test_intents_are_written_only_for_jobs_this_owner_still_holds(ledger: SqlLedger) -> None:
+    ledger.save_jobs([job("b1"), job("b2")], NOW)
+    claimed = ledger.claim_jobs(
+        owner="me", now=NOW, lease_until=NOW + timedelta(minutes=5), limit=2
+    )
+    assert [j.lease_owner for j in claimed] == ["me", "me"]
+    later = NOW + timedelta(minutes=6)  # my lease ran out; another process claims b2
+    taken = ledger.claim_job("b2", REGION, owner="other", now=later, lease_until=later)
+    assert taken is not None
+    intents = [j.evolve(state=JobState.SUBMITTING, attempts=1) for j in claimed]
+    written = ledger.write_intents(intents, later, owner="me")
+    assert [j.source_backup_id for j in written] == ["b1"]
+    assert written[0].id == claimed[0].id
+    b2 = ledger.get_job("b2", REGION)
+    assert b2 is not None
+    assert (b2.state, b2.attempts, b2.lease_owner) == (JobState.QUEUED, 0, "other")
+
+
 def test_named_leases_exclude_other_owners_until_expiry(ledger: SqlLedger) -> None:
     until = NOW + timedelta(minutes=5)
     assert ledger.acquire_lease("sweep:web", owner="a", now=NOW, until=until)
