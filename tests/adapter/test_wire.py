@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon import wire
 from daemon.errors import MalformedAnswerError
@@ -98,6 +100,50 @@ def test_timestamps_are_parsed_leniently_as_utc(
     text: str | None, expected: datetime | None
 ) -> None:
     assert wire.parse_timestamp(text) == expected
+
+
+def _reference_timestamp(value: object) -> datetime | None:
+    """The plain implementation parse_timestamp had before it was made faster (issue 7)."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("Z", "+00:00").replace(" ", "T", 1)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+_ZONES = st.sampled_from(["", "Z", "+00:00", "+08:00", "-03:30"])
+_SEPARATORS = st.sampled_from(["T", " "])
+
+
+@given(
+    moment=st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)),
+    separator=_SEPARATORS,
+    zone=_ZONES,
+    timespec=st.sampled_from(["hours", "minutes", "seconds", "milliseconds", "microseconds"]),
+    padding=st.sampled_from(["", " "]),
+    date_only=st.booleans(),
+)
+def test_timestamps_parse_as_the_plain_implementation_did(
+    *, moment: datetime, separator: str, zone: str, timespec: str, padding: str, date_only: bool
+) -> None:
+    if date_only:
+        text = moment.date().isoformat()
+    else:
+        text = moment.isoformat(sep=separator, timespec=timespec) + zone
+    text = padding + text + padding
+    parsed = wire.parse_timestamp(text)
+    assert parsed == _reference_timestamp(text)
+    assert parsed is None or parsed.tzinfo is UTC
+
+
+@given(st.text(max_size=40))
+def test_any_text_parses_as_the_plain_implementation_did(text: str) -> None:
+    parsed = wire.parse_timestamp(text)
+    assert parsed == _reference_timestamp(text)
+    assert parsed is None or parsed.tzinfo is UTC
 
 
 def test_capabilities_pick_the_entry_of_the_queried_region() -> None:
