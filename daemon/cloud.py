@@ -13,11 +13,11 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -81,6 +81,7 @@ log = structlog.get_logger("cbr_replicator")
 
 PAGE_SIZE = 1000  # the API's maximum ``limit``
 LISTING_WINDOW = 4  # pages of one vault read at once when it holds more
+_VaultIndex: TypeAlias = Mapping[str, tuple[Vault, ...]]
 VAULT_LISTING_TTL = 60.0  # seconds a project's vault listing answers find_vault
 DEFAULT_IAM_ENDPOINT = "https://iam.myhuaweicloud.com"
 THROTTLED_CODE = "APIGW.0308"
@@ -220,7 +221,7 @@ class HuaweiCloud:
         self._clients: dict[tuple[str, str], Any] = {}
         self._projects: dict[tuple[str, str | None], str] = {}
         self._iam: Any = None
-        self._vault_listings: dict[tuple[str, str], tuple[float, tuple[Vault, ...]]] = {}
+        self._vault_listings: dict[tuple[str, str], tuple[float, _VaultIndex]] = {}
         self._lock = threading.Lock()
 
     # -- resolution ------------------------------------------------------------------------
@@ -271,9 +272,7 @@ class HuaweiCloud:
         """From the project's vault listing (one call per 1,000 vaults, reused for
         ``VAULT_LISTING_TTL``), so a policy naming 1,000 vaults costs one call, not 1,000; a
         vault missing from the listing (made since) is looked up directly."""
-        listed = [
-            v for v in self._listed_vaults(region, project_id) if name_or_id in (v.name, v.id)
-        ]
+        listed = self._listed_vaults(region, project_id).get(name_or_id, ())
         if len(listed) == 1:
             return listed[0]
         if len(listed) > 1:
@@ -298,7 +297,9 @@ class HuaweiCloud:
             )
         return self.show_vault(region, project_id, name_or_id)
 
-    def _listed_vaults(self, region: str, project_id: str) -> tuple[Vault, ...]:
+    def _listed_vaults(self, region: str, project_id: str) -> _VaultIndex:
+        """The project's vaults by name and by id (a dict: a policy of 5,000 vaults looked
+        each up in a list of 5,000, 25 million comparisons)."""
         key = (region, project_id)
         with self._lock:
             cached = self._vault_listings.get(key)
@@ -314,10 +315,14 @@ class HuaweiCloud:
             count = wire.optional(body, "count", int, "ListVault")
             if len(items) < PAGE_SIZE or (count is not None and len(vaults) >= count):
                 break
-        listing = tuple(vaults)
+        index: dict[str, tuple[Vault, ...]] = {}
+        for vault in vaults:
+            index[vault.name] = (*index.get(vault.name, ()), vault)
+            if vault.id != vault.name:
+                index[vault.id] = (*index.get(vault.id, ()), vault)
         with self._lock:
-            self._vault_listings[key] = (time.monotonic(), listing)
-        return listing
+            self._vault_listings[key] = (time.monotonic(), index)
+        return index
 
     def show_vault(self, region: str, project_id: str, vault_id: str) -> Vault:
         client = self._cbr(region, project_id)
