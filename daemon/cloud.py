@@ -367,7 +367,11 @@ class HuaweiCloud:
                 show_replication=True,
                 resource_type=resource_type,
             )
-            body = self._read("list_backups", functools.partial(client.list_backups, request))
+            body = self._read_as(
+                "list_backups",
+                functools.partial(client.list_backups, request),
+                wire.parse_backup_listing,
+            )
             skipped: list[MalformedAnswerError] = []
             page, count = wire.parse_backup_page(body, "ListBackups", skipped)
             for error in skipped:  # the others of the page go on; this one waits for a fix
@@ -478,6 +482,11 @@ class HuaweiCloud:
 
     # -- calls -----------------------------------------------------------------------------
     def _read(self, operation: str, call: Callable[[], Any]) -> wire.JsonObject:
+        return self._read_as(operation, call, wire.parse_body)
+
+    def _read_as(
+        self, operation: str, call: Callable[[], Any], parse: Callable[[Any, str], T]
+    ) -> T:
         """A read, retried on transient errors and malformed answers with full jitter,
         honouring Retry-After, within a capped number of attempts and total time."""
         retrying = Retrying(
@@ -489,7 +498,8 @@ class HuaweiCloud:
             before_sleep=lambda _state: self._on_retry and self._on_retry(operation),
             reraise=True,
         )
-        return retrying(self._call, operation, call, mutating=False)
+        parsed: T = retrying(self._exchange, operation, call, parse, mutating=False)
+        return parsed
 
     @staticmethod
     def _read_wait(state: RetryCallState) -> float:
@@ -499,13 +509,23 @@ class HuaweiCloud:
         return max(backoff, float(retry_after)) if retry_after else backoff
 
     def _call(self, operation: str, call: Callable[[], Any], *, mutating: bool) -> wire.JsonObject:
+        return self._exchange(operation, call, wire.parse_body, mutating=mutating)
+
+    def _exchange(
+        self,
+        operation: str,
+        call: Callable[[], Any],
+        parse: Callable[[Any, str], T],
+        *,
+        mutating: bool,
+    ) -> T:
         self._bucket.acquire()
         with self._in_flight:
             self._last.retry_after = None
             self._last.request_id = None
             try:
                 response = call()
-                body = wire.parse_body(getattr(response, "raw_content", None), operation)
+                body = parse(getattr(response, "raw_content", None), operation)
             except Exception as error:
                 classified = classify_error(
                     error, mutating=mutating, retry_after=self._last.retry_after

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from daemon.errors import MalformedAnswerError
@@ -214,12 +215,14 @@ def _child_bootable(child: object) -> bool | None:
 
 
 def parse_backup_page(
-    body: JsonObject, where: str, skipped: list[MalformedAnswerError] | None = None
+    body: BackupListing | JsonObject, where: str, skipped: list[MalformedAnswerError] | None = None
 ) -> tuple[list[Backup], int | None]:
     """A ``ListBackups`` page and the total count the server reported (None if absent).
 
     With ``skipped``, a malformed backup goes there instead of failing the whole page, so
     one odd backup does not hide the others of its vault (RELIABILITY.md §4, T5)."""
+    if isinstance(body, BackupListing):
+        return [_backup_from(raw) for raw in body.backups], body.count
     items = require(body, "backups", list, where)
     count = optional(body, "count", int, where)
     if skipped is None:
@@ -231,6 +234,130 @@ def parse_backup_page(
         except MalformedAnswerError as error:
             skipped.append(error)
     return page, count
+
+
+# -- listing pages, decoded straight into the fields we read --------------------------------
+# A listing page holds ~1.6 KB of JSON per backup, of which the rules read a tenth. Decoding
+# it into dicts cost ~10 us per backup (orjson) before any check; msgspec decodes into these
+# structs, skipping every other field, and checks the types on the way (issue 7). A page it
+# refuses (a missing or mistyped field anywhere) goes the plain way below, which names the
+# field and skips only the malformed backup: both ways give the same result for any page.
+
+
+class _RecordExtra(msgspec.Struct, gc=False):
+    progress: Any = None
+    fail_code: Any = None
+    fail_reason: Any = None
+
+
+class _Record(msgspec.Struct, gc=False):
+    id: str
+    status: str
+    destination_region: str | None = None
+    destination_project_id: str | None = None
+    destination_vault_id: str | None = None
+    destination_backup_id: str | None = None
+    created_at: Any = None
+    extra_info: _RecordExtra | None = None
+
+
+class _Extend(msgspec.Struct, gc=False):
+    contain_system_disk: Any = None
+
+
+class _ChildExtend(msgspec.Struct, gc=False):
+    bootable: Any = None
+
+
+class _Child(msgspec.Struct, gc=False):
+    extend_info: _ChildExtend | None = None
+
+
+class _Backup(msgspec.Struct, gc=False):
+    id: str
+    vault_id: str
+    resource_type: str
+    image_type: str
+    status: str
+    name: str | None = None
+    resource_size: int | float | None = None
+    created_at: Any = None
+    extend_info: _Extend | None = None
+    children: list[_Child] | None = None
+    replication_records: list[_Record] | None = None
+
+
+class BackupListing(msgspec.Struct, gc=False):
+    """A ``ListBackups`` answer that decoded whole into the fields we read."""
+
+    backups: list[_Backup]
+    count: int | None = None
+
+
+_LISTING = msgspec.json.Decoder(BackupListing)
+
+
+def parse_backup_listing(raw: bytes | str | None, operation: str) -> BackupListing | JsonObject:
+    """A ``ListBackups`` answer: the fast structs when every field has its type, else the
+    plain JSON object (for ``parse_backup_page`` to check field by field)."""
+    if raw is not None and raw not in (b"", ""):
+        try:
+            return _LISTING.decode(raw)
+        except msgspec.DecodeError:  # ValidationError included: a field of another type
+            pass
+    return parse_body(raw, operation)
+
+
+def _record_from(raw: _Record) -> ReplicationRecord:
+    extra = raw.extra_info
+    if extra is not None:
+        progress = extra.progress
+        fail_code, fail_reason = extra.fail_code or None, extra.fail_reason or None
+    else:
+        progress = fail_code = fail_reason = None
+    # Positional, in the field order of ReplicationRecord: keywords cost a third more, once
+    # per backup listed.
+    return ReplicationRecord(
+        raw.id,
+        raw.status,
+        raw.destination_region,
+        raw.destination_project_id,
+        raw.destination_vault_id,
+        raw.destination_backup_id,
+        parse_timestamp(raw.created_at),
+        fail_code,
+        fail_reason,
+        progress if type(progress) is int else None,
+    )
+
+
+def _backup_from(raw: _Backup) -> Backup:
+    system_disk = raw.extend_info.contain_system_disk if raw.extend_info is not None else None
+    children, records = raw.children, raw.replication_records
+    return Backup(  # positional, in the field order of Backup (as in _record_from)
+        raw.id,
+        raw.name or "",
+        raw.vault_id,
+        raw.resource_type,
+        raw.image_type,
+        raw.status,
+        int(raw.resource_size or 0),
+        system_disk if type(system_disk) is bool else None,
+        tuple(
+            [
+                _bootable(child.extend_info.bootable if child.extend_info is not None else None)
+                for child in children
+            ]
+        )
+        if children
+        else (),
+        parse_timestamp(raw.created_at),
+        tuple([_record_from(record) for record in records]) if records else (),
+    )
+
+
+def _bootable(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def parse_vault(obj: object, region: str, where: str) -> Vault:
