@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon import wire
@@ -118,6 +118,7 @@ _ZONES = st.sampled_from(["", "Z", "+00:00", "+08:00", "-03:30"])
 _SEPARATORS = st.sampled_from(["T", " "])
 
 
+@settings(deadline=None)
 @given(
     moment=st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)),
     separator=_SEPARATORS,
@@ -139,6 +140,7 @@ def test_timestamps_parse_as_the_plain_implementation_did(
     assert parsed is None or parsed.tzinfo is UTC
 
 
+@settings(deadline=None)
 @given(st.text(max_size=40))
 def test_any_text_parses_as_the_plain_implementation_did(text: str) -> None:
     parsed = wire.parse_timestamp(text)
