@@ -140,50 +140,10 @@ def _parse_record_checked(obj: dict[str, Any], where: str) -> ReplicationRecord:
 
 
 def parse_backup(obj: object, where: str) -> Backup:
-    """One ``BackupResp``. Fields the rules need are required; the rest are lenient."""
+    """One ``BackupResp``, field by field (a backup shown alone, and listing pages that the
+    fast way refused). Fields the rules need are required; the rest are lenient."""
     if not isinstance(obj, dict):
         raise MalformedAnswerError(f"{where}: backup is not an object")
-    # As in parse_record: plain checks first, the ones that name the field on failure only.
-    get = obj.get
-    backup_id, name, vault_id = get("id"), get("name"), get("vault_id")
-    resource_type, image_type, status = get("resource_type"), get("image_type"), get("status")
-    extend, children, records = get("extend_info"), get("children"), get("replication_records")
-    size = get("resource_size")
-    if not (
-        type(backup_id) is str
-        and (name is None or type(name) is str)
-        and type(vault_id) is str
-        and type(resource_type) is str
-        and type(image_type) is str
-        and type(status) is str
-        and (extend is None or type(extend) is dict)
-        and (children is None or type(children) is list)
-        and (records is None or type(records) is list)
-        and (size is None or (type(size) is int or type(size) is float))
-    ):
-        return _parse_backup_checked(obj, where)
-    system_disk = extend.get("contain_system_disk") if extend else None
-    record_where = f"{where} backup {backup_id}"
-    return Backup(
-        id=backup_id,
-        name=name or "",
-        vault_id=vault_id,
-        resource_type=resource_type,
-        image_type=image_type,
-        status=status,
-        resource_size_gb=int(size or 0),
-        contain_system_disk=system_disk if type(system_disk) is bool else None,
-        children_bootable=tuple(_child_bootable(child) for child in children) if children else (),
-        created_at=parse_timestamp(get("created_at")),
-        replication_records=tuple(parse_record(record, record_where) for record in records)
-        if records
-        else (),
-    )
-
-
-def _parse_backup_checked(obj: dict[str, Any], where: str) -> Backup:
-    """The slow path of ``parse_backup``: raises naming the first malformed field, or parses
-    what the fast path's exact type checks refused but is well formed (a bool subclass, say)."""
     backup_id = require(obj, "id", str, where)
     where = f"{where} backup {backup_id}"
     extend = optional(obj, "extend_info", dict, where) or {}
