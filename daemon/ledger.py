@@ -286,18 +286,25 @@ _JOBS_TABLE = JobRow.__table__  # type: ignore[attr-defined]
 _SETTLED_BY_VALUE = {state.value: state for state in TERMINAL_STATES}
 
 
+# A sweep reads one listing page's jobs per query. Built once, and run on a plain connection
+# rather than an ORM session: half the CPU of the read (issue 7: 0.78 -> 0.43 ms per page of
+# 100 backups).
+_PAGE_JOB_STATES = select(_JOBS_TABLE.c.source_backup_id, _JOBS_TABLE.c.state).where(
+    _JOBS_TABLE.c.destination_region == bindparam("region"),
+    _JOBS_TABLE.c.source_backup_id.in_(bindparam("backup_ids", expanding=True)),
+)
+_PAGE_JOBS = _JOBS_TABLE.select().where(
+    _JOBS_TABLE.c.destination_region == bindparam("region"),
+    _JOBS_TABLE.c.source_backup_id.in_(bindparam("backup_ids", expanding=True)),
+)
+
+
 def _jobs_in(
-    session: Session, destination_region: str, backup_ids: Collection[str]
+    connection: Connection, destination_region: str, backup_ids: Collection[str]
 ) -> dict[str, Job]:
     found: dict[str, Job] = {}
-    table = _JOBS_TABLE
     for chunk in _chunks(list(backup_ids)):
-        rows = session.execute(
-            table.select().where(
-                table.c.destination_region == destination_region,
-                table.c.source_backup_id.in_(chunk),
-            )
-        )
+        rows = connection.execute(_PAGE_JOBS, {"region": destination_region, "backup_ids": chunk})
         for row in rows.mappings():
             found[row["source_backup_id"]] = _job_from_values(row)
     return found
@@ -429,6 +436,15 @@ class SqlLedger:
         self.is_sqlite = engine.dialect.name == "sqlite"
 
     @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """One transaction on a plain connection, for the reads a sweep makes per page."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except SQLAlchemyError as error:
+            raise LedgerError(f"ledger: {error.__class__.__name__}: {_cause(error)}") from error
+
+    @contextmanager
     def _session(self) -> Iterator[Session]:
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
@@ -440,20 +456,16 @@ class SqlLedger:
 
     # -- jobs ----------------------------------------------------------------------------------
     def get_jobs(self, destination_region: str, backup_ids: Collection[str]) -> dict[str, Job]:
-        with self._session() as session:
-            return _jobs_in(session, destination_region, backup_ids)
+        with self._connection() as connection:
+            return _jobs_in(connection, destination_region, backup_ids)
 
     def get_page_jobs(self, destination_region: str, backup_ids: Collection[str]) -> PageJobs:
-        table = _JOBS_TABLE
         settled: dict[str, JobState] = {}
         open_ids: list[str] = []
-        with self._session() as session:
+        with self._connection() as connection:
             for chunk in _chunks(list(backup_ids)):
-                rows = session.execute(
-                    select(table.c.source_backup_id, table.c.state).where(
-                        table.c.destination_region == destination_region,
-                        table.c.source_backup_id.in_(chunk),
-                    )
+                rows = connection.execute(
+                    _PAGE_JOB_STATES, {"region": destination_region, "backup_ids": chunk}
                 )
                 for backup_id, state in rows:
                     settled_state = _SETTLED_BY_VALUE.get(state)
@@ -461,7 +473,7 @@ class SqlLedger:
                         open_ids.append(backup_id)
                     else:
                         settled[backup_id] = settled_state
-            found = _jobs_in(session, destination_region, open_ids) if open_ids else {}
+            found = _jobs_in(connection, destination_region, open_ids) if open_ids else {}
         return PageJobs(open=found, settled=settled)
 
     def get_job(self, source_backup_id: str, destination_region: str) -> Job | None:

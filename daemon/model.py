@@ -264,8 +264,7 @@ class Action(StrEnum):
     SKIP = "skip"  # nothing to do (ineligible, done, backing off, given up)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):  # one per backup listed: a named tuple, like Backup
     """The rules' verdict on one backup for one destination region."""
 
     backup_id: str
