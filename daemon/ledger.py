@@ -287,16 +287,14 @@ _SETTLED_BY_VALUE = {state.value: state for state in TERMINAL_STATES}
 
 
 # A sweep reads one listing page's jobs per query. Built once, and run on a plain connection
-# rather than an ORM session: half the CPU of the read (issue 7: 0.78 -> 0.43 ms per page of
-# 100 backups).
-_PAGE_JOB_STATES = select(_JOBS_TABLE.c.source_backup_id, _JOBS_TABLE.c.state).where(
+# rather than an ORM session: a third of the CPU of the read (issue 7: 0.79 -> 0.50 ms per page
+# of 100 backups).
+_PAGE_KEYS = (
     _JOBS_TABLE.c.destination_region == bindparam("region"),
     _JOBS_TABLE.c.source_backup_id.in_(bindparam("backup_ids", expanding=True)),
 )
-_PAGE_JOBS = _JOBS_TABLE.select().where(
-    _JOBS_TABLE.c.destination_region == bindparam("region"),
-    _JOBS_TABLE.c.source_backup_id.in_(bindparam("backup_ids", expanding=True)),
-)
+_PAGE_JOB_STATES = select(_JOBS_TABLE.c.source_backup_id, _JOBS_TABLE.c.state).where(*_PAGE_KEYS)
+_PAGE_JOBS = _JOBS_TABLE.select().where(*_PAGE_KEYS)
 
 
 def _jobs_in(

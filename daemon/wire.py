@@ -65,11 +65,11 @@ def parse_timestamp(value: object) -> datetime | None:
     try:  # what CBR sends, "Z" and a space separator included, parses as it is
         parsed = datetime.fromisoformat(value)
     except ValueError:
+        value = value.strip().replace("Z", "+00:00")
         try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(value)
         except ValueError:
             return None
-        value = value.strip().replace("Z", "+00:00")
     if parsed.tzinfo is None:
         if "T" in value or " " in value:
             # Parsing again with the zone is four times cheaper than datetime.replace, which
@@ -92,39 +92,29 @@ def parse_record(obj: object, where: str) -> ReplicationRecord:
         raise MalformedAnswerError(f"{where}: replication record is not an object")
     # One pass of plain checks; the checking helpers (which name the bad field) run only
     # when that pass finds something wrong. A sweep parses one record per backup listed.
-    get = obj.get
-    record_id, status, extra = get("id"), get("status"), get("extra_info")
-    region, project, vault, replica = (
-        get("destination_region"),
-        get("destination_project_id"),
-        get("destination_vault_id"),
-        get("destination_backup_id"),
-    )
+    record_id, status = obj.get("id"), obj.get("status")
+    texts = [obj.get(key) for key in _RECORD_TEXTS]
+    extra = obj.get("extra_info")
     if not (
-        type(record_id) is str
-        and type(status) is str
-        and (region is None or type(region) is str)
-        and (project is None or type(project) is str)
-        and (vault is None or type(vault) is str)
-        and (replica is None or type(replica) is str)
-        and (extra is None or type(extra) is dict)
+        isinstance(record_id, str)
+        and isinstance(status, str)
+        and all(value is None or isinstance(value, str) for value in texts)
+        and (extra is None or isinstance(extra, dict))
     ):
         return _parse_record_checked(obj, where)
-    if extra:
-        progress = extra.get("progress")
-        fail_code, fail_reason = extra.get("fail_code") or None, extra.get("fail_reason") or None
-    else:
-        progress = fail_code = fail_reason = None
+    extra = extra or {}
+    progress = extra.get("progress")
     return ReplicationRecord(
         id=record_id,
         status=status,
-        destination_region=region,
-        destination_project_id=project,
-        destination_vault_id=vault,
-        destination_backup_id=replica,
-        created_at=parse_timestamp(get("created_at")),
-        fail_code=fail_code,
-        fail_reason=fail_reason,
+        destination_region=texts[0],
+        destination_project_id=texts[1],
+        destination_vault_id=texts[2],
+        destination_backup_id=texts[3],
+        created_at=parse_timestamp(obj.get("created_at")),
+        fail_code=extra.get("fail_code") or None,
+        fail_reason=extra.get("fail_reason") or None,
+        # type(), not isinstance(): a JSON true is no progress, as on the fast way
         progress=progress if type(progress) is int else None,
     )
 
