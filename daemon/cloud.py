@@ -69,6 +69,7 @@ from daemon.errors import (
 )
 from daemon.model import (
     Backup,
+    BackupPage,
     Destination,
     ReplicaSpec,
     ReplicationAccepted,
@@ -339,27 +340,27 @@ class HuaweiCloud:
     # -- backups ---------------------------------------------------------------------------
     def list_backup_pages(
         self, region: str, project_id: str, vault_id: str, *, resource_type: str | None = None
-    ) -> Iterator[list[Backup]]:
+    ) -> Iterator[BackupPage]:
         """Pages of ``limit=1000`` by ``offset``. Backups added meanwhile shift the listing
         (newest first) down, so the next page may repeat the end of the last one: ids of the
         previous page are dropped. Only that page's ids are kept, so memory stays flat
         however large the vault; a repeat from further back is harmless (decided twice)."""
         seen: set[str] = set()
         for page in self._backup_pages(region, project_id, vault_id, resource_type):
-            fresh = [backup for backup in page if backup.id not in seen]
-            seen = {backup.id for backup in page}
+            fresh = page.without(seen)
+            seen = set(page.ids)
             if fresh:
                 yield fresh
 
     def _backup_pages(
         self, region: str, project_id: str, vault_id: str, resource_type: str | None
-    ) -> Iterator[list[Backup]]:
+    ) -> Iterator[BackupPage]:
         """The listing's pages in order. A vault holding more than ``LISTING_WINDOW`` pages
         (by the count of its first page) is read that many pages at a time, so a huge vault
         takes a fraction of one round trip per page; memory stays bounded by the window."""
         client = self._cbr(region, project_id)
 
-        def fetch(offset: int) -> tuple[list[Backup], int | None, int]:
+        def fetch(offset: int) -> tuple[BackupPage, int | None, int]:
             request = ListBackupsRequest(
                 vault_id=vault_id,
                 limit=PAGE_SIZE,
@@ -373,13 +374,13 @@ class HuaweiCloud:
                 wire.parse_backup_listing,
             )
             skipped: list[MalformedAnswerError] = []
-            page, count = wire.parse_backup_page(body, "ListBackups", skipped)
+            page, count = wire.listing_page(body, "ListBackups", skipped)
             for error in skipped:  # the others of the page go on; this one waits for a fix
                 log.warning("malformed_backup_skipped", vault=vault_id, error=str(error))
             return page, count, len(page) + len(skipped)
 
         window = min(LISTING_WINDOW, self._options.concurrency)
-        ahead: deque[Future[tuple[list[Backup], int | None, int]]] = deque()
+        ahead: deque[Future[tuple[BackupPage, int | None, int]]] = deque()
         pool: ThreadPoolExecutor | None = None
         offset = requested = 0  # offset of the page read next; first offset not yet asked for
         try:

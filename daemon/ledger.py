@@ -9,6 +9,7 @@ recipe), so a claim cannot interleave with another process's claim; on PostgreSQ
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -286,14 +287,30 @@ _JOBS_TABLE = JobRow.__table__  # type: ignore[attr-defined]
 _SETTLED_BY_VALUE = {state.value: state for state in TERMINAL_STATES}
 
 
-# A sweep reads one listing page's jobs per query. Built once, and run on a plain connection
-# rather than an ORM session: a third of the CPU of the read (issue 7: 0.79 -> 0.50 ms per page
-# of 100 backups).
+# A sweep reads one listing page's jobs per query, on a plain connection rather than an ORM
+# session (issue 7: 0.79 -> 0.50 ms per page of 100 backups). The states of a page's jobs, which
+# is all a sweep reads of most of them, go as SQL of the driver's own: SQLAlchemy renders an
+# expanding IN list again on every run, 3 of the 5 us per backup the read cost. PostgreSQL
+# takes the ids as one array; SQLite one placeholder per id, in chunks.
+_PAGE_STATES_POSTGRES = (
+    "SELECT source_backup_id, state FROM jobs "
+    "WHERE destination_region = %s AND source_backup_id = ANY(%s)"
+)
+
+
+@functools.cache
+def _page_states_sqlite(ids: int) -> str:
+    placeholders = ", ".join("?" * ids)  # the ids themselves are bound, never written in
+    return (
+        "SELECT source_backup_id, state FROM jobs "  # noqa: S608
+        f"WHERE destination_region = ? AND source_backup_id IN ({placeholders})"
+    )
+
+
 _PAGE_KEYS = (
     _JOBS_TABLE.c.destination_region == bindparam("region"),
     _JOBS_TABLE.c.source_backup_id.in_(bindparam("backup_ids", expanding=True)),
 )
-_PAGE_JOB_STATES = select(_JOBS_TABLE.c.source_backup_id, _JOBS_TABLE.c.state).where(*_PAGE_KEYS)
 _PAGE_JOBS = _JOBS_TABLE.select().where(*_PAGE_KEYS)
 
 
@@ -461,18 +478,27 @@ class SqlLedger:
         settled: dict[str, JobState] = {}
         open_ids: list[str] = []
         with self._connection() as connection:
-            for chunk in _chunks(list(backup_ids)):
-                rows = connection.execute(
-                    _PAGE_JOB_STATES, {"region": destination_region, "backup_ids": chunk}
-                )
-                for backup_id, state in rows:
-                    settled_state = _SETTLED_BY_VALUE.get(state)
-                    if settled_state is None:
-                        open_ids.append(backup_id)
-                    else:
-                        settled[backup_id] = settled_state
+            for backup_id, state in self._page_states(connection, destination_region, backup_ids):
+                settled_state = _SETTLED_BY_VALUE.get(state)
+                if settled_state is None:
+                    open_ids.append(backup_id)
+                else:
+                    settled[backup_id] = settled_state
             found = _jobs_in(connection, destination_region, open_ids) if open_ids else {}
         return PageJobs(open=found, settled=settled)
+
+    def _page_states(
+        self, connection: Connection, destination_region: str, backup_ids: Collection[str]
+    ) -> Iterator[tuple[str, str]]:
+        if not self.is_sqlite:
+            yield from connection.exec_driver_sql(
+                _PAGE_STATES_POSTGRES, (destination_region, list(backup_ids))
+            ).all()
+            return
+        for chunk in _chunks(list(backup_ids)):
+            yield from connection.exec_driver_sql(
+                _page_states_sqlite(len(chunk)), (destination_region, *chunk)
+            ).all()
 
     def get_job(self, source_backup_id: str, destination_region: str) -> Job | None:
         return self.get_jobs(destination_region, [source_backup_id]).get(source_backup_id)

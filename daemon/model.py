@@ -7,11 +7,11 @@ backup, and their construction cost is part of the per-backup budget.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple, overload
 
 GIB = 2**30
 
@@ -123,6 +123,68 @@ class Backup(NamedTuple):
     def bytes(self) -> int:
         """Replication traffic equals the backup's size (the seed); CBR reports GB."""
         return self.resource_size_gb * GIB
+
+
+class BackupPage(Sequence[Backup]):
+    """One page of a vault's listing. Its backup ids are at hand; each ``Backup`` is built the
+    first time it is read. A steady sweep reads only the ids of the backups its ledger has
+    settled (most of them), so it builds no model for them (issue 7)."""
+
+    __slots__ = ("_build", "_built", "_items", "ids")
+
+    def __init__(self, ids: Sequence[str], items: Sequence[Any], build: Callable[[Any], Backup]):
+        self.ids = ids
+        self._items = items
+        self._build = build
+        self._built: list[Backup | None] = [None] * len(ids)
+
+    @classmethod
+    def of(cls, backups: Iterable[Backup]) -> BackupPage:
+        """A page of backups already built (the checked parse, and fakes in tests)."""
+        items = list(backups)
+        return cls([backup.id for backup in items], items, _itself)
+
+    def without(self, ids: Collection[str]) -> BackupPage:
+        """This page less the backups with those ids, still unbuilt."""
+        if not ids:
+            return self
+        keep = [index for index, backup_id in enumerate(self.ids) if backup_id not in ids]
+        return BackupPage(
+            [self.ids[index] for index in keep], [self._items[index] for index in keep], self._build
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Backup: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Backup]: ...
+    def __getitem__(self, index: int | slice) -> Backup | list[Backup]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        backup = self._built[index]
+        if backup is None:
+            backup = self._built[index] = self._build(self._items[index])
+        return backup
+
+    def __iter__(self) -> Iterator[Backup]:
+        for index in range(len(self.ids)):
+            yield self[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BackupPage | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache, compared by content
+
+    def __repr__(self) -> str:
+        return f"BackupPage({list(self)!r})"
+
+
+def _itself(backup: Backup) -> Backup:
+    return backup
 
 
 @dataclass(frozen=True, slots=True)

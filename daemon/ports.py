@@ -16,6 +16,7 @@ from daemon.alerts import AlertChange, ReplicationWindow, StoredAlert
 from daemon.model import (
     Attempt,
     Backup,
+    BackupPage,
     Destination,
     Job,
     JobState,
@@ -48,7 +49,7 @@ class Cloud(Protocol):
 
     def list_backup_pages(
         self, region: str, project_id: str, vault_id: str
-    ) -> Iterator[list[Backup]]:
+    ) -> Iterator[BackupPage]:
         """The vault's backups with their replication records, one list per API page."""
         ...
 

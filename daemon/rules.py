@@ -181,12 +181,17 @@ def decide(backup: Backup, destination_region: str, job: Job | None, now: dateti
 
 def decide_settled(backup: Backup, state: JobState) -> Decision:
     """The decision for a backup whose job is settled (succeeded or given up): it depends on
-    the state alone, so a sweep reads no more of such a job."""
+    the state alone, so a sweep reads no more of such a job, nor of the backup."""
+    return _verdict(backup, Action.SKIP, settled_reason(state))
+
+
+def settled_reason(state: JobState) -> Reason:
+    """Why a backup with a settled job is skipped (the action is always SKIP)."""
     if state == JobState.SUCCEEDED:
         # A replica deleted after success is not re-replicated by a policy: it *was* replicated.
-        return _verdict(backup, Action.SKIP, Reason.ALREADY_REPLICATED)
+        return Reason.ALREADY_REPLICATED
     if state == JobState.GIVEN_UP:
-        return _verdict(backup, Action.SKIP, Reason.GIVEN_UP)  # waits for the operator's retry
+        return Reason.GIVEN_UP  # waits for the operator's retry
     raise ValueError(f"{state.value} is not a settled state")
 
 

@@ -43,6 +43,7 @@ from daemon.metrics import AlertFacts, LedgerSnapshot, Metrics, MetricsServer
 from daemon.model import (
     IN_FLIGHT_STATES,
     Backup,
+    BackupPage,
     Destination,
     Job,
     JobState,
@@ -788,7 +789,7 @@ class WatchedCloud:
 
     def list_backup_pages(
         self, region: str, project_id: str, vault_id: str
-    ) -> Iterator[list[Backup]]:
+    ) -> Iterator[BackupPage]:
         self._on_call(False)
         for page in self._cloud.list_backup_pages(region, project_id, vault_id):
             yield page

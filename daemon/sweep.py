@@ -33,6 +33,7 @@ from daemon.errors import (
 from daemon.model import (
     Action,
     Backup,
+    BackupPage,
     Decision,
     Destination,
     Job,
@@ -243,7 +244,7 @@ class _PageFeed:
     def __init__(self, engine: Engine, resolved: ResolvedPolicy, size: int) -> None:
         self._cloud = engine.cloud
         self._target = resolved.target
-        self._queue: queue.Queue[tuple[Vault, list[Backup] | None, Exception | None]] = queue.Queue(
+        self._queue: queue.Queue[tuple[Vault, BackupPage | None, Exception | None]] = queue.Queue(
             size
         )
         self._closed = threading.Event()
@@ -263,7 +264,7 @@ class _PageFeed:
             return
         self._put((vault, None, None))
 
-    def _put(self, item: tuple[Vault, list[Backup] | None, Exception | None]) -> bool:
+    def _put(self, item: tuple[Vault, BackupPage | None, Exception | None]) -> bool:
         while not self._closed.is_set():
             try:
                 self._queue.put(item, timeout=0.05)
@@ -274,13 +275,13 @@ class _PageFeed:
 
     def batches(
         self, vaults: int, most: int, failed: list[CloudError]
-    ) -> Iterator[list[tuple[Vault, list[Backup]]]]:
+    ) -> Iterator[list[tuple[Vault, BackupPage]]]:
         """Pages as they come; the pages already waiting go together (up to ``most``
         backups), so small pages of many vaults cost one ledger read and write, not one each.
         A vault's own error (malformed answer, 4xx) ends that vault only and is added to
         ``failed``."""
         finished, size = 0, 0
-        batch: list[tuple[Vault, list[Backup]]] = []
+        batch: list[tuple[Vault, BackupPage]] = []
         while finished < vaults:
             try:
                 vault, page, error = self._queue.get(block=not batch)
@@ -313,25 +314,38 @@ class _PageFeed:
 def decide_pages(
     engine: Engine,
     resolved: ResolvedPolicy,
-    pages: list[tuple[Vault, list[Backup]]],
+    pages: list[tuple[Vault, BackupPage]],
     tally: _Tally,
     *,
     dry_run: bool,
     sink: DecisionSink | None,
 ) -> None:
-    """One ledger read for the pages' jobs, a decision per backup, one ledger write."""
+    """One ledger read for the pages' jobs, a decision per backup, one ledger write.
+
+    A backup whose job is settled is skipped for a reason its job's state alone gives, so
+    without a sink (which shows every decision) it is only counted: its model is never built
+    (issue 7: nearly every backup of a steady sweep)."""
     region = resolved.target.destination.region
-    known = engine.ledger.get_page_jobs(region, [backup.id for _, page in pages for backup in page])
+    known = engine.ledger.get_page_jobs(
+        region, [backup_id for _, page in pages for backup_id in page.ids]
+    )
+    settled_jobs, open_jobs = known.settled, known.open
+    settled_seen: Counter[JobState] = Counter()
     now = engine.now()
     writes: list[Job] = []
     for vault, page in pages:
-        for backup in page:
-            settled = known.settled.get(backup.id)
+        for index, backup_id in enumerate(page.ids):
+            settled = settled_jobs.get(backup_id)
             if settled is not None:  # nothing to write for it, whatever the cloud says
+                if sink is None:
+                    settled_seen[settled] += 1
+                    continue
+                backup = page[index]
                 decision = rules.decide_settled(backup, settled)
                 write = None
             else:
-                job = known.open.get(backup.id)
+                backup = page[index]
+                job = open_jobs.get(backup_id)
                 decision = rules.decide(backup, region, job, now)
                 write = plan_write(engine, resolved, vault, backup, job=job, decision=decision)
             _count(tally, decision)
@@ -339,6 +353,10 @@ def decide_pages(
                 sink(resolved.policy, vault, backup, decision)
             if write is not None:
                 writes.append(write)
+    for state, seen in settled_seen.items():
+        tally.backups_seen += seen
+        assert tally.reasons is not None
+        tally.reasons[rules.settled_reason(state)] += seen
     if writes and not dry_run:
         engine.ledger.save_jobs(writes, now)
 

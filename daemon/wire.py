@@ -15,7 +15,7 @@ import msgspec
 import orjson
 
 from daemon.errors import MalformedAnswerError
-from daemon.model import Backup, ReplicationRecord, Vault
+from daemon.model import Backup, BackupPage, ReplicationRecord, Vault
 
 JsonObject = Mapping[str, Any]
 
@@ -256,6 +256,19 @@ def parse_backup_listing(raw: bytes | str | None, operation: str) -> BackupListi
         except msgspec.DecodeError:  # ValidationError included: a field of another type
             pass
     return parse_body(raw, operation)
+
+
+def listing_page(
+    body: BackupListing | JsonObject, where: str, skipped: list[MalformedAnswerError]
+) -> tuple[BackupPage, int | None]:
+    """A ``ListBackups`` page as a ``BackupPage`` and the count the server reported. From the
+    fast structs each backup is built only when read; a page that needed the checked way is
+    built whole (``parse_backup_page``, whose malformed backups go to ``skipped``)."""
+    if isinstance(body, BackupListing):
+        raws = body.backups
+        return BackupPage([raw.id for raw in raws], raws, _backup_from), body.count
+    page, count = parse_backup_page(body, where, skipped)
+    return BackupPage.of(page), count
 
 
 def _record_from(raw: _Record) -> ReplicationRecord:
