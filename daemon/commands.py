@@ -103,6 +103,7 @@ def run_once(
     progress = Progress(sys.stderr, len(chosen))
     progress.enabled = progress.enabled and not dry_run  # a dry run prints its own table
     sink = printer or (progress.decision if progress.enabled else None)
+    started_cpu = time.process_time()
     try:
         run = run_policies(
             app.engine, chosen, dry_run=dry_run, sink=sink, on_swept=progress.swept_one
@@ -117,6 +118,7 @@ def run_once(
             )
     finally:
         progress.close()
+    run.cpu_s = time.process_time() - started_cpu
     if not dry_run:
         _send_notifications(app, run)
     _print_run(app, run, printer, as_json=as_json, dry_run=dry_run)
@@ -164,6 +166,7 @@ def _print_run(
             "given_up": run.given_up_jobs,
             "unfinished": run.unfinished_jobs,
         }
+        document["cpu_s"] = round(run.cpu_s, 3)
         _json(document)
         return
     for report in run.sweeps:

@@ -452,10 +452,14 @@ class SqlLedger:
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
-        """One transaction on a plain connection, for the reads a sweep makes per page."""
+        """One read-only transaction on a plain connection, for the reads a sweep makes per
+        page. On SQLite it begins deferred: it takes no write lock, so a page read never makes
+        the submitter's (or another instance's) writes wait."""
         try:
-            with self.engine.begin() as connection:
-                yield connection
+            with self.engine.connect() as connection:
+                connection.execution_options(**_READ_ONLY)
+                with connection.begin():
+                    yield connection
         except SQLAlchemyError as error:
             raise LedgerError(f"ledger: {error.__class__.__name__}: {_cause(error)}") from error
 
@@ -1190,9 +1194,14 @@ def _sqlite_engine(database: str | None) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(_READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+_READ_ONLY_OPTION = "cbr_read_only"
+_READ_ONLY = {_READ_ONLY_OPTION: True}
 
 
 def _is_busy(error: BaseException) -> bool:

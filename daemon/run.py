@@ -30,6 +30,10 @@ class RunReport:
     given_up_jobs: int = 0
     unfinished_jobs: int = 0
     cloud_unreachable: bool = False
+    # CPU of this process (all its threads) while it swept and, with --wait, waited: the cost
+    # of the work itself, without the interpreter's start and the imports (~1 s), which a
+    # long-running service pays once.
+    cpu_s: float = 0.0
 
     @property
     def policy_errors(self) -> list[SweepReport]:

@@ -16,7 +16,10 @@ Scenarios: ``steady`` (every eligible backup already replicated and known to the
 first, unmeasured run adopts the replicas, the measured second run must find nothing to do and
 write no job), ``catch-up`` (nothing replicated yet), ``huge-vault`` (one vault). Figures are
 the measured run's only: ``cpu_s`` and ``peak_rss_mb`` come from the daemon process's own
-rusage, ``emulator_cpu_s`` from the emulator process over the same interval.
+rusage, ``emulator_cpu_s`` from the emulator process over the same interval. ``sweep_cpu_s``
+is the run's own report of its CPU while sweeping (``cpu_s`` of ``--run-once --json``): the
+process's CPU without its start (interpreter, imports, config: ``startup_cpu_s``), which the
+service pays once, not per sweep.
 """
 
 from __future__ import annotations
@@ -329,6 +332,7 @@ def summarize(  # noqa: PLR0917 (one call site)
     lower_bound = floor * args.latency_ms / 1000 / args.concurrency
     policies = run.report.get("policies") or [{}]
     sweep = policies[0]
+    sweep_cpu = run.report.get("cpu_s")
     emulator_cpu = (
         round(emulator_cpu_after - emulator_cpu_before, 2)
         if emulator_cpu_before is not None and emulator_cpu_after is not None
@@ -351,6 +355,13 @@ def summarize(  # noqa: PLR0917 (one call site)
         "cpu_sys_s": round(run.sys_s, 2),
         "cpu_us_per_backup": round(run.cpu_s * 1e6 / backups, 1) if backups else None,
         "cpu_us_per_call": round(run.cpu_s * 1e6 / calls, 1) if calls else None,
+        # The run's own figure: CPU while it swept, without the process start (interpreter,
+        # imports, config), which the service pays once and not per sweep.
+        "sweep_cpu_s": sweep_cpu,
+        "startup_cpu_s": round(run.cpu_s - sweep_cpu, 2) if sweep_cpu is not None else None,
+        "sweep_cpu_us_per_backup": (
+            round(sweep_cpu * 1e6 / backups, 1) if sweep_cpu is not None and backups else None
+        ),
         "peak_rss_mb": round(run.peak_rss_mb, 1),
         "emulator_cpu_s": emulator_cpu,
         "calls_by_operation": dict(Counter(r["operation"] for r in requests).most_common()),

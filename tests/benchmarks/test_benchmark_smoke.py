@@ -54,6 +54,9 @@ def test_catch_up_makes_the_minimum_calls_and_reports_every_field() -> None:
     assert result["calls_by_operation"]["replicate_backup"] == 15
     assert result["calls_by_operation"]["list_backups"] == 3
     assert result["cpu_s"] > 0
+    # the run's own CPU figure (from its --json report) leaves out the process's start
+    assert 0 < result["sweep_cpu_s"] < result["cpu_s"]
+    assert result["startup_cpu_s"] > 0
     assert result["peak_rss_mb"] > 0
 
 

@@ -113,3 +113,22 @@ def test_a_version_1_ledger_migrates_in_place_and_keeps_its_rows(tmp_path: Path)
         assert ledger.recent_notifications() == []
     finally:
         ledger.close()
+
+
+def test_a_sweeps_page_read_does_not_wait_for_a_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's jobs are read in a deferred transaction: it takes no write lock, so it neither
+    waits for a writer holding one nor makes writers wait (issue 7)."""
+    path = tmp_path / "ledger.db"
+    monkeypatch.setattr("daemon.ledger.BUSY_TIMEOUT_MS", 200)  # a wait fails the test at once
+    ledger = open_ledger(f"sqlite:///{path}")
+    writer = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+        page = ledger.get_page_jobs("cn-south-1", ["b1", "b2"])
+        assert (page.open, page.settled) == ({}, {})
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+        ledger.close()
