@@ -26,7 +26,7 @@ from daemon import replicate
 from daemon.app import owner_gone
 from daemon.emulator import Emulator
 from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import Backup, JobState
+from daemon.model import BackupPage, JobState
 from daemon.policy import Policy
 from daemon.ports import Ledger
 from daemon.replicate import Engine
@@ -183,7 +183,7 @@ class SlowListing:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cloud, name)
 
-    def list_backup_pages(self, *args: Any) -> Iterator[list[Backup]]:
+    def list_backup_pages(self, *args: Any) -> Iterator[BackupPage]:
         self._before_listing()
         yield from self._cloud.list_backup_pages(*args)
 

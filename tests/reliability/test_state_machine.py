@@ -62,6 +62,7 @@ from daemon.ledger import SqlLedger, open_ledger
 from daemon.model import (
     ECS_RESOURCE_TYPE,
     Backup,
+    BackupPage,
     Destination,
     JobState,
     ReplicaSpec,
@@ -268,11 +269,11 @@ class ScriptedCloud:
 
     def list_backup_pages(
         self, region: str, project_id: str, vault_id: str
-    ) -> Iterator[list[Backup]]:
+    ) -> Iterator[BackupPage]:
         ids = sorted(self.backups)
         for start in range(0, len(ids), PAGE):
             self._read_fault("ListBackups")
-            yield [self._backup(backup_id) for backup_id in ids[start : start + PAGE]]
+            yield BackupPage.of(self._backup(backup_id) for backup_id in ids[start : start + PAGE])
 
     def show_backup(self, region: str, project_id: str, backup_id: str) -> Backup:
         self._read_fault("ShowBackup")
