@@ -102,11 +102,17 @@ def run_once(
     printer = _DecisionPrinter(as_json) if dry_run else None
     progress = Progress(sys.stderr, len(chosen))
     progress.enabled = progress.enabled and not dry_run  # a dry run prints its own table
-    sink = printer or (progress.decision if progress.enabled else None)
+    # The progress only counts: a decision sink would build every backup a sweep lists.
+    on_scanned = progress.scanned_some if progress.enabled else None
     started_cpu = time.process_time()
     try:
         run = run_policies(
-            app.engine, chosen, dry_run=dry_run, sink=sink, on_swept=progress.swept_one
+            app.engine,
+            chosen,
+            dry_run=dry_run,
+            sink=printer,
+            on_swept=progress.swept_one,
+            on_scanned=on_scanned,
         )
         if wait and not dry_run:
             finished = _finished_counter(app, [policy.name for policy in chosen])

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from daemon.model import Backup, Decision, SweepReport, Vault
+from daemon.model import SweepReport
 from daemon.policy import Policy
 
 CLEAR_LINE = "\r\x1b[K"
@@ -40,9 +40,9 @@ class Progress:
         self.unfinished: int | None = None
 
     # -- feeding ---------------------------------------------------------------------------
-    def decision(self, policy: Policy, _vault: Vault, _backup: Backup, _decision: Decision) -> None:
+    def scanned_some(self, policy: Policy, count: int) -> None:
         self.current = policy.name
-        self.scanned += 1
+        self.scanned += count
         self._draw()
 
     def swept_one(self, report: SweepReport) -> None:

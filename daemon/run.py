@@ -15,7 +15,7 @@ from daemon.errors import CloudError, LedgerError, PermissionDeniedError
 from daemon.model import TERMINAL_STATES, JobState, SweepReport
 from daemon.policy import Policy
 from daemon.replicate import Engine
-from daemon.sweep import DecisionSink, ResolvedPolicy, sweep_policy
+from daemon.sweep import DecisionSink, ResolvedPolicy, ScanHook, sweep_policy
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -48,6 +48,7 @@ def run_policies(
     sink: DecisionSink | None = None,
     role: str = "run-once",
     on_swept: Callable[[SweepReport], None] | None = None,
+    on_scanned: ScanHook | None = None,
 ) -> RunReport:
     """Sweep every given policy once (one after the other); a failing policy never stops
     the others. ``role`` is what ``status`` shows for this process among the instances.
@@ -56,7 +57,9 @@ def run_policies(
     if not dry_run:
         engine.ledger.heartbeat(engine.owner, role=role, now=engine.now())
     for policy in policies:
-        report, resolved = sweep_policy(engine, policy, dry_run=dry_run, sink=sink)
+        report, resolved = sweep_policy(
+            engine, policy, dry_run=dry_run, sink=sink, on_scanned=on_scanned
+        )
         if not dry_run:
             evaluate_alerts(engine, policy, report)
         if on_swept is not None:

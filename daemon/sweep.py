@@ -52,6 +52,9 @@ log = structlog.get_logger("cbr_replicator")
 BATCH_BACKUPS = 1000  # backups decided together at most (one ledger read and write)
 
 DecisionSink = Callable[[Policy, Vault, Backup, Decision], None]
+# Told how many backups of a policy were just scanned (the live progress): unlike a decision
+# sink it leaves the settled backups unbuilt.
+ScanHook = Callable[[Policy, int], None]
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ def scan_vaults(
     dry_run: bool,
     sink: DecisionSink | None,
     renew: Callable[[], None],
+    on_scanned: ScanHook | None = None,
 ) -> list[CloudError]:
     """List the policy's vaults (several at once, each vault's pages in order) and decide and
     record every page here. A vault whose own answers fail it (malformed, or a 4xx such as
@@ -231,6 +235,8 @@ def scan_vaults(
         for pages in feed.batches(len(vaults), most=BATCH_BACKUPS, failed=failed):
             renew()
             decide_pages(engine, resolved, pages, tally, dry_run=dry_run, sink=sink)
+            if on_scanned is not None:
+                on_scanned(resolved.policy, sum(len(page) for _, page in pages))
     finally:
         feed.close()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -505,6 +511,7 @@ def sweep_policy(
     dry_run: bool = False,
     sink: DecisionSink | None = None,
     submit: bool = True,
+    on_scanned: ScanHook | None = None,
 ) -> tuple[SweepReport, ResolvedPolicy | None]:
     """Sweep one policy under its ledger lease. Refusals and cloud errors end up in the
     report (``error``/``error_reason``); PermissionDeniedError propagates (stop everything)."""
@@ -539,7 +546,15 @@ def sweep_policy(
             keeper.start()
         resolved = resolve_policy(engine, policy)
         keep_bindings(engine, resolved, dry_run=dry_run)
-        failed = scan_vaults(engine, resolved, tally, dry_run=dry_run, sink=sink, renew=renew)
+        failed = scan_vaults(
+            engine,
+            resolved,
+            tally,
+            dry_run=dry_run,
+            sink=sink,
+            renew=renew,
+            on_scanned=on_scanned,
+        )
         if submit and not dry_run:
             renew()
             submitted = replicate.submit_due(engine, resolved.target).submitted

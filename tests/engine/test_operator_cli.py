@@ -178,6 +178,7 @@ def test_progress_is_drawn_on_a_terminal_and_never_into_a_pipe(
     assert process.returncode == 0
     assert CLEAR_LINE in terminal
     assert "policies 1/1" in terminal
+    assert "3 backups scanned" in terminal
     assert "3 submitted" in terminal
     assert "3 finished · 0 waiting" in terminal
     assert CLEAR_LINE not in stdout.decode()  # the report itself stays clean

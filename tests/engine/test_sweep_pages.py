@@ -1,7 +1,8 @@
 """A sweep reads only the ids of the backups whose jobs are settled (issue 7): through the real
 adapter against the emulator, on both ledgers, a steady sweep builds no ``Backup`` for them,
-yet counts each with the reason its job's state gives; a sweep with a decision sink (which
-shows every backup) still builds and decides every one."""
+yet counts each with the reason its job's state gives (and tells the live progress how many it
+scanned); a sweep with a decision sink (which shows every backup) still builds and decides
+every one."""
 
 from __future__ import annotations
 
@@ -86,10 +87,17 @@ def test_a_steady_sweep_builds_no_backup_whose_job_is_settled(
     counting = CountingBuilds(engine.cloud)
     engine = replace(engine, cloud=counting)
 
-    steady, _ = sweep_policy(engine, WEB)
+    scanned: list[tuple[str, int]] = []
+
+    steady, _ = sweep_policy(
+        engine, WEB, on_scanned=lambda policy, count: scanned.append((policy.name, count))
+    )
 
     assert steady.error is None, steady.error
     assert counting.built == ["web-volume"]  # the one backup without a job: decided anew
+    # the live progress is told the counts, and builds nothing either
+    assert sum(count for _, count in scanned) == 4
+    assert {name for name, _ in scanned} == {"web"}
     assert steady.backups_seen == 4
     assert dict(steady.reasons) == {
         Reason.ALREADY_REPLICATED: len(REPLICATED),
