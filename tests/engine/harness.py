@@ -36,6 +36,22 @@ def server_backup(name: str, **fields: Any) -> dict[str, Any]:
     return backup
 
 
+def one_vault_scenario(
+    source: str, destination: str, backups: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The vault ``web-prod`` in ``source`` holding ``backups``, and the replication vault
+    ``web-dr`` in ``destination``."""
+    return {
+        "regions": {
+            source: {
+                "replication_destinations": [destination],
+                "vaults": [{"name": "web-prod", "backups": backups}],
+            },
+            destination: {"vaults": [{"name": "web-dr", "protect_type": "replication"}]},
+        }
+    }
+
+
 def rules_scenario() -> dict[str, Any]:
     """One backup per row of DESIGN.md §2, in the vault ``web-prod``."""
     web_backups = [

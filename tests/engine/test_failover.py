@@ -25,14 +25,14 @@ import pytest
 from daemon import replicate
 from daemon.app import owner_gone
 from daemon.emulator import Emulator
-from daemon.ledger import SqlLedger, open_ledger
+from daemon.ledger import SqlLedger
 from daemon.model import BackupPage, JobState
 from daemon.policy import Policy
 from daemon.ports import Ledger
 from daemon.replicate import Engine
 from daemon.sweep import sweep_policy
 from tests.adapter.test_cloud_contract import make_cloud
-from tests.engine.harness import policy, server_backup
+from tests.engine.harness import one_vault_scenario, policy, server_backup
 from tests.engine.test_submit_protocol import DEST, SOURCE, START, Clock, job_for, setup
 
 OTHER = "other-host:4242:1700000000"  # an instance of another host (never "gone" from here)
@@ -41,29 +41,11 @@ WEB = Policy.model_validate(policy("web", ["web-prod"], DEST, "web-dr"))
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    scenario = {
-        "regions": {
-            SOURCE: {
-                "replication_destinations": [DEST],
-                "vaults": [
-                    {
-                        "name": "web-prod",
-                        "backups": [server_backup("web-1"), server_backup("web-2")],
-                    }
-                ],
-            },
-            DEST: {"vaults": [{"name": "web-dr", "protect_type": "replication"}]},
-        }
-    }
-    with Emulator(scenario, clock="manual", permissive=True) as running:
+    backups = [server_backup("web-1"), server_backup("web-2")]
+    with Emulator(
+        one_vault_scenario(SOURCE, DEST, backups), clock="manual", permissive=True
+    ) as running:
         yield running
-
-
-@pytest.fixture
-def ledger(ledger_url: str) -> Iterator[SqlLedger]:
-    opened = open_ledger(ledger_url)
-    yield opened
-    opened.close()
 
 
 def clock_of(engine: Engine) -> Clock:

@@ -12,11 +12,11 @@ import pytest
 
 from daemon import replicate, retrying
 from daemon.emulator import Emulator
-from daemon.ledger import SqlLedger, open_ledger
+from daemon.ledger import SqlLedger
 from daemon.model import GIB, Destination, Job, JobState, Origin
 from daemon.replicate import Engine, Target
 from tests.adapter.test_cloud_contract import make_cloud
-from tests.engine.harness import server_backup
+from tests.engine.harness import one_vault_scenario, server_backup
 
 SOURCE, DEST = "cn-north-4", "cn-south-1"
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -32,29 +32,9 @@ class Clock:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    scenario = {
-        "regions": {
-            SOURCE: {
-                "replication_destinations": [DEST],
-                "vaults": [
-                    {
-                        "name": "web-prod",
-                        "backups": [server_backup("web-1"), server_backup("web-2")],
-                    }
-                ],
-            },
-            DEST: {"vaults": [{"name": "web-dr", "protect_type": "replication"}]},
-        }
-    }
-    with Emulator(scenario, clock="manual") as running:
+    backups = [server_backup("web-1"), server_backup("web-2")]
+    with Emulator(one_vault_scenario(SOURCE, DEST, backups), clock="manual") as running:
         yield running
-
-
-@pytest.fixture
-def ledger(ledger_url: str) -> Iterator[SqlLedger]:
-    opened = open_ledger(ledger_url)
-    yield opened
-    opened.close()
 
 
 def setup(emulator: Emulator, ledger: SqlLedger, *, max_in_flight: int) -> tuple[Engine, Target]:

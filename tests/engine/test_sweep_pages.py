@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from daemon.emulator import Emulator
-from daemon.ledger import SqlLedger, open_ledger
+from daemon.ledger import SqlLedger
 from daemon.model import Backup, BackupPage, Decision, JobState, Reason, Vault
 from daemon.policy import Policy
 from daemon.sweep import sweep_policy
-from tests.engine.harness import policy, server_backup
+from tests.engine.harness import one_vault_scenario, policy, server_backup
 from tests.engine.test_failover import clock_of
 from tests.engine.test_submit_protocol import DEST, SOURCE, setup
 
@@ -30,24 +30,8 @@ REPLICATED = ("web-1", "web-2", "web-3")
 def emulator() -> Iterator[Emulator]:
     backups = [server_backup(name) for name in REPLICATED]
     backups.append(server_backup("web-volume", resource_type="OS::Cinder::Volume"))
-    scenario = {
-        "regions": {
-            SOURCE: {
-                "replication_destinations": [DEST],
-                "vaults": [{"name": "web-prod", "backups": backups}],
-            },
-            DEST: {"vaults": [{"name": "web-dr", "protect_type": "replication"}]},
-        }
-    }
-    with Emulator(scenario, clock="manual") as running:
+    with Emulator(one_vault_scenario(SOURCE, DEST, backups), clock="manual") as running:
         yield running
-
-
-@pytest.fixture
-def ledger(ledger_url: str) -> Iterator[SqlLedger]:
-    opened = open_ledger(ledger_url)
-    yield opened
-    opened.close()
 
 
 class CountingBuilds:
