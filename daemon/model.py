@@ -1,7 +1,8 @@
 """Frozen value types shared by every layer. No I/O, no clock.
 
-Slotted dataclasses rather than pydantic models: a sweep builds one ``Backup`` per listed
-backup, and their construction cost is part of the per-backup budget.
+Slotted dataclasses and named tuples rather than pydantic models: a sweep builds a ``Backup``
+for every listed backup it must decide, and their construction cost is part of the per-backup
+budget (issue 7). ``BackupPage`` builds them only when read.
 """
 
 from __future__ import annotations

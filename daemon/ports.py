@@ -50,7 +50,8 @@ class Cloud(Protocol):
     def list_backup_pages(
         self, region: str, project_id: str, vault_id: str
     ) -> Iterator[BackupPage]:
-        """The vault's backups with their replication records, one list per API page."""
+        """The vault's backups with their replication records, one page per API page (each
+        backup built only when read)."""
         ...
 
     def show_backup(self, region: str, project_id: str, backup_id: str) -> Backup:
