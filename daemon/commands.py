@@ -104,7 +104,7 @@ def run_once(
     progress.enabled = progress.enabled and not dry_run  # a dry run prints its own table
     # The progress only counts: a decision sink would build every backup a sweep lists.
     on_scanned = progress.scanned_some if progress.enabled else None
-    started_cpu = time.process_time()
+    started_cpu, started = time.process_time(), time.monotonic()
     try:
         run = run_policies(
             app.engine,
@@ -124,7 +124,7 @@ def run_once(
             )
     finally:
         progress.close()
-    run.cpu_s = time.process_time() - started_cpu
+    run.cpu_s, run.wall_s = time.process_time() - started_cpu, time.monotonic() - started
     if not dry_run:
         _send_notifications(app, run)
     _print_run(app, run, printer, as_json=as_json, dry_run=dry_run)
@@ -173,6 +173,7 @@ def _print_run(
             "unfinished": run.unfinished_jobs,
         }
         document["cpu_s"] = round(run.cpu_s, 3)
+        document["wall_s"] = round(run.wall_s, 3)
         _json(document)
         return
     for report in run.sweeps:

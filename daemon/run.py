@@ -34,6 +34,7 @@ class RunReport:
     # of the work itself, without the interpreter's start and the imports (~1 s), which a
     # long-running service pays once.
     cpu_s: float = 0.0
+    wall_s: float = 0.0  # the same span in elapsed time
 
     @property
     def policy_errors(self) -> list[SweepReport]:

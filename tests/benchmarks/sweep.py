@@ -19,7 +19,8 @@ the measured run's only: ``cpu_s`` and ``peak_rss_mb`` come from the daemon proc
 rusage, ``emulator_cpu_s`` from the emulator process over the same interval. ``sweep_cpu_s``
 is the run's own report of its CPU while sweeping (``cpu_s`` of ``--run-once --json``): the
 process's CPU without its start (interpreter, imports, config: ``startup_cpu_s``), which the
-service pays once, not per sweep.
+service pays once, not per sweep; ``sweep_wall_s`` and ``sweep_ratio`` are the same span in
+elapsed time.
 """
 
 from __future__ import annotations
@@ -332,7 +333,7 @@ def summarize(  # noqa: PLR0917 (one call site)
     lower_bound = floor * args.latency_ms / 1000 / args.concurrency
     policies = run.report.get("policies") or [{}]
     sweep = policies[0]
-    sweep_cpu = run.report.get("cpu_s")
+    sweep_cpu, sweep_wall = run.report.get("cpu_s"), run.report.get("wall_s")
     emulator_cpu = (
         round(emulator_cpu_after - emulator_cpu_before, 2)
         if emulator_cpu_before is not None and emulator_cpu_after is not None
@@ -361,6 +362,10 @@ def summarize(  # noqa: PLR0917 (one call site)
         "startup_cpu_s": round(run.cpu_s - sweep_cpu, 2) if sweep_cpu is not None else None,
         "sweep_cpu_us_per_backup": (
             round(sweep_cpu * 1e6 / backups, 1) if sweep_cpu is not None and backups else None
+        ),
+        "sweep_wall_s": sweep_wall,
+        "sweep_ratio": (
+            round(sweep_wall / lower_bound, 3) if sweep_wall is not None and lower_bound else None
         ),
         "peak_rss_mb": round(run.peak_rss_mb, 1),
         "emulator_cpu_s": emulator_cpu,

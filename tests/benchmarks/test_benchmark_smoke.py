@@ -57,6 +57,7 @@ def test_catch_up_makes_the_minimum_calls_and_reports_every_field() -> None:
     # the run's own CPU figure (from its --json report) leaves out the process's start
     assert 0 < result["sweep_cpu_s"] < result["cpu_s"]
     assert result["startup_cpu_s"] > 0
+    assert 0 < result["sweep_wall_s"] < result["wall_s"]
     assert result["peak_rss_mb"] > 0
 
 
