@@ -307,11 +307,11 @@ def _page_states_sqlite(ids: int) -> str:
     )
 
 
-_PAGE_KEYS = (
+# The page's open jobs, whole (few per page; built once).
+_PAGE_JOBS = _JOBS_TABLE.select().where(
     _JOBS_TABLE.c.destination_region == bindparam("region"),
     _JOBS_TABLE.c.source_backup_id.in_(bindparam("backup_ids", expanding=True)),
 )
-_PAGE_JOBS = _JOBS_TABLE.select().where(*_PAGE_KEYS)
 
 
 def _jobs_in(

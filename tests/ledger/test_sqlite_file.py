@@ -12,6 +12,8 @@ from sqlalchemy import create_engine, text
 
 from daemon.errors import LedgerError
 from daemon.ledger import MIGRATIONS, SCHEMA_VERSION, open_ledger
+from daemon.model import JobState
+from tests.ledger.test_ledger import NOW, REGION, job
 
 
 def test_the_ledger_file_is_private_and_its_directory_too(tmp_path: Path) -> None:
@@ -123,11 +125,14 @@ def test_a_sweeps_page_read_does_not_wait_for_a_writer(
     path = tmp_path / "ledger.db"
     monkeypatch.setattr("daemon.ledger.BUSY_TIMEOUT_MS", 200)  # a wait fails the test at once
     ledger = open_ledger(f"sqlite:///{path}")
+    [done, waiting] = ledger.save_jobs([job("b1", JobState.SUCCEEDED), job("b2")], NOW)
     writer = sqlite3.connect(path, isolation_level=None, timeout=0)
     try:
         writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
-        page = ledger.get_page_jobs("cn-south-1", ["b1", "b2"])
-        assert (page.open, page.settled) == ({}, {})
+        # both of the read's queries run: the states, then the open job whole
+        page = ledger.get_page_jobs(REGION, ["b1", "b2", "b3"])
+        assert page.settled == {"b1": done.state}
+        assert page.open == {"b2": waiting}
         writer.execute("ROLLBACK")
     finally:
         writer.close()
