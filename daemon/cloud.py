@@ -82,6 +82,7 @@ log = structlog.get_logger("cbr_replicator")
 
 PAGE_SIZE = 1000  # the API's maximum ``limit``
 LISTING_WINDOW = 4  # pages of one vault read at once when it holds more
+PROJECT_LISTING_WINDOW = 8  # pages of a whole project's listing read at once
 _VaultIndex: TypeAlias = Mapping[str, tuple[Vault, ...]]
 VAULT_LISTING_TTL = 60.0  # seconds a project's vault listing answers find_vault
 DEFAULT_IAM_ENDPOINT = "https://iam.myhuaweicloud.com"
@@ -339,12 +340,18 @@ class HuaweiCloud:
 
     # -- backups ---------------------------------------------------------------------------
     def list_backup_pages(
-        self, region: str, project_id: str, vault_id: str, *, resource_type: str | None = None
+        self,
+        region: str,
+        project_id: str,
+        vault_id: str | None,
+        *,
+        resource_type: str | None = None,
     ) -> Iterator[BackupPage]:
-        """Pages of ``limit=1000`` by ``offset``. Backups added meanwhile shift the listing
-        (newest first) down, so the next page may repeat the end of the last one: ids of the
-        previous page are dropped. Only that page's ids are kept, so memory stays flat
-        however large the vault; a repeat from further back is harmless (decided twice)."""
+        """Pages of ``limit=1000`` by ``offset``, of one vault or (``vault_id`` None) of the
+        whole project. Backups added meanwhile shift the listing (newest first) down, so the
+        next page may repeat the end of the last one: ids of the previous page are dropped.
+        Only that page's ids are kept, so memory stays flat however large the listing; a
+        repeat from further back is harmless (decided twice)."""
         seen: set[str] = set()
         for page in self._backup_pages(region, project_id, vault_id, resource_type):
             fresh = page.without(seen)
@@ -353,11 +360,11 @@ class HuaweiCloud:
                 yield fresh
 
     def _backup_pages(
-        self, region: str, project_id: str, vault_id: str, resource_type: str | None
+        self, region: str, project_id: str, vault_id: str | None, resource_type: str | None
     ) -> Iterator[BackupPage]:
-        """The listing's pages in order. A vault holding more than ``LISTING_WINDOW`` pages
-        (by the count of its first page) is read that many pages at a time, so a huge vault
-        takes a fraction of one round trip per page; memory stays bounded by the window."""
+        """The listing's pages in order. A listing of more than ``LISTING_WINDOW`` pages (by
+        the count of its first page) is read that many pages at a time, so a huge vault takes
+        a fraction of one round trip per page; memory stays bounded by the window."""
         client = self._cbr(region, project_id)
 
         def fetch(offset: int) -> tuple[BackupPage, int | None, int]:
@@ -376,10 +383,13 @@ class HuaweiCloud:
             skipped: list[MalformedAnswerError] = []
             page, count = wire.listing_page(body, "ListBackups", skipped)
             for error in skipped:  # the others of the page go on; this one waits for a fix
-                log.warning("malformed_backup_skipped", vault=vault_id, error=str(error))
+                log.warning("malformed_backup_skipped", vault=vault_id or "*", error=str(error))
             return page, count, len(page) + len(skipped)
 
-        window = min(LISTING_WINDOW, self._options.concurrency)
+        # A project's listing is its sweep's only one: it reads more pages at once.
+        window = min(
+            LISTING_WINDOW if vault_id else PROJECT_LISTING_WINDOW, self._options.concurrency
+        )
         ahead: deque[Future[tuple[BackupPage, int | None, int]]] = deque()
         pool: ThreadPoolExecutor | None = None
         offset = requested = 0  # offset of the page read next; first offset not yet asked for

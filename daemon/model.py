@@ -127,9 +127,9 @@ class Backup(NamedTuple):
 
 
 class BackupPage(Sequence[Backup]):
-    """One page of a vault's listing. Its backup ids are at hand; each ``Backup`` is built the
-    first time it is read. A steady sweep reads only the ids of the backups its ledger has
-    settled (most of them), so it builds no model for them (issue 7)."""
+    """One page of a listing (a vault's or a project's). Its backup ids are at hand; each
+    ``Backup`` is built the first time it is read. A steady sweep reads only the ids of the
+    backups its ledger has settled (most of them), so it builds no model for them (issue 7)."""
 
     __slots__ = ("_build", "_built", "_items", "ids")
 
@@ -149,9 +149,23 @@ class BackupPage(Sequence[Backup]):
         """This page less the backups with those ids, still unbuilt."""
         if not ids:
             return self
-        keep = [index for index, backup_id in enumerate(self.ids) if backup_id not in ids]
+        kept = [index for index, backup_id in enumerate(self.ids) if backup_id not in ids]
+        return self._subset(kept)
+
+    def by_vault(self) -> dict[str, BackupPage]:
+        """This page's backups grouped by their vault, in listing order, still unbuilt (a
+        listing of a whole project, split among the vaults of a policy). The raw items and
+        built backups both carry ``vault_id``."""
+        indexes: dict[str, list[int]] = {}
+        for index, item in enumerate(self._items):
+            indexes.setdefault(item.vault_id, []).append(index)
+        return {vault_id: self._subset(kept) for vault_id, kept in indexes.items()}
+
+    def _subset(self, indexes: list[int]) -> BackupPage:
         return BackupPage(
-            [self.ids[index] for index in keep], [self._items[index] for index in keep], self._build
+            [self.ids[index] for index in indexes],
+            [self._items[index] for index in indexes],
+            self._build,
         )
 
     def __len__(self) -> int:

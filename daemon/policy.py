@@ -516,6 +516,14 @@ class SourceSettings(_Model):
     vaults: tuple[NonEmptyStr, ...] = Field(
         min_length=1, description="source backup vaults, by name or id"
     )
+    listing: Literal["vault", "project"] = Field(
+        default="vault",
+        description=(
+            "vault: one listing per vault (a vault whose listing fails is skipped alone); "
+            "project: one listing of the whole source project, kept to these vaults (fewer "
+            "calls when the vaults are many and small; a failed listing skips them all)"
+        ),
+    )
 
     @field_validator("vaults")
     @classmethod

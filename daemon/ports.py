@@ -48,10 +48,11 @@ class Cloud(Protocol):
         ...
 
     def list_backup_pages(
-        self, region: str, project_id: str, vault_id: str
+        self, region: str, project_id: str, vault_id: str | None
     ) -> Iterator[BackupPage]:
-        """The vault's backups with their replication records, one page per API page (each
-        backup built only when read)."""
+        """The vault's backups (with ``vault_id`` None: the whole project's, every vault's)
+        with their replication records, one page per API page (each backup built only when
+        read)."""
         ...
 
     def show_backup(self, region: str, project_id: str, backup_id: str) -> Backup:

@@ -788,7 +788,7 @@ class WatchedCloud:
         return self._cloud.find_vault(region, project_id, name_or_id)
 
     def list_backup_pages(
-        self, region: str, project_id: str, vault_id: str
+        self, region: str, project_id: str, vault_id: str | None
     ) -> Iterator[BackupPage]:
         self._on_call(False)
         for page in self._cloud.list_backup_pages(region, project_id, vault_id):

@@ -9,6 +9,7 @@ recorded in the sweeping thread, one page at a time, so the ledger has one user 
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import NamedTuple
 
 import structlog
 
@@ -218,21 +220,28 @@ def scan_vaults(
     renew: Callable[[], None],
     on_scanned: ScanHook | None = None,
 ) -> list[CloudError]:
-    """List the policy's vaults (several at once, each vault's pages in order) and decide and
-    record every page here. A vault whose own answers fail it (malformed, or a 4xx such as
-    not found) is left for the next sweep and its error returned: the other vaults are still
-    swept (RELIABILITY.md §4, T5). Anything else stops the scan and is raised: the cloud
-    unreachable or throttling after retries (the other vaults would only wait for the same),
-    permission denied (stop everything)."""
+    """List the policy's vaults (several at once, each vault's pages in order; or, with
+    ``source.listing: project``, the whole source project once, each page split among the
+    policy's vaults) and decide and record every page here. A listing whose own answers fail
+    it (malformed, or a 4xx such as not found) is left for the next sweep and its error
+    returned: the other vaults are still swept (RELIABILITY.md §4, T5). Anything else stops
+    the scan and is raised: the cloud unreachable or throttling after retries (the other
+    vaults would only wait for the same), permission denied (stop everything)."""
     vaults = resolved.source_vaults
-    workers = max(1, min(engine.concurrency, len(vaults)))
-    feed = _PageFeed(engine, resolved, size=2 * workers)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan")
+    feed = _PageFeed(engine, resolved, size=2 * max(1, min(engine.concurrency, len(vaults))))
+    listings: list[Callable[[], None]]
+    if resolved.policy.source.listing == "project":
+        listings = [feed.fetch_project]
+    else:
+        listings = [functools.partial(feed.fetch, vault) for vault in vaults]
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, min(engine.concurrency, len(listings))), thread_name_prefix="scan"
+    )
     failed: list[CloudError] = []
     try:
-        for vault in vaults:
-            pool.submit(feed.fetch, vault)
-        for pages in feed.batches(len(vaults), most=BATCH_BACKUPS, failed=failed):
+        for listing in listings:
+            pool.submit(listing)
+        for pages in feed.batches(len(listings), most=BATCH_BACKUPS, failed=failed):
             renew()
             decide_pages(engine, resolved, pages, tally, dry_run=dry_run, sink=sink)
             if on_scanned is not None:
@@ -243,34 +252,70 @@ def scan_vaults(
     return failed
 
 
+class _Pages(NamedTuple):
+    vault: Vault
+    page: BackupPage
+
+
+class _Done(NamedTuple):
+    """The end of one listing (a vault's, or the project's), with the error that ended it."""
+
+    listing: str
+    error: Exception | None
+
+
 class _PageFeed:
     """Listing threads put pages in a bounded queue (so memory stays flat); the sweeping
-    thread takes them. Each vault ends with a marker, or with the error that stopped it."""
+    thread takes them. Each listing ends with a ``_Done``, carrying the error that stopped
+    it if one did."""
 
     def __init__(self, engine: Engine, resolved: ResolvedPolicy, size: int) -> None:
         self._cloud = engine.cloud
         self._target = resolved.target
-        self._queue: queue.Queue[tuple[Vault, BackupPage | None, Exception | None]] = queue.Queue(
-            size
-        )
+        self._vaults = {vault.id: vault for vault in resolved.source_vaults}
+        self._queue: queue.Queue[_Pages | _Done] = queue.Queue(size)
         self._closed = threading.Event()
 
     def fetch(self, vault: Vault) -> None:
+        """One vault's listing."""
+        self._list(vault.id, vault.name, lambda page: [_Pages(vault, page)])
+
+    def fetch_project(self) -> None:
+        """The source project's listing: each page split by vault, the backups of vaults
+        outside the policy dropped unbuilt."""
+        vaults = self._vaults
+
+        def split(page: BackupPage) -> list[_Pages]:
+            return [
+                _Pages(vaults[vault_id], part)
+                for vault_id, part in page.by_vault().items()
+                if vault_id in vaults
+            ]
+
+        self._list(None, f"project {self._target.source_project_id}", split)
+
+    def _list(
+        self,
+        vault_id: str | None,
+        listing: str,
+        pieces: Callable[[BackupPage], list[_Pages]],
+    ) -> None:
         if self._closed.is_set():
             return
         target = self._target
         try:
             for page in self._cloud.list_backup_pages(
-                target.source_region, target.source_project_id, vault.id
+                target.source_region, target.source_project_id, vault_id
             ):
-                if not self._put((vault, page, None)):
-                    return
+                for piece in pieces(page):
+                    if not self._put(piece):
+                        return
         except Exception as error:  # handed over: the sweeping thread raises it
-            self._put((vault, None, error))
+            self._put(_Done(listing, error))
             return
-        self._put((vault, None, None))
+        self._put(_Done(listing, None))
 
-    def _put(self, item: tuple[Vault, BackupPage | None, Exception | None]) -> bool:
+    def _put(self, item: _Pages | _Done) -> bool:
         while not self._closed.is_set():
             try:
                 self._queue.put(item, timeout=0.05)
@@ -280,33 +325,31 @@ class _PageFeed:
         return False
 
     def batches(
-        self, vaults: int, most: int, failed: list[CloudError]
+        self, listings: int, most: int, failed: list[CloudError]
     ) -> Iterator[list[tuple[Vault, BackupPage]]]:
         """Pages as they come; the pages already waiting go together (up to ``most``
         backups), so small pages of many vaults cost one ledger read and write, not one each.
-        A vault's own error (malformed answer, 4xx) ends that vault only and is added to
+        A listing's own error (malformed answer, 4xx) ends that listing only and is added to
         ``failed``."""
         finished, size = 0, 0
         batch: list[tuple[Vault, BackupPage]] = []
-        while finished < vaults:
+        while finished < listings:
             try:
-                vault, page, error = self._queue.get(block=not batch)
+                item = self._queue.get(block=not batch)
             except queue.Empty:
                 yield batch
                 batch, size = [], 0
                 continue
-            if isinstance(error, MalformedAnswerError | PermanentError):
-                log.warning("vault_listing_failed", vault=vault.name, error=str(error))
-                failed.append(error)
+            if isinstance(item, _Done):
                 finished += 1
+                if isinstance(item.error, MalformedAnswerError | PermanentError):
+                    log.warning("vault_listing_failed", vault=item.listing, error=str(item.error))
+                    failed.append(item.error)
+                elif item.error is not None:
+                    raise item.error
                 continue
-            if error is not None:
-                raise error
-            if page is None:
-                finished += 1
-                continue
-            batch.append((vault, page))
-            size += len(page)
+            batch.append((item.vault, item.page))
+            size += len(item.page)
             if size >= most:
                 yield batch
                 batch, size = [], 0

@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eligible-fraction", type=float, help="share of eligible backups")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="added to every request")
     parser.add_argument("--concurrency", type=int, default=16, help="cloud.concurrency")
+    parser.add_argument(
+        "--listing",
+        choices=("vault", "project"),
+        default="vault",
+        help="the policy's source.listing (the lower bound stays the per-vault one)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="do not delete the work dir")
@@ -157,7 +163,11 @@ def write_config(path: Path, url: str, args: argparse.Namespace, eligible: int) 
         "policies": [
             {
                 "name": "bench",
-                "source": {"region": SOURCE_REGION, "vaults": vault_names(args.vaults)},
+                "source": {
+                    "region": SOURCE_REGION,
+                    "vaults": vault_names(args.vaults),
+                    "listing": args.listing,
+                },
                 "destination": {"region": DESTINATION_REGION, "vault": "dr-vault"},
                 "schedule": {"interval": "1h"},
                 "max_in_flight": eligible + 10,  # must not bind either
@@ -346,6 +356,7 @@ def summarize(  # noqa: PLR0917 (one call site)
         "eligible": eligible,
         "latency_ms": args.latency_ms,
         "concurrency": args.concurrency,
+        "listing": args.listing,
         "api_calls": calls,
         "min_api_calls": floor,
         "calls_ratio": round(calls / floor, 4),

@@ -69,3 +69,28 @@ def test_a_page_of_built_backups_equals_its_list() -> None:
         page[2]
     with pytest.raises(TypeError):
         hash(page)
+
+
+def in_vault(backup_id: str, vault_id: str) -> Backup:
+    return backup(backup_id)._replace(vault_id=vault_id)
+
+
+def test_by_vault_splits_a_project_page_in_listing_order_building_nothing() -> None:
+    raws = [in_vault("a", "v1"), in_vault("b", "v2"), in_vault("c", "v1"), in_vault("d", "v3")]
+    built: list[str] = []
+
+    def build(raw: Backup) -> Backup:
+        built.append(raw.id)
+        return raw
+
+    parts = BackupPage([raw.id for raw in raws], raws, build).by_vault()
+
+    assert {vault: list(part.ids) for vault, part in parts.items()} == {
+        "v1": ["a", "c"],
+        "v2": ["b"],
+        "v3": ["d"],
+    }
+    assert built == []
+    assert parts["v1"] == [raws[0], raws[2]]
+    assert built == ["a", "c"]
+    assert BackupPage.of([]).by_vault() == {}
