@@ -129,6 +129,7 @@ class _LastResponse(threading.local):
 
     retry_after: float | None = None
     request_id: str | None = None
+    holds_slot: bool = False  # one of the ``concurrency`` slots, from send to answer
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -531,20 +532,29 @@ class HuaweiCloud:
         mutating: bool,
     ) -> T:
         self._bucket.acquire()
-        with self._in_flight:
-            self._last.retry_after = None
-            self._last.request_id = None
-            try:
-                response = call()
-                body = parse(getattr(response, "raw_content", None), operation)
-            except Exception as error:
-                classified = classify_error(
-                    error, mutating=mutating, retry_after=self._last.retry_after
-                )
-                self._report(operation, classified.__class__.__name__)
-                raise classified from None
+        last = self._last
+        last.retry_after = None
+        last.request_id = None
+        try:
+            response = call()
+            body = parse(getattr(response, "raw_content", None), operation)
+        except Exception as error:
+            classified = classify_error(error, mutating=mutating, retry_after=last.retry_after)
+            self._report(operation, classified.__class__.__name__)
+            raise classified from None
+        finally:
+            self._free_slot()  # if the SDK failed between sending and the answer's hook
         self._report(operation, "ok")
         return body
+
+    def _take_slot(self) -> None:
+        self._in_flight.acquire()
+        self._last.holds_slot = True
+
+    def _free_slot(self) -> None:
+        if self._last.holds_slot:
+            self._last.holds_slot = False
+            self._in_flight.release()
 
     def _report(self, operation: str, outcome: str) -> None:
         if self._on_api_call is not None:
@@ -639,14 +649,22 @@ class HuaweiCloud:
         return config
 
     def _http_handler(self) -> Any:
+        """``cloud.concurrency`` bounds the requests on the wire: a slot is taken after the
+        SDK signed the request and freed once the answer is read, so the CPU spent around a
+        call (signing, our parse) does not hold one while the latency is the cost."""
         last = self._last
 
+        def take_slot(**_kwargs: Any) -> None:
+            self._take_slot()
+
         def remember_headers(**kwargs: Any) -> None:
+            self._free_slot()
             response = kwargs["response"]
             last.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
             last.request_id = response.headers.get("X-Request-Id")
 
         handler = HttpHandler()
+        handler._request_handlers = [take_slot]
         # The default handler logs every request line at INFO; ours records headers only.
         handler._response_handlers = [remember_headers]
         return handler

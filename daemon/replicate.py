@@ -72,6 +72,13 @@ class Engine:
     def now(self) -> datetime:
         return self.clock()
 
+    @property
+    def worker_threads(self) -> int:
+        """Threads that make API calls: twice the calls in flight, so that some sign a
+        request or parse an answer while ``concurrency`` wait on the wire (the adapter holds
+        a slot from the send to the answer only)."""
+        return 2 * self.concurrency
+
 
 @dataclass(frozen=True)
 class Target:
@@ -160,7 +167,7 @@ def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> S
         crash_point("after_claim")
         if budget is None:
             budget = _SlotBudget(slots, _traffic_left(engine, target))
-        workers = max(1, min(engine.concurrency, len(claimed)))
+        workers = max(1, min(engine.worker_threads, len(claimed)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
             outcomes = _submit_round(engine, target, claimed, budget, pool=pool, workers=workers)
         for outcome, job in outcomes:

@@ -228,14 +228,14 @@ def scan_vaults(
     the scan and is raised: the cloud unreachable or throttling after retries (the other
     vaults would only wait for the same), permission denied (stop everything)."""
     vaults = resolved.source_vaults
-    feed = _PageFeed(engine, resolved, size=2 * max(1, min(engine.concurrency, len(vaults))))
     listings: list[Callable[[], None]]
+    feed = _PageFeed(engine, resolved, size=2 * max(1, min(engine.concurrency, len(vaults))))
     if resolved.policy.source.listing == "project":
         listings = [feed.fetch_project]
     else:
         listings = [functools.partial(feed.fetch, vault) for vault in vaults]
     pool = ThreadPoolExecutor(
-        max_workers=max(1, min(engine.concurrency, len(listings))), thread_name_prefix="scan"
+        max_workers=max(1, min(engine.worker_threads, len(listings))), thread_name_prefix="scan"
     )
     failed: list[CloudError] = []
     try:

@@ -142,7 +142,12 @@ class Emulator:
         return self._running().log.entries(operation)
 
     def clear_requests(self) -> None:
+        """Forget the logged requests, and the most in flight so far."""
         self._running().log.clear()
+
+    def most_in_flight(self) -> int:
+        """The most API requests that were in flight at once (arrived, not yet answered)."""
+        return self._running().log.most_in_flight
 
     def set_faults(self, faults: dict[str, Any]) -> None:
         self.faults.set(faults)

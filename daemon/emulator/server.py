@@ -72,10 +72,21 @@ class RequestLog:
         self._lock = threading.Lock()
         self._entries: list[Payload] = []
         self._seq = 0
+        self._in_flight = 0
+        self.most_in_flight = 0  # API requests arrived and not yet answered, at the most
+
+    def arrived(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
 
     def add(self, entry: Payload) -> None:
+        """Log an answered (or dropped) request; it stops counting as in flight before its
+        answer leaves, so a client that holds a slot from sending to the answer never
+        appears here more than its slots."""
         with self._lock:
             self._seq += 1
+            self._in_flight -= 1
             self._entries.append({"seq": self._seq, **entry})
 
     def entries(self, operation: str | None = None) -> list[Payload]:
@@ -85,6 +96,7 @@ class RequestLog:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self.most_in_flight = self._in_flight
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):
@@ -224,6 +236,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     # ----- API ---------------------------------------------------------------------------
 
     def _api(self, method: str, path: str, raw_query: str, body: bytes) -> None:
+        self.server.log.arrived()
         found = route(method, path)
         call = Call(method, raw_query, body, found)
         project_id = found[1].get("project", "") if found else ""
@@ -353,7 +366,7 @@ def admin(
 
 def _admin_requests(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:
     wanted = query.get("operation", [None])[0]
-    return {"requests": server.log.entries(wanted)}
+    return {"requests": server.log.entries(wanted), "most_in_flight": server.log.most_in_flight}
 
 
 def _admin_clear(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:

@@ -4,7 +4,9 @@ against the emulator; and every class of error the adapter must tell apart."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -321,3 +323,53 @@ def test_refused_connection_is_transient_even_for_a_post(emulator: Emulator) -> 
         cloud.replicate_backup(SOURCE, "p", "b", destination(emulator), ReplicaSpec("x", ""))
     with pytest.raises(TransientError):
         cloud.show_backup(SOURCE, "p", "b")
+
+
+def test_concurrency_bounds_the_requests_on_the_wire_and_a_failure_frees_its_slot(
+    emulator: Emulator,
+) -> None:
+    """``cloud.concurrency`` slots are held from the SDK's send to the answer (issue 7): more
+    threads than slots never put more requests in flight, and a call that fails between the
+    send and the answer (a reset) gives its slot back."""
+    cloud = make_cloud(emulator, concurrency=2)
+    project = cloud.resolve_project(SOURCE)
+    web = emulator.vault_id(SOURCE, "web-prod")
+    emulator.set_faults({"latency_ms": 20})
+    emulator.clear_requests()
+
+    def list_web(_: int) -> int:
+        return sum(len(page) for page in cloud.list_backup_pages(SOURCE, project, web))
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        counts = set(pool.map(list_web, range(12)))
+    assert len(counts) == 1
+    assert counts.pop() >= 2
+    assert emulator.most_in_flight() == 2
+
+    emulator.set_faults({"operations": {"list_backups": {"reset_after_rate": 1.0}}})
+    for _ in range(3):  # more failures than slots: a leaked slot blocks a later call
+        with pytest.raises(TransientError):
+            within_30s(list_web)
+    emulator.set_faults({})
+    assert within_30s(list_web) >= 2
+
+
+def within_30s(call: Callable[[int], int]) -> int:
+    """``call(0)`` in a daemon thread, so a call blocked for good fails the test instead of
+    hanging it (and the interpreter's exit)."""
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(_outcome(call)), daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert outcome, "the call is still blocked: a concurrency slot was never given back"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    result: int = outcome[0]
+    return result
+
+
+def _outcome(call: Callable[[int], int]) -> int | BaseException:
+    try:
+        return call(0)
+    except Exception as error:
+        return error

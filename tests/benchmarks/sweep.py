@@ -313,11 +313,19 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         load = os.getloadavg()[0]  # other work on the machine when the measured run starts
         run = run_daemon(config, workdir, "run", args.profile)
         emulator_cpu_after = emulator.cpu_seconds()
-        requests = emulator.admin("GET", "requests")["requests"]
+        logged = emulator.admin("GET", "requests")
         writes = ledger_writes(workdir / "ledger.db", since)
         result = summarize(
-            args, run, warmup, requests, writes, to_submit, emulator_cpu_before, emulator_cpu_after
+            args,
+            run,
+            warmup,
+            logged["requests"],
+            writes,
+            to_submit,
+            emulator_cpu_before,
+            emulator_cpu_after,
         )
+        result["most_in_flight"] = logged["most_in_flight"]  # at most --concurrency
         result["load_1m"] = round(load, 2)
         return result
     finally:

@@ -59,6 +59,7 @@ def test_catch_up_makes_the_minimum_calls_and_reports_every_field() -> None:
     assert result["startup_cpu_s"] > 0
     assert 0 < result["sweep_wall_s"] < result["wall_s"]
     assert result["peak_rss_mb"] > 0
+    assert 1 <= result["most_in_flight"] <= 4  # --concurrency 4
 
 
 def test_a_second_sweep_in_steady_state_writes_no_job() -> None:
