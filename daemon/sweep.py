@@ -3,8 +3,10 @@ vaults page by page, decide per backup, record the decisions, then submit due wo
 
 Per page there is one ledger read (the jobs of that page's backups) and one ledger write, so
 memory stays flat however many backups a vault holds (DESIGN.md §4). Up to
-``engine.concurrency`` threads list different vaults at once; their pages are decided and
-recorded in the sweeping thread, one page at a time, so the ledger has one user per sweep.
+``engine.worker_threads`` threads list different vaults at once (``engine.concurrency``
+requests on the wire), or one thread lists the whole source project (``source.listing:
+project``); the pages are decided and recorded in the sweeping thread, one batch at a time,
+so the ledger has one user per sweep.
 """
 
 from __future__ import annotations
