@@ -280,7 +280,7 @@ class _PageFeed:
 
     def fetch(self, vault: Vault) -> None:
         """One vault's listing."""
-        self._list(vault.id, vault.name, lambda page: [_Pages(vault, page)])
+        self._list(vault.id, f"vault {vault.name}", lambda page: [_Pages(vault, page)])
 
     def fetch_project(self) -> None:
         """The source project's listing: each page split by vault, the backups of vaults
@@ -345,7 +345,7 @@ class _PageFeed:
             if isinstance(item, _Done):
                 finished += 1
                 if isinstance(item.error, MalformedAnswerError | PermanentError):
-                    log.warning("vault_listing_failed", vault=item.listing, error=str(item.error))
+                    log.warning("listing_failed", listing=item.listing, error=str(item.error))
                     failed.append(item.error)
                 elif item.error is not None:
                     raise item.error

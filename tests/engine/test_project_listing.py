@@ -7,6 +7,7 @@ reported."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -118,6 +119,11 @@ def test_a_failed_project_listing_leaves_the_vaults_for_the_next_sweep(
 
     assert failed.returncode != 0
     assert "malformed" in failed.stderr.lower()
+    logged = [json.loads(line) for line in failed.stderr.splitlines() if line.startswith("{")]
+    project = deployment.emulator.project_id("cn-north-4")
+    assert [entry["listing"] for entry in logged if entry["event"] == "listing_failed"] == [
+        f"project {project}"
+    ]
     assert deployment.replicate_calls() == []
     deployment.emulator.set_faults({})
 
