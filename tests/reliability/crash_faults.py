@@ -614,10 +614,15 @@ def blind_retry(
     profile: Profile,
     rng: random.Random,
     totals: Totals,
+    *,
+    faults: dict[str, Any],
 ) -> Counter[str]:
     """The negative control: post every eligible pair, and after a failed POST post again at
     once, never reading the backup first (what the intent + reconcile protocol forbids).
-    As many backups are added as the crash test adds, so the job counts are alike."""
+    As many backups are added as the crash test adds, so the job counts are alike.
+    The faults are switched on only after the setup reads (projects, vaults): the control is
+    about the POSTs, and a vault listing faulted on all its five attempts (0.31^5 each, so
+    about one run in 170; CI met one) would end the control before its first POST."""
     import logging
 
     from pydantic import SecretStr
@@ -656,6 +661,7 @@ def blind_retry(
         project = cloud.resolve_project(region)
         found = cloud.find_vault(region, project, vault_name)
         targets[region] = Destination(region, project, found.id)
+    emulator.set_faults(faults)
     for backup_id, region in sorted(eligible_pairs(emulator.state())):
         replica = ReplicaSpec(
             name=f"blind-{backup_id[:8]}", description="", enable_acceleration=False
@@ -863,10 +869,10 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     emulator = EmulatorProcess(scenario_file, seed, workdir / "emulator.log")
     try:
-        emulator.set_faults(fault_config(args.fault_scale))
         if args.blind_retry:
             totals = Totals()
-            blind = blind_retry(emulator, credentials, profile, rng, totals)
+            faults = fault_config(args.fault_scale)
+            blind = blind_retry(emulator, credentials, profile, rng, totals, faults=faults)
             wait_for_replications(emulator)
             summary = summarize(
                 args,
@@ -879,6 +885,7 @@ def main(argv: list[str] | None = None) -> int:
                 blind=blind,
             )
         else:
+            emulator.set_faults(fault_config(args.fault_scale))
             summary = run_crash_test(
                 args,
                 profile,
