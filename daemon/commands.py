@@ -105,6 +105,7 @@ def run_once(
     # The progress only counts: a decision sink would build every backup a sweep lists.
     on_scanned = progress.scanned_some if progress.enabled else None
     started_cpu, started = time.process_time(), time.monotonic()
+    started_thread_cpu = time.thread_time()
     try:
         run = run_policies(
             app.engine,
@@ -125,6 +126,7 @@ def run_once(
     finally:
         progress.close()
     run.cpu_s, run.wall_s = time.process_time() - started_cpu, time.monotonic() - started
+    run.sweeping_thread_cpu_s = time.thread_time() - started_thread_cpu
     if not dry_run:
         _send_notifications(app, run)
     _print_run(app, run, printer, as_json=as_json, dry_run=dry_run)
@@ -174,6 +176,7 @@ def _print_run(
         }
         document["cpu_s"] = round(run.cpu_s, 3)
         document["wall_s"] = round(run.wall_s, 3)
+        document["sweeping_thread_cpu_s"] = round(run.sweeping_thread_cpu_s, 3)
         _json(document)
         return
     for report in run.sweeps:

@@ -35,6 +35,9 @@ class RunReport:
     # long-running service pays once.
     cpu_s: float = 0.0
     wall_s: float = 0.0  # the same span in elapsed time
+    # The part of ``cpu_s`` spent by the thread that swept: reading the ledger, deciding,
+    # writing the ledger (the listing calls and the submissions run on other threads).
+    sweeping_thread_cpu_s: float = 0.0
 
     @property
     def policy_errors(self) -> list[SweepReport]:

@@ -20,7 +20,10 @@ rusage, ``emulator_cpu_s`` from the emulator process over the same interval. ``s
 is the run's own report of its CPU while sweeping (``cpu_s`` of ``--run-once --json``): the
 process's CPU without its start (interpreter, imports, config: ``startup_cpu_s``), which the
 service pays once, not per sweep; ``sweep_wall_s`` and ``sweep_ratio`` are the same span in
-elapsed time.
+elapsed time. ``decide_cpu_us_per_backup`` is the part of ``sweep_cpu_s`` spent by the sweeping
+thread (``sweeping_thread_cpu_s``): the ledger reads, the decisions and the ledger writes, per
+backup listed; the rest of the sweep's CPU is the listing calls' (the SDK's request, our parse)
+on the listing threads.
 """
 
 from __future__ import annotations
@@ -352,6 +355,7 @@ def summarize(  # noqa: PLR0917 (one call site)
     policies = run.report.get("policies") or [{}]
     sweep = policies[0]
     sweep_cpu, sweep_wall = run.report.get("cpu_s"), run.report.get("wall_s")
+    decide_cpu = run.report.get("sweeping_thread_cpu_s")
     emulator_cpu = (
         round(emulator_cpu_after - emulator_cpu_before, 2)
         if emulator_cpu_before is not None and emulator_cpu_after is not None
@@ -381,6 +385,9 @@ def summarize(  # noqa: PLR0917 (one call site)
         "startup_cpu_s": round(run.cpu_s - sweep_cpu, 2) if sweep_cpu is not None else None,
         "sweep_cpu_us_per_backup": (
             round(sweep_cpu * 1e6 / backups, 1) if sweep_cpu is not None and backups else None
+        ),
+        "decide_cpu_us_per_backup": (
+            round(decide_cpu * 1e6 / backups, 1) if decide_cpu is not None and backups else None
         ),
         "sweep_wall_s": sweep_wall,
         "sweep_ratio": (

@@ -57,6 +57,9 @@ def test_catch_up_makes_the_minimum_calls_and_reports_every_field() -> None:
     # the run's own CPU figure (from its --json report) leaves out the process's start
     assert 0 < result["sweep_cpu_s"] < result["cpu_s"]
     assert result["startup_cpu_s"] > 0
+    # the sweeping thread's share (ledger and decisions) is a part of the sweep's CPU
+    sweeping_us = result["decide_cpu_us_per_backup"]
+    assert 0 < sweeping_us < result["sweep_cpu_us_per_backup"]
     assert 0 < result["sweep_wall_s"] < result["wall_s"]
     assert result["peak_rss_mb"] > 0
     assert 1 <= result["most_in_flight"] <= 4  # --concurrency 4
