@@ -1,7 +1,7 @@
 """The two ports the services need: the cloud (CBR + IAM) and the ledger.
 
-Services depend on these protocols only; ``cloud.py`` and ``ledger.py`` implement them, and
-tests may implement them with in-memory fakes at the edge of a pure unit.
+Services depend on these protocols only; ``cloud.py`` and the ``ledger`` package implement
+them, and tests may implement them with in-memory fakes at the edge of a pure unit.
 All datetimes crossing these ports are timezone-aware UTC.
 """
 

@@ -1,53 +1,41 @@
-"""The ledger (DESIGN.md §5): jobs, attempts, vault bindings, sweeps and leases, on SQLModel.
-
-SQLite by default; PostgreSQL when several hosts share one ledger. Each public method is one
-transaction. On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite
-recipe), so a claim cannot interleave with another process's claim; on PostgreSQL claims use
-``FOR UPDATE SKIP LOCKED``. The file is created 0600 in a 0700 directory, in WAL mode with
-``synchronous=FULL``: the intent written before a POST must survive a power cut.
-"""
+"""``SqlLedger``: the ``Ledger`` port's queries and writes, one transaction per method."""
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import sqlite3
-import stat
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    DateTime,
-    Dialect,
     Engine,
-    Index,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
     bindparam,
-    create_engine,
-    event,
     func,
     insert,
     or_,
-    text,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, col, select
-from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
+from sqlmodel import Session, col, select
 
 from daemon import alerts
 from daemon.alerts import AlertChange, AlertKind, ReplicationWindow, StoredAlert
 from daemon.errors import LedgerError
+from daemon.ledger.schema import (
+    AlertRow,
+    AttemptRow,
+    BindingRow,
+    InstanceRow,
+    JobRow,
+    LeaseRow,
+    NotificationRow,
+    SchemaVersionRow,
+    SweepRow,
+    UtcDateTime,
+)
 from daemon.model import (
     TERMINAL_STATES,
     Attempt,
@@ -61,211 +49,11 @@ from daemon.model import (
 )
 from daemon.ports import HistoryEntry, InstanceInfo, Notification, TrafficEntry
 
-SCHEMA_VERSION = 3
 INSTANCE_RETENTION = timedelta(days=7)  # instances not seen for this long are forgotten
-BUSY_TIMEOUT_MS = 10_000
 IN_LIST_CHUNK = 500  # below SQLite's bound-parameter limit, whatever its build
-MIGRATION_LOCK = 0x63627272  # PostgreSQL advisory lock key held while migrating ("cbrr")
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in and out, whatever the database keeps (SQLite keeps text)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the ledger")
-        value = value.astimezone(UTC)
-        # SQLite compares the stored text; one representation keeps that order right.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _when(*, index: bool = False) -> Any:
-    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=True, index=index))
-
-
-class JobRow(SQLModel, table=True):
-    __tablename__: ClassVar[str] = "jobs"
-    __table_args__ = (
-        UniqueConstraint("source_backup_id", "destination_region", name="uq_jobs_backup_region"),
-        Index("ix_jobs_due", "state", "next_attempt_at"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    source_backup_id: str = Field(max_length=64)
-    destination_region: str = Field(max_length=64)
-    state: str = Field(max_length=16)
-    origin: str = Field(max_length=16)
-    policy: str | None = Field(default=None, max_length=64, index=True)
-    source_region: str = Field(max_length=64)
-    source_project_id: str = Field(max_length=64)
-    source_vault_id: str = Field(max_length=64)
-    destination_project_id: str = Field(max_length=64)
-    destination_vault_id: str = Field(max_length=64)
-    backup_name: str = Field(default="", max_length=255)
-    backup_created_at: datetime | None = _when()
-    bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
-    attempts: int = 0
-    next_attempt_at: datetime | None = _when()
-    last_error_code: str | None = Field(default=None, max_length=64)
-    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    replication_record_id: str | None = Field(default=None, max_length=64)
-    replica_backup_id: str | None = Field(default=None, max_length=64)
-    replica_name: str | None = Field(default=None, max_length=64)
-    replica_description: str | None = Field(default=None, max_length=255)
-    lease_owner: str | None = Field(default=None, max_length=255)
-    lease_expires_at: datetime | None = _when()
-    created_at: datetime | None = _when()
-    updated_at: datetime | None = _when()
-    finished_at: datetime | None = _when(index=True)
-
-
-class AttemptRow(SQLModel, table=True):
-    __tablename__: ClassVar[str] = "attempts"
-
-    id: int | None = Field(default=None, primary_key=True)
-    job_id: int = Field(foreign_key="jobs.id", index=True)
-    at: datetime | None = _when()
-    outcome: str = Field(max_length=32)
-    error_code: str | None = Field(default=None, max_length=64)
-    error_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    request_id: str | None = Field(default=None, max_length=128)
-
-
-class BindingRow(SQLModel, table=True):
-    """Once-only: never updated (but intent -> bound) and never deleted."""
-
-    __tablename__: ClassVar[str] = "vault_bindings"
-    __table_args__ = (
-        UniqueConstraint("source_vault_id", "destination_region", name="uq_bindings_vault_region"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    source_vault_id: str = Field(max_length=64)
-    destination_region: str = Field(max_length=64)
-    destination_project_id: str = Field(max_length=64)
-    destination_vault_id: str = Field(max_length=64)
-    origin: str = Field(max_length=80)
-    created_at: datetime | None = _when()
-    source_region: str = Field(default="", max_length=64)
-    state: str = Field(default="bound", max_length=16)
-    source_vault_name: str = Field(default="", max_length=255, index=True)
-
-
-class SweepRow(SQLModel, table=True):
-    __tablename__: ClassVar[str] = "sweeps"
-
-    id: int | None = Field(default=None, primary_key=True)
-    policy: str = Field(max_length=64, index=True)
-    started_at: datetime | None = _when()
-    finished_at: datetime | None = _when()
-    backups_seen: int = 0
-    reasons: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
-    enqueued: int = 0
-    adopted: int = 0
-    submitted: int = 0
-    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    error_reason: str | None = Field(default=None, max_length=64)
-
-
-class LeaseRow(SQLModel, table=True):
-    __tablename__: ClassVar[str] = "leases"
-
-    name: str = Field(primary_key=True, max_length=128)
-    owner: str = Field(max_length=255)
-    expires_at: datetime | None = _when()
-
-
-class InstanceRow(SQLModel, table=True):
-    """Added in schema version 2: which processes use this ledger (issue 8, ``status``)."""
-
-    __tablename__: ClassVar[str] = "instances"
-
-    owner: str = Field(primary_key=True, max_length=255)
-    role: str = Field(max_length=16)
-    started_at: datetime | None = _when()
-    last_seen_at: datetime | None = _when(index=True)
-
-
-class AlertRow(SQLModel, table=True):
-    """Added in schema version 3: the last recorded state of each alert subject (issue 9).
-
-    A subject in state ``ok`` has no row, except a policy's health (``policy:<name>``),
-    which stays to mark that the policy was evaluated once."""
-
-    __tablename__: ClassVar[str] = "alert_states"
-
-    subject: str = Field(primary_key=True, max_length=255)
-    policy: str = Field(max_length=64, index=True)
-    kind: str = Field(max_length=16)
-    state: str = Field(max_length=16)
-    since: datetime | None = _when()
-
-
-class NotificationRow(SQLModel, table=True):
-    """Added in schema version 3: every alert change, and its webhook delivery (an outbox
-    written with the change, so a change is sent once even across restarts)."""
-
-    __tablename__: ClassVar[str] = "notifications"
-    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    event_id: str = Field(max_length=64, unique=True)
-    event: str = Field(max_length=32)
-    subject: str = Field(max_length=255)
-    policy: str = Field(max_length=64, index=True)
-    created_at: datetime | None = _when()
-    payload: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(default="pending", max_length=16)  # pending | delivered | dropped
-    attempts: int = 0
-    next_attempt_at: datetime | None = _when()
-    lease_owner: str | None = Field(default=None, max_length=255)
-    lease_expires_at: datetime | None = _when()
-    finished_at: datetime | None = _when()
-    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-
-
-class SchemaVersionRow(SQLModel, table=True):
-    __tablename__: ClassVar[str] = "schema_version"
-
-    id: int = Field(default=1, primary_key=True)
-    version: int
-
-
-# -- migrations --------------------------------------------------------------------------------
-# One function per version, applied in order inside one transaction each. Version 1 is the
-# tables above as first released; later versions alter them in place (never drop data).
-Migration = Callable[[Connection], None]
-
-
-def _create(connection: Connection, *names: str) -> None:
-    tables = [SQLModel.metadata.tables[name] for name in names]
-    SQLModel.metadata.create_all(connection, tables=tables)
-
-
-def _v1_initial(connection: Connection) -> None:
-    _create(connection, "jobs", "attempts", "vault_bindings", "sweeps", "leases")
-
-
-def _v2_instances(connection: Connection) -> None:
-    _create(connection, "instances")
-
-
-def _v3_alerts(connection: Connection) -> None:
-    _create(connection, "alert_states", "notifications")
-
-
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_instances, _v3_alerts)
-assert len(MIGRATIONS) == SCHEMA_VERSION
+# The execution option that makes a transaction begin deferred on SQLite (see ``opening``).
+READ_ONLY_OPTION = "cbr_read_only"
+_READ_ONLY = {READ_ONLY_OPTION: True}
 
 
 _JOB_FIELDS = tuple(name for name in Job.__dataclass_fields__ if name != "id")
@@ -461,7 +249,7 @@ class SqlLedger:
                 with connection.begin():
                     yield connection
         except SQLAlchemyError as error:
-            raise LedgerError(f"ledger: {error.__class__.__name__}: {_cause(error)}") from error
+            raise LedgerError(f"ledger: {error.__class__.__name__}: {cause_of(error)}") from error
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -471,7 +259,7 @@ class SqlLedger:
         except IntegrityError:
             raise
         except SQLAlchemyError as error:
-            raise LedgerError(f"ledger: {error.__class__.__name__}: {_cause(error)}") from error
+            raise LedgerError(f"ledger: {error.__class__.__name__}: {cause_of(error)}") from error
 
     # -- jobs ----------------------------------------------------------------------------------
     def get_jobs(self, destination_region: str, backup_ids: Collection[str]) -> dict[str, Job]:
@@ -1064,7 +852,7 @@ class SqlLedger:
         self.engine.dispose()
 
 
-def _cause(error: SQLAlchemyError) -> object:
+def cause_of(error: SQLAlchemyError) -> object:
     """The driver's own message when there is one (it names the file or the constraint)."""
     return getattr(error, "orig", None) or error
 
@@ -1128,159 +916,3 @@ def _parse_if_text(value: object) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
-
-
-# -- opening -------------------------------------------------------------------------------------
-def open_ledger(url: str) -> SqlLedger:
-    """Open (creating or migrating) the ledger at ``url``. Raises LedgerError with the fix."""
-    try:
-        parsed = make_url(url)
-    except Exception as error:  # SQLAlchemy raises ArgumentError, ValueError and more
-        raise LedgerError(
-            f"ledger.url: cannot parse {url!r}: {error}; use sqlite:///PATH or "
-            "postgresql+psycopg://USER@HOST/DB"
-        ) from None
-    if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(parsed.database)
-    elif parsed.get_backend_name() == "postgresql":
-        engine = create_engine(
-            parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, future=True
-        )
-    else:
-        raise LedgerError(
-            f"ledger.url: unsupported database {parsed.get_backend_name()!r}; "
-            "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
-        )
-    ledger = SqlLedger(engine)
-    try:
-        if ledger.is_sqlite:
-            _check_sqlite(engine)
-        _migrate(engine)
-    except LedgerError:
-        engine.dispose()
-        raise
-    except SQLAlchemyError as error:
-        engine.dispose()
-        raise LedgerError(
-            f"ledger {parsed.render_as_string(hide_password=True)}: cannot open: {_cause(error)}"
-        ) from None
-    return ledger
-
-
-def _sqlite_engine(database: str | None) -> Engine:
-    if not database or database == ":memory:":
-        raise LedgerError(
-            "ledger.url: an in-memory SQLite ledger loses every job at exit; "
-            "give a file: sqlite:////var/lib/cbr-replicator/ledger.db"
-        )
-    path = Path(database)
-    _create_private_file(path)
-    engine = create_engine(
-        f"sqlite:///{path}",
-        connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
-        future=True,
-    )
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN itself (the pysqlite recipe).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        _use_wal(cursor)
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Connection) -> None:
-        read_only = connection.get_execution_options().get(_READ_ONLY_OPTION, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-    return engine
-
-
-_READ_ONLY_OPTION = "cbr_read_only"
-_READ_ONLY = {_READ_ONLY_OPTION: True}
-
-
-def _is_busy(error: BaseException) -> bool:
-    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
-
-
-# SQLite answers "database is locked" at once, without its busy handler, to a connection that
-# asks for WAL while another converts the file: six instances opening a new ledger together
-# failed 10 % of the time (issue 8). Retried within the busy timeout; once the file is in WAL
-# mode, the first query finds it so and needs no lock.
-@retry(
-    retry=retry_if_exception(_is_busy),
-    stop=stop_after_delay(BUSY_TIMEOUT_MS / 1000),
-    wait=wait_random(0.005, 0.05),
-    reraise=True,
-)
-def _use_wal(cursor: sqlite3.Cursor) -> None:
-    if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        cursor.execute("PRAGMA journal_mode=WAL")
-
-
-def _create_private_file(path: Path) -> None:
-    """The ledger holds project and vault ids: 0600 in a 0700 directory when we create them."""
-    try:
-        # exist_ok: several instances may create it at the same moment.
-        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-    except OSError as error:
-        raise LedgerError(
-            f"ledger {path}: cannot create or open: {error.strerror}; check the directory "
-            "exists and is writable by the service user"
-        ) from None
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(path, 0o600)
-
-
-def _check_sqlite(engine: Engine) -> None:
-    try:
-        with engine.connect() as connection:
-            result = connection.exec_driver_sql("PRAGMA quick_check").scalar()
-    except SQLAlchemyError as error:
-        raise LedgerError(
-            f"ledger {engine.url.database}: not a readable SQLite database ({_cause(error)}); "
-            "restore it from a backup or move it away to start an empty ledger"
-        ) from None
-    if result != "ok":
-        raise LedgerError(
-            f"ledger {engine.url.database}: integrity check failed ({result}); "
-            "restore it from a backup or move it away to start an empty ledger"
-        )
-
-
-def _migrate(engine: Engine) -> None:
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            # Instances started together on an empty database would all create the tables at
-            # once, and all but one fail; one at a time, the later ones find them made.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-        SQLModel.metadata.create_all(
-            connection, tables=[SQLModel.metadata.tables["schema_version"]]
-        )
-        row = connection.execute(text("SELECT version FROM schema_version WHERE id = 1")).first()
-        current = int(row[0]) if row is not None else 0
-        if current > SCHEMA_VERSION:
-            raise LedgerError(
-                f"ledger {engine.url.render_as_string(hide_password=True)}: schema version "
-                f"{current} is newer than this cbr-replicator understands ({SCHEMA_VERSION}); "
-                "upgrade cbr-replicator or restore a ledger it wrote"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version - 1](connection)
-        if current == 0:
-            connection.execute(
-                text("INSERT INTO schema_version (id, version) VALUES (1, :v)"),
-                {"v": SCHEMA_VERSION},
-            )
-        elif current < SCHEMA_VERSION:
-            connection.execute(
-                text("UPDATE schema_version SET version = :v WHERE id = 1"), {"v": SCHEMA_VERSION}
-            )
