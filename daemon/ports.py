@@ -234,6 +234,11 @@ class Ledger(Protocol):
         (the existing one when the unique constraint already held it)."""
         ...
 
+    def add_bindings(self, bindings: Sequence[VaultBinding]) -> list[VaultBinding]:
+        """``add_binding`` for many in one transaction (a policy's first sweep binds each of
+        its vaults): the stored bindings in the same order."""
+        ...
+
     def mark_binding_bound(self, source_vault_id: str, destination_region: str) -> None:
         """Turn an ``intent`` binding into ``bound`` after its POST was accepted."""
         ...

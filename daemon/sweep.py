@@ -167,21 +167,29 @@ def keep_bindings(engine: Engine, resolved: ResolvedPolicy, *, dry_run: bool) ->
     bindings = engine.ledger.get_bindings(
         target.destination.region, [vault.id for vault in resolved.source_vaults]
     )
-    for vault in resolved.source_vaults:
-        wanted = VaultBinding(
+    now = engine.now()
+    wanted = {
+        vault.id: VaultBinding(
             source_vault_id=vault.id,
             destination_region=target.destination.region,
             destination_project_id=target.destination.project_id,
             destination_vault_id=target.destination.vault_id,
             origin=f"policy:{target.policy}",
-            created_at=engine.now(),
+            created_at=now,
             source_region=target.source_region,
             source_vault_name=vault.name,
         )
+        for vault in resolved.source_vaults
+    }
+    missing = [binding for vault_id, binding in wanted.items() if vault_id not in bindings]
+    if missing and not dry_run:
+        # One transaction for all: a first sweep of 1,000 vaults took 1.5 s committing
+        # (and syncing) one binding at a time, before its first listing.
+        added = engine.ledger.add_bindings(missing)
+        bindings.update((binding.source_vault_id, binding) for binding in added)
+    for vault in resolved.source_vaults:
         existing = bindings.get(vault.id)
-        if existing is None and not dry_run:
-            existing = engine.ledger.add_binding(wanted)
-        if existing is not None and not _same_destination(existing, wanted):
+        if existing is not None and not _same_destination(existing, wanted[vault.id]):
             raise RefusedError(
                 Reason.VAULT_ALREADY_REPLICATED,
                 f"policy {target.policy}: vault {vault.name} was replicated to "

@@ -195,6 +195,20 @@ def _job_values(job: Job) -> dict[str, Any]:
     return values
 
 
+def _binding_row(binding: VaultBinding) -> BindingRow:
+    return BindingRow(
+        source_vault_id=binding.source_vault_id,
+        destination_region=binding.destination_region,
+        destination_project_id=binding.destination_project_id,
+        destination_vault_id=binding.destination_vault_id,
+        origin=binding.origin,
+        created_at=binding.created_at,
+        source_region=binding.source_region,
+        state=binding.state,
+        source_vault_name=binding.source_vault_name,
+    )
+
+
 def _binding_from_row(row: BindingRow) -> VaultBinding:
     assert row.created_at is not None
     return VaultBinding(
@@ -486,17 +500,7 @@ class SqlLedger:
         return found
 
     def add_binding(self, binding: VaultBinding) -> VaultBinding:
-        row = BindingRow(
-            source_vault_id=binding.source_vault_id,
-            destination_region=binding.destination_region,
-            destination_project_id=binding.destination_project_id,
-            destination_vault_id=binding.destination_vault_id,
-            origin=binding.origin,
-            created_at=binding.created_at,
-            source_region=binding.source_region,
-            state=binding.state,
-            source_vault_name=binding.source_vault_name,
-        )
+        row = _binding_row(binding)
         try:
             with self._session() as session:
                 session.add(row)
@@ -506,6 +510,19 @@ class SqlLedger:
             if existing is None:  # pragma: no cover - a binding is never deleted
                 raise LedgerError("ledger: vault binding vanished after a conflict") from None
             return existing
+
+    def add_bindings(self, bindings: Sequence[VaultBinding]) -> list[VaultBinding]:
+        if not bindings:
+            return []
+        rows = [_binding_row(binding) for binding in bindings]
+        try:
+            with self._session() as session:
+                session.add_all(rows)
+        except IntegrityError:
+            # Another process added one of them meanwhile (the whole insert was rolled back):
+            # one at a time, so that each of its bindings wins.
+            return [self.add_binding(binding) for binding in bindings]
+        return [_binding_from_row(row) for row in rows]
 
     def mark_binding_bound(self, source_vault_id: str, destination_region: str) -> None:
         with self._session() as session:

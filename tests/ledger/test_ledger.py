@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from daemon.ledger import SCHEMA_VERSION, SqlLedger
 from daemon.model import (
@@ -398,3 +399,26 @@ def test_instances_not_seen_for_a_week_are_forgotten(ledger: SqlLedger) -> None:
     ledger.heartbeat("old:1:1", role="daemon", now=NOW)
     ledger.heartbeat("new:2:2", role="daemon", now=NOW + timedelta(days=8))
     assert [i.owner for i in ledger.instances(NOW + timedelta(days=8))] == ["new:2:2"]
+
+
+def test_many_bindings_are_added_in_one_transaction_and_existing_ones_win(
+    ledger: SqlLedger,
+) -> None:
+    commits: list[object] = []
+    event.listen(ledger.engine, "commit", commits.append)
+    vaults = [f"v-{index:03d}" for index in range(50)]
+    added = ledger.add_bindings([binding(source_vault_id=vault) for vault in vaults])
+    assert [b.source_vault_id for b in added] == vaults
+    assert len(commits) == 1  # one transaction, not one per vault
+    assert sorted(ledger.get_bindings(REGION, vaults)) == vaults
+    # One vault was bound elsewhere meanwhile (another process): its binding is kept and
+    # returned, the others are added.
+    ledger.add_binding(binding(source_vault_id="v-late", destination_vault_id="v-other"))
+    again = ledger.add_bindings(
+        [binding(source_vault_id="v-new"), binding(source_vault_id="v-late")]
+    )
+    assert [(b.source_vault_id, b.destination_vault_id) for b in again] == [
+        ("v-new", "v-dst"),
+        ("v-late", "v-other"),
+    ]
+    assert ledger.add_bindings([]) == []
