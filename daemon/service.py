@@ -1,21 +1,20 @@
 """Daemon mode (``cbr-replicator`` with no command): APScheduler jobs for the policies and the
 tracker, signals (TERM and INT stop, HUP reloads), sd_notify and the watchdog, the metrics
-endpoint and the single-instance guard of a SQLite ledger. The only module importing
-APScheduler.
+endpoint and the single-instance guard of a SQLite ledger (``instance_lock``). The only
+module importing APScheduler.
 
 Threads: the main thread runs the main loop (signals, reload, WATCHDOG=1); APScheduler's
 thread fires the triggers; a sweep thread and a tracker thread run the work items, one at a
 time under ``_work_lock``, so a reload swaps the configuration between two work items.
 Sweeps call ``run_policies``, as ``--run-once`` does. A notify thread (``Courier``) sends the
-alert notifications and heartbeat pings, outside the work lock.
+alert notifications and heartbeat pings, outside the work lock (``courier``); the cloud is
+wrapped in ``watched.WatchedCloud``, which counts the calls for the hang watch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
-import re
 import select
 import signal
 import sys
@@ -38,22 +37,16 @@ from apscheduler.triggers.interval import IntervalTrigger
 from daemon import exitcodes, replicate, watch
 from daemon.app import App, build_app
 from daemon.config import LoadedConfig, load_settings
+from daemon.courier import Courier
 from daemon.errors import CloudError, ConfigError, LedgerError, TransientError
+from daemon.instance_lock import InstanceLock
 from daemon.metrics import AlertFacts, LedgerSnapshot, Metrics, MetricsServer
 from daemon.model import (
     IN_FLIGHT_STATES,
-    Backup,
-    BackupPage,
-    Destination,
     Job,
     JobState,
-    ReplicaSpec,
-    ReplicationAccepted,
     SweepReport,
-    Vault,
-    VaultReplicationAccepted,
 )
-from daemon.notify import WebhookClient
 from daemon.observe import bound_context, configure_logging
 from daemon.policy import Policy, ScheduleSettings, Settings, apscheduler_crontab
 from daemon.ports import Cloud
@@ -61,6 +54,7 @@ from daemon.retrying import RetryPolicy
 from daemon.run import evaluate_alerts, run_policies
 from daemon.sdnotify import Notifier
 from daemon.sweep import ResolvedPolicy, retry_policy
+from daemon.watched import WatchedCloud
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -70,48 +64,6 @@ HEARTBEAT_EVERY_AT_MOST = timedelta(seconds=30)  # "last seen" of this instance 
 TRACK_EVERY_AT_MOST = timedelta(minutes=1)
 TRACK_BATCH = 500
 IDLE_TICK = 5.0  # seconds between main-loop rounds when there is no watchdog
-COURIER_TICK = timedelta(minutes=1)  # notifications due for a retry go out this often at least
-
-
-# -- single instance -------------------------------------------------------------------------
-
-_SQLITE_PATH = re.compile(r"^sqlite(?:\+\w+)?:///([^?]+)")
-
-
-class InstanceLock:
-    """An exclusive ``flock`` on ``<ledger>.lock``, held by the daemon for its lifetime, so
-    a second daemon on the same SQLite ledger refuses to start. ``--run-once`` and the manual
-    commands never take it: the ledger's leases keep them from double-submitting."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self._fd = fd
-
-    @classmethod
-    def acquire(cls, ledger_url: str) -> InstanceLock | None:
-        """None for a database server ledger (several hosts may share it, by design)."""
-        match = _SQLITE_PATH.match(ledger_url)
-        if match is None:
-            return None
-        path = Path(match[1] + ".lock")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LedgerError(
-                f"{match[1]} is in use by another cbr-replicator daemon (pid {holder}, lock "
-                f"{path}); stop that one first (systemctl stop cbr-replicator), or give this "
-                "one another ledger.url. --run-once and the manual commands may run beside it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return cls(path, fd)
-
-    def release(self) -> None:
-        os.close(self._fd)  # closing the descriptor drops the lock
 
 
 # -- scheduling ----------------------------------------------------------------------------
@@ -706,119 +658,8 @@ class Daemon:
             raise TransientError("the daemon is stopping", code="daemon_stopping")
 
 
-class Courier:
-    """The notify thread: delivers the ledger's pending notifications and pings heartbeats,
-    woken after each work item and at least every ``COURIER_TICK``. A slow or dead receiver
-    holds up no sweep; a daemon thread, so it never delays the exit either (a notification
-    cut off then stays pending, and goes out after its lease, from this or another process)."""
-
-    def __init__(
-        self, current_app: Callable[[], App], metrics: Metrics, stopping: threading.Event
-    ) -> None:
-        self._current_app = current_app
-        self._metrics = metrics
-        self._stopping = stopping
-        self._client = WebhookClient()
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._pings: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def ping_after(self, policy: str) -> None:
-        """Ping the policy's heartbeat (it swept without error) at the next round."""
-        with self._lock:
-            self._pings.add(policy)
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(COURIER_TICK.total_seconds())
-            self._wake.clear()
-            if self._stopping.is_set():
-                return
-            try:
-                self._round()
-            except Exception:  # a notification never stops the daemon
-                log.exception("notify_round_crashed")
-
-    def _round(self) -> None:
-        app = self._current_app()
-        with self._lock:
-            policies, self._pings = sorted(self._pings), set()
-        outbox = watch.Outbox(
-            app.ledger, app.settings, self._client, owner=app.engine.owner, clock=app.engine.now
-        )
-        report = outbox.deliver_pending(stop=self._stopping.is_set)
-        for outcome in ("delivered", "failed", "dropped"):
-            self._metrics.count_notifications("webhook", outcome, getattr(report, outcome))
-        for _url, result in outbox.ping_heartbeats(policies):
-            self._metrics.count_notifications("heartbeat", "delivered" if result.ok else "failed")
-
-
 def _enabled_policy(app: App, name: str) -> Policy | None:
     for policy in app.policies():
         if policy.name == name:
             return policy
     return None
-
-
-class WatchedCloud:
-    """``Cloud`` that calls ``on_call(mutating)`` before each request (and each page), which
-    may raise to refuse it."""
-
-    def __init__(self, cloud: Cloud, on_call: Callable[[bool], None]) -> None:
-        self._cloud = cloud
-        self._on_call = on_call
-
-    def resolve_project(self, region: str, project: str | None = None) -> str:
-        self._on_call(False)
-        return self._cloud.resolve_project(region, project)
-
-    def replication_destinations(self, region: str, project_id: str) -> frozenset[str]:
-        self._on_call(False)
-        return self._cloud.replication_destinations(region, project_id)
-
-    def find_vault(self, region: str, project_id: str, name_or_id: str) -> Vault:
-        self._on_call(False)
-        return self._cloud.find_vault(region, project_id, name_or_id)
-
-    def list_backup_pages(
-        self, region: str, project_id: str, vault_id: str | None
-    ) -> Iterator[BackupPage]:
-        self._on_call(False)
-        for page in self._cloud.list_backup_pages(region, project_id, vault_id):
-            yield page
-            self._on_call(False)  # before the next page is fetched
-
-    def show_backup(self, region: str, project_id: str, backup_id: str) -> Backup:
-        self._on_call(False)
-        return self._cloud.show_backup(region, project_id, backup_id)
-
-    def replicate_backup(
-        self,
-        region: str,
-        project_id: str,
-        backup_id: str,
-        destination: Destination,
-        replica: ReplicaSpec,
-    ) -> ReplicationAccepted:
-        self._on_call(True)
-        return self._cloud.replicate_backup(region, project_id, backup_id, destination, replica)
-
-    def replicate_vault(
-        self,
-        region: str,
-        project_id: str,
-        vault_id: str,
-        destination: Destination,
-        enable_acceleration: bool,
-    ) -> VaultReplicationAccepted:
-        self._on_call(True)
-        return self._cloud.replicate_vault(
-            region, project_id, vault_id, destination, enable_acceleration
-        )
