@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -195,33 +196,17 @@ def _job_values(job: Job) -> dict[str, Any]:
     return values
 
 
+# A binding and its row have the same fields.
+_BINDING_FIELDS = tuple(field.name for field in dataclasses.fields(VaultBinding))
+
+
 def _binding_row(binding: VaultBinding) -> BindingRow:
-    return BindingRow(
-        source_vault_id=binding.source_vault_id,
-        destination_region=binding.destination_region,
-        destination_project_id=binding.destination_project_id,
-        destination_vault_id=binding.destination_vault_id,
-        origin=binding.origin,
-        created_at=binding.created_at,
-        source_region=binding.source_region,
-        state=binding.state,
-        source_vault_name=binding.source_vault_name,
-    )
+    return BindingRow(**{name: getattr(binding, name) for name in _BINDING_FIELDS})
 
 
 def _binding_from_row(row: BindingRow) -> VaultBinding:
     assert row.created_at is not None
-    return VaultBinding(
-        source_vault_id=row.source_vault_id,
-        destination_region=row.destination_region,
-        destination_project_id=row.destination_project_id,
-        destination_vault_id=row.destination_vault_id,
-        origin=row.origin,
-        created_at=row.created_at,
-        source_region=row.source_region,
-        state=row.state,
-        source_vault_name=row.source_vault_name,
-    )
+    return VaultBinding(**{name: getattr(row, name) for name in _BINDING_FIELDS})
 
 
 def _report_from_row(row: SweepRow) -> SweepReport:
