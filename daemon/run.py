@@ -36,7 +36,7 @@ class RunReport:
     cpu_s: float = 0.0
     wall_s: float = 0.0  # the same span in elapsed time
     # The part of ``cpu_s`` spent by the thread that swept: reading the ledger, deciding,
-    # writing the ledger (the listing calls and the submissions run on other threads).
+    # writing the ledger (the listing calls and the POSTs run on other threads).
     sweeping_thread_cpu_s: float = 0.0
 
     @property
