@@ -35,8 +35,9 @@ class RunReport:
     # long-running service pays once.
     cpu_s: float = 0.0
     wall_s: float = 0.0  # the same span in elapsed time
-    # The part of ``cpu_s`` spent by the thread that swept: reading the ledger, deciding,
-    # writing the ledger (the listing calls and the POSTs run on other threads).
+    # The part of ``cpu_s`` spent by the thread that swept (and, with --wait, followed the
+    # jobs): reading the ledger, deciding, writing the ledger; the listing calls and the
+    # POSTs run on other threads.
     sweeping_thread_cpu_s: float = 0.0
 
     @property

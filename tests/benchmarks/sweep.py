@@ -22,8 +22,8 @@ process's CPU without its start (interpreter, imports, config: ``startup_cpu_s``
 service pays once, not per sweep; ``sweep_wall_s`` and ``sweep_ratio`` are the same span in
 elapsed time. ``decide_cpu_us_per_backup`` is the part of ``sweep_cpu_s`` spent by the sweeping
 thread (``sweeping_thread_cpu_s``): the ledger reads, the decisions and the ledger writes, per
-backup listed; the rest of the sweep's CPU is the listing calls' (the SDK's request, our parse)
-on the listing threads.
+backup listed; the rest of the sweep's CPU is the API calls' (the SDK's request, our parse) on
+their own threads: the listing calls, and in a catch-up the POSTs.
 """
 
 from __future__ import annotations
