@@ -68,23 +68,46 @@ HTML_PAGE = b"<html><head><title>Gateway</title></head><body><h1>Service busy</h
 class RequestLog:
     """Every API request the emulator answered (or dropped), in arrival order."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._entries: list[Payload] = []
         self._seq = 0
         self._in_flight = 0
         self.most_in_flight = 0  # API requests arrived and not yet answered, at the most
+        # For the mean number in flight: in-flight x seconds, from the first arrival to the
+        # last answer. A client that keeps its slots full scores its concurrency; a gap
+        # between its calls (its CPU, its own bookkeeping) lowers the mean.
+        self._in_flight_seconds = 0.0
+        self._first_arrival: float | None = None
+        self._last_change = 0.0
 
     def arrived(self) -> None:
         with self._lock:
+            self._advance()
             self._in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self._in_flight)
+
+    def _advance(self) -> None:
+        now = self._clock()
+        if self._first_arrival is None:
+            self._first_arrival = now
+        self._in_flight_seconds += self._in_flight * (now - self._last_change)
+        self._last_change = now
+
+    @property
+    def mean_in_flight(self) -> float:
+        with self._lock:
+            if self._first_arrival is None or self._last_change <= self._first_arrival:
+                return 0.0
+            return self._in_flight_seconds / (self._last_change - self._first_arrival)
 
     def add(self, entry: Payload) -> None:
         """Log an answered (or dropped) request; it stops counting as in flight before its
         answer leaves, so a client that holds a slot from sending to the answer never
         appears here more than its slots."""
         with self._lock:
+            self._advance()
             self._seq += 1
             self._in_flight -= 1
             self._entries.append({"seq": self._seq, **entry})
@@ -97,6 +120,9 @@ class RequestLog:
         with self._lock:
             self._entries.clear()
             self.most_in_flight = self._in_flight
+            self._in_flight_seconds = 0.0
+            self._first_arrival = None
+            self._last_change = self._clock()
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):
@@ -366,7 +392,12 @@ def admin(
 
 def _admin_requests(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:
     wanted = query.get("operation", [None])[0]
-    return {"requests": server.log.entries(wanted), "most_in_flight": server.log.most_in_flight}
+    log = server.log
+    return {
+        "requests": log.entries(wanted),
+        "most_in_flight": log.most_in_flight,
+        "mean_in_flight": round(log.mean_in_flight, 2),
+    }
 
 
 def _admin_clear(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:

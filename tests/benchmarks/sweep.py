@@ -329,6 +329,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             emulator_cpu_after,
         )
         result["most_in_flight"] = logged["most_in_flight"]  # at most --concurrency
+        result["mean_in_flight"] = logged["mean_in_flight"]  # below it: the daemon left gaps
         result["load_1m"] = round(load, 2)
         return result
     finally:

@@ -63,6 +63,7 @@ def test_catch_up_makes_the_minimum_calls_and_reports_every_field() -> None:
     assert 0 < result["sweep_wall_s"] < result["wall_s"]
     assert result["peak_rss_mb"] > 0
     assert 1 <= result["most_in_flight"] <= 4  # --concurrency 4
+    assert 0 < result["mean_in_flight"] <= result["most_in_flight"]
 
 
 def test_a_second_sweep_in_steady_state_writes_no_job() -> None:
