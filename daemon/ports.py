@@ -215,8 +215,10 @@ class Ledger(Protocol):
         limit: int,
         after_id: int = 0,
         policy: str | None = None,
+        updated_before: datetime | None = None,
     ) -> list[Job]:
-        """Jobs in these states with ``id > after_id``, by id (keyset paging)."""
+        """Jobs in these states with ``id > after_id``, by id (keyset paging); with
+        ``updated_before``, only those unchanged since before it."""
         ...
 
     # -- vault bindings ----------------------------------------------------------------------

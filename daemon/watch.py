@@ -53,8 +53,17 @@ def rpo_now(ledger: Ledger, policy: Policy, now: datetime) -> RpoStatus:
 
 
 def stuck_now(ledger: Ledger, policy: Policy, now: datetime) -> list[Job]:
-    replicating = _all_jobs(ledger, JobState.REPLICATING, policy.name)
-    return alerts.stuck_jobs(replicating, policy.stuck_after, now)
+    # Only the candidates are read: after a catch-up, thousands of jobs are replicating and
+    # none of them stuck yet (reading them all was 0.45 s per evaluation at 10,000, issue 7).
+    # The bound is inclusive (``is_stuck`` counts a job at exactly ``stuck_after``): the
+    # ledger's comparison is strict, so it asks for a microsecond more.
+    candidates = _all_jobs(
+        ledger,
+        JobState.REPLICATING,
+        policy.name,
+        updated_before=now - policy.stuck_after + timedelta(microseconds=1),
+    )
+    return alerts.stuck_jobs(candidates, policy.stuck_after, now)
 
 
 def evaluate_policy(
@@ -94,11 +103,15 @@ def evaluate_policy(
     return Evaluation(rpo=rpo, stuck=stuck, changes=applied)
 
 
-def _all_jobs(ledger: Ledger, state: JobState, policy: str) -> list[Job]:
+def _all_jobs(
+    ledger: Ledger, state: JobState, policy: str, *, updated_before: datetime | None = None
+) -> list[Job]:
     found: list[Job] = []
     after_id = 0
     while True:
-        page = ledger.jobs_in_states({state}, limit=PAGE, after_id=after_id, policy=policy)
+        page = ledger.jobs_in_states(
+            {state}, limit=PAGE, after_id=after_id, policy=policy, updated_before=updated_before
+        )
         found += page
         if len(page) < PAGE:
             return found

@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+from daemon import watch
 from daemon.alerts import AlertChange, AlertKind
 from daemon.ledger import SqlLedger
 from daemon.model import GIB, JobState, Origin, Reason
+from daemon.policy import Policy
 from daemon.ports import Notification
+from tests.engine.harness import policy
 from tests.ledger.test_ledger import NOW, REGION, job
 
 HOUR = timedelta(hours=1)
@@ -137,3 +140,25 @@ def test_notifications_are_leased_retried_and_finished(
     assert again.id is not None
     ledger.finish_notification(again.id, now=NOW + HOUR, status="dropped", error="HTTP 400")
     assert [n.status for n in ledger.recent_notifications()] == ["delivered", "dropped"]
+
+
+def test_stuck_replications_are_read_by_their_last_change_bound_included(
+    ledger: SqlLedger,
+) -> None:
+    """``watch.stuck_now`` asks the ledger for the candidates only (issue 7: after a catch-up
+    thousands replicate, none stuck yet); a job unchanged for exactly ``stuck_after`` is
+    stuck, as ``alerts.is_stuck`` says."""
+    ledger.save_jobs([job("quiet", JobState.REPLICATING)], NOW - 2 * HOUR)
+    ledger.save_jobs([job("on-the-hour", JobState.REPLICATING)], NOW - HOUR)
+    ledger.save_jobs(
+        [job("busy", JobState.REPLICATING), job("waiting", JobState.QUEUED)],
+        NOW - HOUR + timedelta(microseconds=1),
+    )
+    ledger.save_jobs([job("other", JobState.REPLICATING, policy="db")], NOW - 2 * HOUR)
+    web = Policy.model_validate(policy("web", ["v-src"], REGION, "v-dst", stuck_after="1h"))
+
+    stuck = watch.stuck_now(ledger, web, NOW)
+
+    assert [found.source_backup_id for found in stuck] == ["quiet", "on-the-hour"]
+    older = ledger.jobs_in_states({JobState.REPLICATING}, limit=10, updated_before=NOW - HOUR)
+    assert [found.source_backup_id for found in older] == ["quiet", "other"]  # strictly before
