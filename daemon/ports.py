@@ -206,7 +206,11 @@ class Ledger(Protocol):
         *,
         policy: str | None = None,
         destination_region: str | None = None,
-    ) -> int: ...
+        retry_due_by: datetime | None = None,
+    ) -> int:
+        """Jobs in these states; with ``retry_due_by``, only those whose next attempt is
+        unset or comes by then."""
+        ...
 
     def jobs_in_states(
         self,

@@ -437,9 +437,13 @@ class SqlLedger:
         *,
         policy: str | None = None,
         destination_region: str | None = None,
+        retry_due_by: datetime | None = None,
     ) -> int:
         query = select(func.count()).select_from(JobRow)
         query = query.where(col(JobRow.state).in_([str(state) for state in states]))
+        if retry_due_by is not None:
+            next_attempt_at = col(JobRow.next_attempt_at)
+            query = query.where(next_attempt_at.is_(None) | (next_attempt_at <= retry_due_by))
         if policy is not None:
             query = query.where(JobRow.policy == policy)
         if destination_region is not None:

@@ -234,6 +234,25 @@ def test_counts_paging_traffic_and_oldest_pending(ledger: SqlLedger) -> None:
     assert ledger.jobs_in_states([JobState.SUCCEEDED], limit=5, after_id=rest[-1].id or 0) == []
 
 
+def test_failed_jobs_are_counted_by_when_their_retry_is_due(ledger: SqlLedger) -> None:
+    """``--wait`` counts the failed jobs it will retry before its deadline as pending."""
+    hour = timedelta(hours=1)
+    ledger.save_jobs(
+        [
+            job("due-now", JobState.FAILED, next_attempt_at=NOW),
+            job("due-soon", JobState.FAILED, next_attempt_at=NOW + hour),
+            job("due-later", JobState.FAILED, next_attempt_at=NOW + 3 * hour),
+            job("unset", JobState.FAILED),
+            job("queued", JobState.QUEUED, next_attempt_at=NOW),
+        ],
+        NOW,
+    )
+    failed = [JobState.FAILED]
+    assert ledger.count_jobs(failed, retry_due_by=NOW + hour) == 3  # the bound is inclusive
+    assert ledger.count_jobs(failed, retry_due_by=NOW) == 2
+    assert ledger.count_jobs(failed) == 4
+
+
 def binding(origin: str = "policy:web", vault: str = "v-dst", **fields: Any) -> VaultBinding:
     values: dict[str, Any] = {
         "source_vault_id": "v-src",
