@@ -219,10 +219,10 @@ class Ledger(Protocol):
         limit: int,
         after_id: int = 0,
         policy: str | None = None,
-        updated_before: datetime | None = None,
+        unchanged_since: datetime | None = None,
     ) -> list[Job]:
         """Jobs in these states with ``id > after_id``, by id (keyset paging); with
-        ``updated_before``, only those unchanged since before it."""
+        ``unchanged_since``, only those last updated at or before it."""
         ...
 
     # -- vault bindings ----------------------------------------------------------------------

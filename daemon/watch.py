@@ -55,13 +55,8 @@ def rpo_now(ledger: Ledger, policy: Policy, now: datetime) -> RpoStatus:
 def stuck_now(ledger: Ledger, policy: Policy, now: datetime) -> list[Job]:
     # Only the candidates are read: after a catch-up, thousands of jobs are replicating and
     # none of them stuck yet (reading them all was 0.45 s per evaluation at 10,000, issue 7).
-    # The bound is inclusive (``is_stuck`` counts a job at exactly ``stuck_after``): the
-    # ledger's comparison is strict, so it asks for a microsecond more.
     candidates = _all_jobs(
-        ledger,
-        JobState.REPLICATING,
-        policy.name,
-        updated_before=now - policy.stuck_after + timedelta(microseconds=1),
+        ledger, JobState.REPLICATING, policy.name, unchanged_since=now - policy.stuck_after
     )
     return alerts.stuck_jobs(candidates, policy.stuck_after, now)
 
@@ -104,13 +99,13 @@ def evaluate_policy(
 
 
 def _all_jobs(
-    ledger: Ledger, state: JobState, policy: str, *, updated_before: datetime | None = None
+    ledger: Ledger, state: JobState, policy: str, *, unchanged_since: datetime | None = None
 ) -> list[Job]:
     found: list[Job] = []
     after_id = 0
     while True:
         page = ledger.jobs_in_states(
-            {state}, limit=PAGE, after_id=after_id, policy=policy, updated_before=updated_before
+            {state}, limit=PAGE, after_id=after_id, policy=policy, unchanged_since=unchanged_since
         )
         found += page
         if len(page) < PAGE:

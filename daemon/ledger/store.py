@@ -458,7 +458,7 @@ class SqlLedger:
         limit: int,
         after_id: int = 0,
         policy: str | None = None,
-        updated_before: datetime | None = None,
+        unchanged_since: datetime | None = None,
     ) -> list[Job]:
         table = _JOBS_TABLE
         query = table.select().where(
@@ -466,8 +466,8 @@ class SqlLedger:
         )
         if policy is not None:
             query = query.where(table.c.policy == policy)
-        if updated_before is not None:
-            query = query.where(table.c.updated_at < updated_before)
+        if unchanged_since is not None:
+            query = query.where(table.c.updated_at <= unchanged_since)
         query = query.order_by(table.c.id).limit(limit)
         with self._session() as session:
             return [_job_from_values(row) for row in session.execute(query).mappings()]

@@ -160,5 +160,5 @@ def test_stuck_replications_are_read_by_their_last_change_bound_included(
     stuck = watch.stuck_now(ledger, web, NOW)
 
     assert [found.source_backup_id for found in stuck] == ["quiet", "on-the-hour"]
-    older = ledger.jobs_in_states({JobState.REPLICATING}, limit=10, updated_before=NOW - HOUR)
-    assert [found.source_backup_id for found in older] == ["quiet", "other"]  # strictly before
+    older = ledger.jobs_in_states({JobState.REPLICATING}, limit=10, unchanged_since=NOW - HOUR)
+    assert [found.source_backup_id for found in older] == ["quiet", "on-the-hour", "other"]
