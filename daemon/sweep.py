@@ -82,34 +82,29 @@ def retry_policy(policy: Policy) -> retrying.RetryPolicy:
 
 
 def resolve_policy(engine: Engine, policy: Policy) -> ResolvedPolicy:
-    """Look the policy's objects up; a rule the cloud's answers break raises RefusedError."""
-    cloud = engine.cloud
+    """Look the policy's objects up; a rule the cloud's answers break raises RefusedError.
+
+    The source's look-ups (project, then capabilities and vaults) and the destination's
+    (project, then vault) are independent chains of calls, so they run at once: two round
+    trips before the first listing instead of five. Their errors are raised in the order a
+    one-by-one resolution meets them, so a policy is refused for the same reason either way."""
     source_region = policy.source.region
     destination_region = policy.destination.region
-    source_project = _project(engine, source_region, None)
-    destinations = cloud.replication_destinations(source_region, source_project)
-    refusal = rules.check_destination(destinations, destination_region, source_region)
-    if refusal is not None:
-        raise RefusedError(
-            refusal,
-            f"policy {policy.name}: {source_region} cannot replicate to {destination_region} "
-            f"(replication destinations: {', '.join(sorted(destinations)) or 'none'})",
-        )
-    vaults = tuple(
-        _source_vault(engine, policy, source_project, name) for name in policy.source.vaults
-    )
-    destination_project = _project(engine, destination_region, policy.destination.project)
-    destination_vault = _find_vault(
-        engine, destination_region, destination_project, policy.destination.vault, policy
-    )
-    refusal = rules.check_destination_vault(destination_vault.protect_type)
-    if refusal is not None:
-        raise RefusedError(
-            refusal,
-            f"policy {policy.name}: destination vault {destination_vault.name} in "
-            f"{destination_region} is not a replication vault "
-            f"(protect_type {destination_vault.protect_type})",
-        )
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="resolve") as pool:
+        destination = pool.submit(_destination, engine, policy)
+        source_project = _project(engine, source_region, None)
+        source_vaults = pool.submit(_source_vaults, engine, policy, source_project)
+        destinations = engine.cloud.replication_destinations(source_region, source_project)
+        refusal = rules.check_destination(destinations, destination_region, source_region)
+        if refusal is not None:
+            raise RefusedError(
+                refusal,
+                f"policy {policy.name}: {source_region} cannot replicate to "
+                f"{destination_region} (replication destinations: "
+                f"{', '.join(sorted(destinations)) or 'none'})",
+            )
+        vaults = source_vaults.result()
+        destination_project, destination_vault = destination.result()
     target = Target(
         policy=policy.name,
         source_region=source_region,
@@ -124,6 +119,25 @@ def resolve_policy(engine: Engine, policy: Policy) -> ResolvedPolicy:
         timezone=policy.schedule.timezone,
     )
     return ResolvedPolicy(policy=policy, target=target, source_vaults=vaults)
+
+
+def _source_vaults(engine: Engine, policy: Policy, project_id: str) -> tuple[Vault, ...]:
+    return tuple(_source_vault(engine, policy, project_id, name) for name in policy.source.vaults)
+
+
+def _destination(engine: Engine, policy: Policy) -> tuple[str, Vault]:
+    """The destination project and vault; refused unless it is a replication vault."""
+    region = policy.destination.region
+    project_id = _project(engine, region, policy.destination.project)
+    vault = _find_vault(engine, region, project_id, policy.destination.vault, policy)
+    refusal = rules.check_destination_vault(vault.protect_type)
+    if refusal is not None:
+        raise RefusedError(
+            refusal,
+            f"policy {policy.name}: destination vault {vault.name} in {region} is not a "
+            f"replication vault (protect_type {vault.protect_type})",
+        )
+    return project_id, vault
 
 
 def _project(engine: Engine, region: str, project: str | None) -> str:
