@@ -184,9 +184,18 @@ def _read_yaml(path: Path, problems: _Problems) -> _Document | None:
     return _parse_yaml(path, text, problems)
 
 
-def _parse_yaml(path: Path, text: str, problems: _Problems) -> _Document | None:
+# libyaml's parser when PyYAML was built with it: ten times faster (a config naming 1,000
+# vaults took 76 ms to compose and load in pure Python, 6 ms in C), with the same marks. Its
+# error messages say less (no alias name, no offending character), so a file it refuses is
+# parsed again in pure Python for the message.
+_FAST_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse_yaml(
+    path: Path, text: str, problems: _Problems, loader: type = _FAST_LOADER
+) -> _Document | None:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=loader)
         if root is None:
             return _Document(path, None, {})
         lines: dict[Loc, int] = {}
@@ -194,17 +203,24 @@ def _parse_yaml(path: Path, text: str, problems: _Problems) -> _Document | None:
             return None
         # The walk refused what safe_load would choke on; a merge key (<<) naming something
         # else than mappings is still found only here.
-        return _Document(path, yaml.safe_load(text), lines)
-    except yaml.MarkedYAMLError as error:
+        return _Document(path, yaml.load(text, Loader=loader), lines)  # noqa: S506 (a SafeLoader)
+    except (yaml.YAMLError, RecursionError) as error:
+        if loader is not yaml.SafeLoader:
+            return _parse_yaml(path, text, problems, yaml.SafeLoader)
+        _report_yaml_error(path, error, problems)
+    return None
+
+
+def _report_yaml_error(path: Path, error: Exception, problems: _Problems) -> None:
+    if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
         what = _one_line(error.problem or str(error))
         problems.file(path, f"invalid YAML: {what}; fix the syntax", line)
-    except yaml.YAMLError as error:  # e.g. a control character (ReaderError, no line)
+    elif isinstance(error, yaml.YAMLError):  # e.g. a control character (ReaderError, no line)
         problems.file(path, f"invalid YAML: {_one_line(str(error))}; fix the syntax")
-    except RecursionError:  # the composer recurses once per level of nesting
+    else:  # the composer recurses once per level of nesting
         problems.file(path, f"invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep")
-    return None
 
 
 def _one_line(text: str) -> str:

@@ -223,6 +223,23 @@ def test_yaml_syntax_error_names_the_line(write: Write, check: Check) -> None:
     assert err.startswith(f"{path}:")
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("cloud:\n  provider: *missing\n", ":2: invalid YAML: found undefined alias 'missing'"),
+        ("cloud:\n\t provider: emulator\n", "found character '\\t' that cannot start any token"),
+    ],
+    ids=["alias", "tab"],
+)
+def test_yaml_syntax_error_says_what_it_found(
+    write: Write, check: Check, text: str, needle: str
+) -> None:
+    """The file is read with libyaml where PyYAML has it, whose messages leave out the alias
+    and the character: a file it refuses is read again in pure Python for the message."""
+    path = write(text)
+    assert_config_error(check(path), path, needle)
+
+
 def test_unknown_key_points_at_its_line(write: Write, check: Check) -> None:
     path = write("cloud:\n  provider: emulator\n  proxxy: http://p:3128\n")
     assert_config_error(
