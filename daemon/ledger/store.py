@@ -74,6 +74,9 @@ def _job_from_row(row: JobRow) -> Job:
 
 _JOBS_TABLE = JobRow.__table__  # type: ignore[attr-defined]
 _SETTLED_BY_VALUE = {state.value: state for state in TERMINAL_STATES}
+# Listed rather than "!= succeeded", so that the (policy, state, backup created) index is
+# searched once per state instead of read whole.
+_NOT_SUCCEEDED = sorted(state.value for state in JobState if state is not JobState.SUCCEEDED)
 
 
 # A sweep reads one listing page's jobs per query, on a plain connection rather than an ORM
@@ -647,7 +650,7 @@ class SqlLedger:
 
     def oldest_pending_backup(self, policy: str) -> datetime | None:
         query = select(func.min(JobRow.backup_created_at)).where(
-            JobRow.policy == policy, JobRow.state != JobState.SUCCEEDED.value
+            JobRow.policy == policy, col(JobRow.state).in_(_NOT_SUCCEEDED)
         )
         with self._session() as session:
             value = session.exec(query).one()
@@ -702,7 +705,7 @@ class SqlLedger:
         with self._session() as session:
             newest = self._moment(session.exec(newest_query).one())
             waiting_query = select(func.min(JobRow.backup_created_at)).where(
-                JobRow.policy == policy, JobRow.state != JobState.SUCCEEDED.value, ~gone
+                JobRow.policy == policy, col(JobRow.state).in_(_NOT_SUCCEEDED), ~gone
             )
             if newest is not None:
                 waiting_query = waiting_query.where(col(JobRow.backup_created_at) > newest)

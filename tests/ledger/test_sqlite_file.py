@@ -108,7 +108,7 @@ def test_a_version_1_ledger_migrates_in_place_and_keeps_its_rows(tmp_path: Path)
     path.chmod(0o600)
     ledger = open_ledger(f"sqlite:///{path}")
     try:
-        assert ledger.schema_version() == SCHEMA_VERSION == 3
+        assert ledger.schema_version() == SCHEMA_VERSION == 4
         assert [b.source_vault_id for b in ledger.list_bindings()] == ["v"]
         assert ledger.instances(datetime.now(UTC)) == []
         assert ledger.alert_states("web") == {}  # version 3: alert states and notifications
