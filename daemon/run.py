@@ -15,6 +15,7 @@ from daemon.errors import CloudError, LedgerError, PermissionDeniedError
 from daemon.model import TERMINAL_STATES, JobState, SweepReport
 from daemon.policy import Policy
 from daemon.replicate import Engine
+from daemon.retrying import RetryPolicy
 from daemon.sweep import DecisionSink, ResolvedPolicy, ScanHook, sweep_policy
 
 log = structlog.get_logger("cbr_replicator")
@@ -124,10 +125,7 @@ def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
     for name, resolved in run.resolved.items():
         target = resolved.target
         try:
-            replicating = engine.ledger.jobs_in_states(
-                {JobState.REPLICATING}, limit=10_000, policy=name
-            )
-            replicate.track_jobs(engine, replicating, target.retry)
+            _track_policy(engine, name, target.retry)
             replicate.submit_due(engine, target)
         except PermissionDeniedError:
             raise
@@ -138,6 +136,20 @@ def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
         )
         pending += _failed_due_before(engine, name, wait_until)
     return pending
+
+
+def _track_policy(engine: Engine, policy: str, retry: RetryPolicy) -> None:
+    """Every replicating job of the policy, a batch at a time (by id, so a job saved during
+    the round is not read twice and a large backlog is not cut at a first page)."""
+    after_id = 0
+    while True:
+        jobs = engine.ledger.jobs_in_states(
+            {JobState.REPLICATING}, limit=replicate.TRACK_BATCH, after_id=after_id, policy=policy
+        )
+        if not jobs:
+            return
+        after_id = max(job.id or 0 for job in jobs)
+        replicate.track_jobs(engine, jobs, retry)
 
 
 def _failed_due_before(engine: Engine, policy: str, moment: datetime) -> int:

@@ -62,7 +62,6 @@ STOP_TIMEOUT = timedelta(seconds=90)  # in-flight work may finish; below Timeout
 HANG_AFTER = timedelta(minutes=15)  # a work item without a cloud call this long is hung
 HEARTBEAT_EVERY_AT_MOST = timedelta(seconds=30)  # "last seen" of this instance (``status``)
 TRACK_EVERY_AT_MOST = timedelta(minutes=1)
-TRACK_BATCH = 500
 IDLE_TICK = 5.0  # seconds between main-loop rounds when there is no watchdog
 
 
@@ -575,7 +574,7 @@ class Daemon:
         after_id = 0
         while True:
             jobs = self.engine.ledger.jobs_in_states(
-                {JobState.REPLICATING}, limit=TRACK_BATCH, after_id=after_id
+                {JobState.REPLICATING}, limit=replicate.TRACK_BATCH, after_id=after_id
             )
             if not jobs:
                 return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,12 @@ import pytest
 import structlog.testing
 
 from daemon import cloud as cloud_module
-from daemon import replicate
+from daemon import replicate, run
 from daemon.cloud import HuaweiCloud
 from daemon.emulator import Emulator
 from daemon.emulator import server as emulator_server
-from daemon.errors import AmbiguousError, MalformedAnswerError
+from daemon.emulator.faults import Decision
+from daemon.errors import AmbiguousError, MalformedAnswerError, TransientError
 from daemon.ledger import SqlLedger, open_ledger
 from daemon.model import Destination, Job, JobState
 from daemon.policy import Policy
@@ -579,6 +581,57 @@ def test_one_malformed_backup_does_not_stop_tracking_the_others(world: World) ->
     replicate.track_jobs(world.engine, replicating, target.retry)
     assert world.names({JobState.SUCCEEDED}) == {"good-0", "good-2"}
     assert world.names({JobState.REPLICATING}) == {"good-1"}
+
+
+def test_tracking_reads_the_backups_at_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each backup's read waits at the emulator for the other two: one by one, the first
+    waits alone and the barrier breaks."""
+    policy = make_policy(["good-prod"])
+    target = resolve_policy(world.engine, policy).target
+    sweep_policy(world.engine, policy)
+    world.advance(120)
+    replicating = world.ledger.jobs_in_states({JobState.REPLICATING}, limit=100)
+    together = threading.Barrier(len(replicating), timeout=10)
+    met: list[bool] = []
+    decide = world.emulator.faults.decide
+
+    def meet_the_others(operation: str, method: str, is_iam: bool) -> Decision:
+        if operation == "show_backup":
+            try:
+                together.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+        return decide(operation, method, is_iam)
+
+    monkeypatch.setattr(world.emulator.faults, "decide", meet_the_others)
+    replicate.track_jobs(world.engine, replicating, target.retry)
+    assert met == [True] * 3
+    assert world.names({JobState.SUCCEEDED}) == {"good-0", "good-1", "good-2"}
+
+
+def test_the_cloud_unreachable_ends_a_tracking_round_and_saves_nothing(world: World) -> None:
+    policy = make_policy(["good-prod"])
+    target = resolve_policy(world.engine, policy).target
+    sweep_policy(world.engine, policy)
+    world.advance(120)  # every replication has finished, but nobody can tell
+    replicating = world.ledger.jobs_in_states({JobState.REPLICATING}, limit=100)
+    world.emulator.set_faults({"operations": {"show_backup": {"error_before_rate": 1.0}}})
+    with pytest.raises(TransientError):
+        replicate.track_jobs(world.engine, replicating, target.retry)
+    assert world.names({JobState.REPLICATING}) == {"good-0", "good-1", "good-2"}
+
+
+def test_a_wait_round_tracks_every_replicating_job_a_batch_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = make_policy(["good-prod"])
+    target = resolve_policy(world.engine, policy).target
+    sweep_policy(world.engine, policy)
+    world.advance(120)
+    monkeypatch.setattr(replicate, "TRACK_BATCH", 1)
+    run._track_policy(world.engine, policy.name, target.retry)
+    assert world.names({JobState.SUCCEEDED}) == {"good-0", "good-1", "good-2"}
 
 
 def test_the_cloud_unreachable_still_stops_the_sweep(world: World) -> None:
