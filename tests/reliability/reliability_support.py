@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy import inspect, text
 
 from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
 from daemon.emulator import Emulator
+from daemon.emulator.faults import Decision
 from daemon.ledger import SqlLedger
 from daemon.replicate import Engine
 
@@ -86,3 +88,26 @@ def ledger_snapshot(ledger: SqlLedger, *, skip: tuple[str, ...] = ("sweeps",)) -
             rows = connection.execute(text(f'SELECT * FROM "{name}"')).all()
             tables[name] = sorted((tuple(row) for row in rows), key=repr)
     return tables
+
+
+def meet_at_the_emulator(emulator: Emulator, operation: str, parties: int) -> list[bool]:
+    """Make each request of ``operation`` wait at the emulator until ``parties`` of them are
+    there together (a barrier, 10 s at most). The list returned gets one entry per request:
+    True if it met the others, False if it waited alone and the barrier broke. Requests sent
+    one after the other never meet, so this shows calls made at once without timing them.
+    For an emulator of the test's own: it stays so until it stops."""
+    together = threading.Barrier(parties, timeout=10)
+    met: list[bool] = []
+    decide = emulator.faults.decide
+
+    def meet_the_others(name: str, method: str, is_iam: bool) -> Decision:
+        if name == operation:
+            try:
+                together.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
+        return decide(name, method, is_iam)
+
+    emulator.faults.decide = meet_the_others  # type: ignore[method-assign]
+    return met

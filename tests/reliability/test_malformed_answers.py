@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +26,13 @@ from daemon import replicate, run
 from daemon.cloud import HuaweiCloud
 from daemon.emulator import Emulator
 from daemon.emulator import server as emulator_server
-from daemon.emulator.faults import Decision
 from daemon.errors import AmbiguousError, MalformedAnswerError, TransientError
 from daemon.ledger import SqlLedger, open_ledger
 from daemon.model import Destination, Job, JobState
 from daemon.policy import Policy
 from daemon.replicate import Engine
 from daemon.sweep import resolve_policy, sweep_policy
-from tests.reliability.reliability_support import ManualClock, engine_on
+from tests.reliability.reliability_support import ManualClock, engine_on, meet_at_the_emulator
 
 SOURCE = "cn-north-4"
 DEST = "cn-south-1"
@@ -583,7 +581,7 @@ def test_one_malformed_backup_does_not_stop_tracking_the_others(world: World) ->
     assert world.names({JobState.REPLICATING}) == {"good-1"}
 
 
-def test_tracking_reads_the_backups_at_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracking_reads_the_backups_at_once(world: World) -> None:
     """Each backup's read waits at the emulator for the other two: one by one, the first
     waits alone and the barrier breaks."""
     policy = make_policy(["good-prod"])
@@ -591,20 +589,7 @@ def test_tracking_reads_the_backups_at_once(world: World, monkeypatch: pytest.Mo
     sweep_policy(world.engine, policy)
     world.advance(120)
     replicating = world.ledger.jobs_in_states({JobState.REPLICATING}, limit=100)
-    together = threading.Barrier(len(replicating), timeout=10)
-    met: list[bool] = []
-    decide = world.emulator.faults.decide
-
-    def meet_the_others(operation: str, method: str, is_iam: bool) -> Decision:
-        if operation == "show_backup":
-            try:
-                together.wait()
-                met.append(True)
-            except threading.BrokenBarrierError:
-                met.append(False)
-        return decide(operation, method, is_iam)
-
-    monkeypatch.setattr(world.emulator.faults, "decide", meet_the_others)
+    met = meet_at_the_emulator(world.emulator, "show_backup", parties=len(replicating))
     replicate.track_jobs(world.engine, replicating, target.retry)
     assert met == [True] * 3
     assert world.names({JobState.SUCCEEDED}) == {"good-0", "good-1", "good-2"}

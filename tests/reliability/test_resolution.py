@@ -6,7 +6,6 @@ The real adapter (official SDK, over HTTP) on an in-process emulator.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,13 @@ from typing import Any
 import pytest
 
 from daemon.emulator import Emulator
-from daemon.emulator.faults import Decision
 from daemon.errors import RefusedError
 from daemon.ledger import open_ledger
 from daemon.model import Reason
 from daemon.policy import Policy
 from daemon.replicate import Engine
 from daemon.sweep import resolve_policy
-from tests.reliability.reliability_support import ManualClock, engine_on
+from tests.reliability.reliability_support import ManualClock, engine_on, meet_at_the_emulator
 
 SOURCE = "cn-north-4"
 DEST = "cn-south-1"
@@ -62,26 +60,11 @@ def engine(emulator: Emulator, tmp_path: Path) -> Iterator[Engine]:
     ledger.close()
 
 
-def test_the_source_and_destination_lookups_overlap(
-    emulator: Emulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_source_and_destination_lookups_overlap(emulator: Emulator, engine: Engine) -> None:
     """Both project look-ups (the first call of each chain) must be at the emulator together:
     each waits there for the other. One after the other, the first waits alone and the
     barrier breaks."""
-    together = threading.Barrier(2, timeout=10)
-    met: list[bool] = []
-    decide = emulator.faults.decide
-
-    def meet_the_other(operation: str, method: str, is_iam: bool) -> Decision:
-        if operation == "list_projects":
-            try:
-                together.wait()
-                met.append(True)
-            except threading.BrokenBarrierError:
-                met.append(False)
-        return decide(operation, method, is_iam)
-
-    monkeypatch.setattr(emulator.faults, "decide", meet_the_other)
+    met = meet_at_the_emulator(emulator, "list_projects", parties=2)
 
     resolved = resolve_policy(engine, make_policy("prod", DEST, "dr"))
 
