@@ -14,7 +14,7 @@ import random
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -606,6 +606,20 @@ def _attempt(
 
 
 # -- tracking ------------------------------------------------------------------------------
+
+
+def replicating_batches(ledger: Ledger, policy: str | None = None) -> Iterator[list[Job]]:
+    """Every replicating job (of one policy, or all), ``TRACK_BATCH`` at a time, by id: a job
+    saved while its batch is tracked is not read twice, and a backlog is never cut short."""
+    after_id = 0
+    while True:
+        jobs = ledger.jobs_in_states(
+            {JobState.REPLICATING}, limit=TRACK_BATCH, after_id=after_id, policy=policy
+        )
+        if not jobs:
+            return
+        after_id = max(job.id or 0 for job in jobs)
+        yield jobs
 
 
 def track_jobs(engine: Engine, jobs: Iterable[Job], retry: retrying.RetryPolicy) -> list[Job]:

@@ -139,16 +139,8 @@ def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
 
 
 def _track_policy(engine: Engine, policy: str, retry: RetryPolicy) -> None:
-    """Every replicating job of the policy, a batch at a time (by id, so a job saved during
-    the round is not read twice and a large backlog is not cut at a first page)."""
-    after_id = 0
-    while True:
-        jobs = engine.ledger.jobs_in_states(
-            {JobState.REPLICATING}, limit=replicate.TRACK_BATCH, after_id=after_id, policy=policy
-        )
-        if not jobs:
-            return
-        after_id = max(job.id or 0 for job in jobs)
+    """Every replicating job of the policy, a batch at a time."""
+    for jobs in replicate.replicating_batches(engine.ledger, policy):
         replicate.track_jobs(engine, jobs, retry)
 
 

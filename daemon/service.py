@@ -571,14 +571,7 @@ class Daemon:
     def _track_replicating(self, app: App) -> None:
         retries = {policy.name: retry_policy(policy) for policy in app.settings.policies}
         manual = RetryPolicy(max_attempts=1)
-        after_id = 0
-        while True:
-            jobs = self.engine.ledger.jobs_in_states(
-                {JobState.REPLICATING}, limit=replicate.TRACK_BATCH, after_id=after_id
-            )
-            if not jobs:
-                return
-            after_id = max(job.id or 0 for job in jobs)
+        for jobs in replicate.replicating_batches(self.engine.ledger):
             by_policy: dict[str | None, list[Job]] = {}
             for job in jobs:
                 by_policy.setdefault(job.policy, []).append(job)
