@@ -366,7 +366,7 @@ class Daemon:
                     "ledger.url changed: a running daemon keeps its ledger; restart the "
                     "service (systemctl restart cbr-replicator) to use another one"
                 ]
-            return self._build_app(loaded), []
+            return self._build_app(loaded, reuse=self.app), []
         except ConfigError as error:
             return None, list(error.problems)
         except LedgerError as error:
@@ -377,6 +377,8 @@ class Daemon:
     def _swap(self, new_app: App) -> dict[str, object]:
         """Under the work lock: the new objects replace the old, jobs follow the policies."""
         old_settings = self.settings
+        # The ledger passes to the new App; closing the old one leaves it open.
+        self.app.owns_ledger, new_app.owns_ledger = False, True
         self.app = new_app
         self.engine = self._watched_engine(new_app)
         self._targets.clear()
@@ -632,9 +634,12 @@ class Daemon:
         _notify_quietly(self.notifier, **fields)
 
     # -- cloud -----------------------------------------------------------------------------
-    def _build_app(self, loaded: LoadedConfig) -> App:
+    def _build_app(self, loaded: LoadedConfig, reuse: App | None = None) -> App:
         return build_app(
-            loaded, on_api_call=self.metrics.on_api_call, on_retry=self.metrics.on_retry
+            loaded,
+            on_api_call=self.metrics.on_api_call,
+            on_retry=self.metrics.on_retry,
+            reuse=reuse,
         )
 
     def _watched_engine(self, app: App) -> replicate.Engine:
