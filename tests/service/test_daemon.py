@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import time
 from contextlib import closing
 from pathlib import Path
 
