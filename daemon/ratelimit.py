@@ -1,4 +1,5 @@
-"""A token bucket shared by all threads: the client-side request rate limit.
+"""The client-side request rate, shared by all threads: a token bucket, its adaptive rate
+(AIMD) and the one backoff that a throttled answer (429) imposes on every caller.
 
 Clock and sleep are injected so tests step time instead of waiting for it.
 """
@@ -31,6 +32,22 @@ class TokenBucket:
         self._updated = clock()
         self._lock = threading.Lock()
 
+    @property
+    def rate(self) -> float:
+        with self._lock:
+            return self._rate
+
+    def set_rate(self, rate: float) -> None:
+        """A new rate from now on; tokens already earned are kept (up to the capacity)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+            self._updated = now
+            self._rate = rate
+            self._capacity = max(1.0, rate)
+
     def acquire(self) -> float:
         """Take one token, sleeping until one is available; returns the time slept."""
         with self._lock:
@@ -44,3 +61,128 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return wait
+
+
+def next_rate(rate: float, *, ceiling: float, throttled: bool, floor: float = 0.2) -> float:
+    """AIMD: halve the rate on a throttled answer; on a success add ``1 / rate``, so the rate
+    grows by about one request per second each second, up to ``ceiling`` (the configured
+    ``requests_per_second``). A sweep so settles just under what the gateway allows."""
+    if throttled:
+        return max(floor, rate / 2)
+    return min(ceiling, rate + 1.0 / rate)
+
+
+def throttle_delay(streak: int, *, initial: float = 1.0, ceiling: float = 120.0) -> float:
+    """The pause after the ``streak``-th 429 in a row: 1, 2, 4 ... seconds, up to two minutes,
+    so that a pause outgrows a gateway window of one second, one minute or five minutes."""
+    try:
+        return min(ceiling, initial * 2.0 ** max(0, streak - 1))
+    except OverflowError:
+        return ceiling
+
+
+class ThrottleGate:
+    """One backoff for the whole process: a 429 pauses every caller, not just the one that
+    got it, and the pause grows while the gateway keeps refusing.
+
+    Answers already on their way when a pause starts do not make it longer: the streak grows
+    only with a 429 to a request sent after the last pause ended. Past ``budget`` seconds of
+    throttling without a success the gate is *exhausted*: callers fail at once (``admit``
+    returns False), but for one probe per longest pause, whose success ends the episode.
+    """
+
+    def __init__(
+        self,
+        budget: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        ceiling: float = 120.0,
+    ) -> None:
+        self._budget = budget
+        self._clock = clock
+        self._sleep = sleep
+        self._ceiling = ceiling
+        self._lock = threading.Lock()
+        self._resume_at = 0.0  # no request leaves before this moment
+        self._streak = 0
+        self._since: float | None = None  # first 429 since the last success
+        self._paused_at = float("-inf")  # when the last pause began
+
+    def admit(self, deadline: float | None = None) -> bool:
+        """Wait out the pause (never past ``deadline``); False: do not send (exhausted, or
+        the pause ends after the deadline)."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                if self._exhausted(now):
+                    if now < self._resume_at:
+                        return False
+                    self._resume_at = now + self._ceiling  # this caller is the probe
+                    return True
+                wait = self._resume_at - now
+            if wait <= 0:
+                return True
+            if deadline is not None and now + wait > deadline:
+                return False
+            self._sleep(wait)
+
+    def throttled(self, sent_at: float, retry_after: float | None = None) -> bool:
+        """Record a 429 to a request sent at ``sent_at``; True when it started a (longer)
+        pause, False when the request had left before the pause in force began."""
+        with self._lock:
+            now = self._clock()
+            if self._since is None:
+                self._since = now
+            if sent_at < self._paused_at:
+                return False
+            self._streak += 1
+            delay = max(throttle_delay(self._streak, ceiling=self._ceiling), retry_after or 0.0)
+            self._resume_at = max(self._resume_at, now + delay)
+            self._paused_at = now
+            return True
+
+    def now(self) -> float:
+        return self._clock()
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._streak = 0
+            self._since = None
+
+    def exhausted(self) -> bool:
+        with self._lock:
+            return self._exhausted(self._clock())
+
+    def _exhausted(self, now: float) -> bool:
+        return self._since is not None and now - self._since >= self._budget
+
+
+class AdaptiveRate:
+    """A token bucket whose rate follows ``next_rate``: cut on 429, raised on success."""
+
+    def __init__(self, bucket: TokenBucket, ceiling: float) -> None:
+        self._bucket = bucket
+        self._ceiling = ceiling
+        self._lock = threading.Lock()
+
+    @property
+    def rate(self) -> float:
+        return self._bucket.rate
+
+    def acquire(self) -> float:
+        return self._bucket.acquire()
+
+    def succeeded(self) -> None:
+        if self._bucket.rate >= self._ceiling:
+            return  # the usual case, without a lock
+        with self._lock:
+            self._bucket.set_rate(
+                next_rate(self._bucket.rate, ceiling=self._ceiling, throttled=False)
+            )
+
+    def throttled(self) -> None:
+        with self._lock:
+            self._bucket.set_rate(
+                next_rate(self._bucket.rate, ceiling=self._ceiling, throttled=True)
+            )
