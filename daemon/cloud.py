@@ -644,9 +644,12 @@ class HuaweiCloud:
                 body = self._send(operation, call, parse, mutating=mutating, scope=scope)
             except TransientError as error:
                 if not is_throttled(error):
+                    self._gate.succeeded()
                     raise
-                if self._gate.throttled(sent_at, error.retry_after):
+                streak = self._gate.throttled(sent_at, error.retry_after)
+                if streak == 1:  # once per episode: its later 429s are the window's, not ours
                     self._rate.throttled()
+                if streak:
                     log.warning(
                         "throttled",
                         operation=operation,
@@ -654,6 +657,9 @@ class HuaweiCloud:
                         rate=round(self._rate.rate, 2),
                     )
                 continue
+            except BaseException:
+                self._gate.succeeded()  # not throttled; a probe's answer frees the others
+                raise
             self._gate.succeeded()
             self._rate.succeeded()
             return body

@@ -64,12 +64,14 @@ class TokenBucket:
 
 
 def next_rate(rate: float, *, ceiling: float, throttled: bool, floor: float = 0.2) -> float:
-    """AIMD: halve the rate on a throttled answer; on a success add ``1 / rate``, so the rate
-    grows by about one request per second each second, up to ``ceiling`` (the configured
-    ``requests_per_second``). A sweep so settles just under what the gateway allows."""
+    """AIMD: halve the rate when throttling starts; on a success add ``0.1 / rate``, so the
+    rate grows by about one request per second every ten seconds, up to ``ceiling`` (the
+    configured ``requests_per_second``). Slow enough that a rate cut at the end of a minute's
+    window still holds through the next one: a sweep settles just under what the gateway
+    allows per window."""
     if throttled:
         return max(floor, rate / 2)
-    return min(ceiling, rate + 1.0 / rate)
+    return min(ceiling, rate + 0.1 / rate)
 
 
 def throttle_delay(streak: int, *, initial: float = 1.0, ceiling: float = 120.0) -> float:
@@ -104,6 +106,8 @@ class ThrottleGate:
         self._sleep = sleep
         self._ceiling = ceiling
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
+        self._probing = False  # a probe after a pause is out: the others wait for its answer
         self._resume_at = 0.0  # no request leaves before this moment
         self._streak = 0
         self._since: float | None = None  # first 429 since the last success
@@ -111,44 +115,58 @@ class ThrottleGate:
 
     def admit(self, deadline: float | None = None) -> bool:
         """Wait out the pause (never past ``deadline``); False: do not send (exhausted, or
-        the pause ends after the deadline)."""
+        the pause ends after the deadline). The first caller after a pause is its probe:
+        the others wait for its answer (``succeeded`` or ``throttled``) before they go."""
         while True:
-            with self._lock:
+            with self._answered:
+                while self._probing:
+                    self._answered.wait()
                 now = self._clock()
                 if self._exhausted(now):
                     if now < self._resume_at:
                         return False
-                    self._resume_at = now + self._ceiling  # this caller is the probe
+                    self._resume_at = now + self._ceiling
+                    self._probing = True
                     return True
                 wait = self._resume_at - now
-            if wait <= 0:
-                return True
+                if wait <= 0:
+                    self._probing = self._streak > 0
+                    return True
             if deadline is not None and now + wait > deadline:
                 return False
             self._sleep(wait)
 
-    def throttled(self, sent_at: float, retry_after: float | None = None) -> bool:
-        """Record a 429 to a request sent at ``sent_at``; True when it started a (longer)
-        pause, False when the request had left before the pause in force began."""
+    def throttled(self, sent_at: float, retry_after: float | None = None) -> int:
+        """Record a 429 to a request sent at ``sent_at``; returns the streak of pauses it
+        made (1: throttling starts), or 0 when the request had left before the pause in
+        force began."""
         with self._lock:
             now = self._clock()
             if self._since is None:
                 self._since = now
             if sent_at < self._paused_at:
-                return False
+                return 0
             self._streak += 1
             delay = max(throttle_delay(self._streak, ceiling=self._ceiling), retry_after or 0.0)
             self._resume_at = max(self._resume_at, now + delay)
             self._paused_at = now
-            return True
+            self._end_probe()
+            return self._streak
 
     def now(self) -> float:
         return self._clock()
 
     def succeeded(self) -> None:
+        """Any answer but a 429 (or no answer at all): not throttled."""
         with self._lock:
             self._streak = 0
             self._since = None
+            self._end_probe()
+
+    def _end_probe(self) -> None:
+        if self._probing:
+            self._probing = False
+            self._answered.notify_all()
 
     def exhausted(self) -> bool:
         with self._lock:

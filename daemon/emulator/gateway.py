@@ -35,6 +35,11 @@ DEFAULTS: dict[str, Any] = {
     "clock_offset_seconds": 0.0,  # the gateway's clock minus the real one
     "lockout_after": 5,  # failed signatures in a row tolerated; one more locks the key
     "lockout_seconds": 300.0,
+    # Operations answered 404 as if not published here ("show_backup" or, for one region,
+    # "show_backup@cn-south-1"): by the gateway (404 APIGW.0101) or, with "proxy", by a
+    # proxy in front of it (an HTML 404 without any error code).
+    "unpublished": [],
+    "unpublished_answer": "gateway",
 }
 SDK_DATE = "%Y%m%dT%H%M%SZ"
 
@@ -61,6 +66,8 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("throttle_limit must be at least 1")
     if float(merged["throttle_window_seconds"]) <= 0:
         raise ValueError("throttle_window_seconds must be positive")
+    if merged["unpublished_answer"] not in ("gateway", "proxy"):
+        raise ValueError("unpublished_answer must be gateway or proxy")
     return merged
 
 
@@ -149,6 +156,19 @@ class Gateway:
     def auth_passed(self, access_key: str) -> None:
         with self._lock:
             self._failures.pop(access_key, None)
+
+    def no_such_api(self, operation: str | None, region: str | None) -> Refusal | None:
+        """The 404 of a path the gateway does not route (``operation`` None: unknown)."""
+        with self._lock:
+            hidden = self._config["unpublished"]
+            proxy = self._config["unpublished_answer"] == "proxy"
+            code = self._code("0101")
+        if operation is not None and not {operation, f"{operation}@{region}"} & set(hidden):
+            return None
+        if proxy and operation is not None:
+            return Refusal(404, "", "", {})
+        message = "The API does not exist or has not been published in the environment."
+        return Refusal(404, code, message, {})
 
     # ----- throttling --------------------------------------------------------------------
 

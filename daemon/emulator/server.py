@@ -63,6 +63,7 @@ class Call:
         return self.operation == "list_projects"
 
 
+NOT_FOUND_PAGE = b"<html><head><title>404 Not Found</title></head><body>Not Found</body></html>"
 HTML_PAGE = b"<html><head><title>Gateway</title></head><body><h1>Service busy</h1></body></html>"
 
 
@@ -296,12 +297,11 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     def _answer(self, call: Call, decision: Decision, entry: Payload) -> None:
         """Answer one call, applying at most one fault (noted in the log entry)."""
         entry["fault"] = None
-        refusal = self._check_signature(call)
-        if refusal is None and call.found is None:
-            prefix = self.server.gateway.config["prefix"]
-            message = "The API does not exist or has not been published in the environment."
-            refusal = Refusal(404, f"{prefix}.0101", message, {})
-        refusal = refusal or self.server.gateway.admit()
+        gateway = self.server.gateway
+        refusal = self._check_signature(call) or gateway.no_such_api(
+            call.operation if call.found else None, entry["region"]
+        )
+        refusal = refusal or gateway.admit()
         if refusal is not None or call.found is None:
             self._refuse_at_gateway(refusal)
             return
@@ -331,7 +331,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         return None
 
     def _refuse_at_gateway(self, refusal: Refusal | None) -> None:
-        if refusal is not None:
+        if refusal is not None and not refusal.code:  # a proxy's page, not the gateway's
+            self._send(refusal.status, NOT_FOUND_PAGE, content_type="text/html")
+        elif refusal is not None:
             body = error_body(refusal.code, refusal.message, self.request_id)
             self._send(refusal.status, body, headers=refusal.headers)
 
