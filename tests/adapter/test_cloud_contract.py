@@ -18,8 +18,8 @@ from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
 from daemon.emulator import Emulator
 from daemon.errors import (
     AlreadyReplicatedError,
-    BusyError,
     AmbiguousError,
+    BusyError,
     MalformedAnswerError,
     NotFoundError,
     PermanentError,
