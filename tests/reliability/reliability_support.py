@@ -47,10 +47,10 @@ class SleepClock:
             self.now += seconds
 
 
-def cloud_on(emulator: Emulator) -> HuaweiCloud:
+def cloud_on(emulator: Emulator, clock: SleepClock | None = None, **options: Any) -> HuaweiCloud:
     """The real adapter (official SDK, over HTTP) on an in-process emulator; read retries
     and throttling pauses do not wait."""
-    clock = SleepClock()
+    clock = clock or SleepClock()
     return HuaweiCloud(
         Credentials(
             access_key=SecretStr(emulator.access_key),
@@ -63,6 +63,7 @@ def cloud_on(emulator: Emulator) -> HuaweiCloud:
             requests_per_second=10_000,
             read_attempts=3,
             read_timeout=timedelta(seconds=5),
+            **options,
         ),
         sleep=clock.sleep,
         clock=clock,
