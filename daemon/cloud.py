@@ -290,8 +290,6 @@ class HuaweiCloud:
         self._rate = AdaptiveRate(bucket, options.requests_per_second)
         self._gate = ThrottleGate(options.throttle_budget.total_seconds(), clock=clock, sleep=sleep)
         self._denied: dict[str, tuple[float, PermissionDeniedError]] = {}
-        self._signed_in: set[str] = set()  # scopes that accepted our signature once
-        self._contact_locks: dict[str, threading.Lock] = {}
         self._in_flight = threading.BoundedSemaphore(options.concurrency)
         self._clients: dict[tuple[str, str], Any] = {}
         self._projects: dict[tuple[str, str | None], str] = {}
@@ -618,31 +616,6 @@ class HuaweiCloud:
         return self._exchange(operation, call, wire.parse_body, mutating=mutating, scope=scope)
 
     def _exchange(
-        self,
-        operation: str,
-        call: Callable[[], Any],
-        parse: Callable[[Any, str], T],
-        *,
-        mutating: bool,
-        scope: str,
-    ) -> T:
-        """One call; its scope's first call goes alone (``_first_contact``)."""
-        if scope in self._signed_in:
-            return self._exchange_throttled(operation, call, parse, mutating=mutating, scope=scope)
-        with self._first_contact(scope):
-            self._refuse_if_denied(scope)
-            body = self._exchange_throttled(operation, call, parse, mutating=mutating, scope=scope)
-            self._signed_in.add(scope)
-            return body
-
-    def _first_contact(self, scope: str) -> threading.Lock:
-        """Until a scope has accepted a signature once, its calls go one at a time: a 401
-        then stops the others before they are sent (more than five failed signatures lock
-        the access key)."""
-        with self._lock:
-            return self._contact_locks.setdefault(scope, threading.Lock())
-
-    def _exchange_throttled(
         self,
         operation: str,
         call: Callable[[], Any],
