@@ -163,7 +163,8 @@ def test_a_sweep_throttled_past_its_budget_is_unavailable_and_loses_nothing(
     assert run.sweeps[0].error_reason == "APIGW.0308"
     assert "throttle_budget" in str(run.sweeps[0].error)
     jobs = world.ledger.jobs_in_states(set(JobState), limit=100)
-    assert jobs and all(job.state != JobState.GIVEN_UP for job in jobs)
+    assert jobs
+    assert all(job.state != JobState.GIVEN_UP for job in jobs)
     world.emulator.set_gateway({})
     world.clock.advance(3600)
     gate_clock.sleep(3600)  # the adapter's clock too: its longest pause is over
