@@ -43,7 +43,7 @@ def check_cloud(app: App) -> int:
         {p.source.region for p in app.policies()} | {p.destination.region for p in app.policies()}
     )
     for scope, endpoint in app.endpoints(regions).items():
-        _out(f"endpoint {scope}: {endpoint}")
+        _out(f"resolved endpoint {scope}: {endpoint}")
     for policy in app.policies():
         try:
             resolved = resolve_policy(app.engine, policy)

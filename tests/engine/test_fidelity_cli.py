@@ -56,9 +56,9 @@ def test_check_config_cloud_prints_the_endpoints_it_resolved(deployment: Deploym
     result = deployment.cli("check-config", "--cloud")
     assert result.returncode == 0, result.stderr
     url = deployment.emulator.url
-    assert f"endpoint iam: {url}" in result.stdout
-    assert f"endpoint cn-north-4: {url}" in result.stdout
-    assert f"endpoint cn-south-1: {url}" in result.stdout
+    assert f"resolved endpoint iam: {url}" in result.stdout
+    assert f"resolved endpoint cn-north-4: {url}" in result.stdout
+    assert f"resolved endpoint cn-south-1: {url}" in result.stdout
 
 
 def test_check_config_cloud_prints_the_sites_endpoints(deployment: Deployment) -> None:
@@ -75,8 +75,9 @@ def test_check_config_cloud_prints_the_sites_endpoints(deployment: Deployment) -
         },
     )
     result = deployment.cli("check-config", "--cloud")
-    assert f"endpoint iam: {emulator.url}" in result.stdout
-    assert "endpoint cn-south-1: none (no CBR endpoint known for region 'cn-south-1' on " in (
-        result.stdout
+    assert f"resolved endpoint iam: {emulator.url}" in result.stdout
+    assert (
+        "resolved endpoint cn-south-1: none (no CBR endpoint known for region 'cn-south-1' on "
+        in (result.stdout)
     )
     assert "cloud.site 'international'" in result.stdout
