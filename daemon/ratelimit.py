@@ -144,7 +144,7 @@ class ThrottleGate:
             now = self._clock()
             if self._since is None:
                 self._since = now
-            if sent_at < self._paused_at:
+            if sent_at <= self._paused_at:
                 return 0
             self._streak += 1
             delay = max(throttle_delay(self._streak, ceiling=self._ceiling), retry_after or 0.0)
