@@ -11,7 +11,7 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from daemon.config import LoadedConfig
 from daemon.errors import ConfigError
 from daemon.ledger import SqlLedger, open_ledger
 from daemon.observe import register_secrets
-from daemon.policy import Policy, Settings
-from daemon.replicate import Engine
+from daemon.policy import CloudSettings, Policy, Settings
+from daemon.replicate import Engine, ambiguous_recheck
 
 
 def utc_now() -> datetime:
@@ -80,6 +80,11 @@ class App:
             )
         return [known[name] for name in names]
 
+    def endpoints(self, regions: list[str]) -> dict[str, str]:
+        """The IAM and CBR endpoints the cloud adapter resolved (``check-config --cloud``)."""
+        cloud = self.engine.cloud
+        return cloud.endpoints(regions) if isinstance(cloud, HuaweiCloud) else {}
+
     def close(self) -> None:
         if self.closed:
             return
@@ -130,6 +135,7 @@ def build_app(
         rng=random.Random(),
         concurrency=settings.cloud.concurrency,
         owner_gone=owner_gone,
+        recheck=ambiguous_recheck(settings.cloud.connect_timeout, settings.cloud.timeout),
     )
     return App(
         loaded=loaded, engine=engine, ledger=ledger, emulator=emulator, owns_ledger=reuse is None
@@ -188,4 +194,15 @@ def _options(settings: Settings, emulator: Any) -> CloudOptions:
         requests_per_second=cloud.requests_per_second,
         concurrency=cloud.concurrency,
         all_regions_endpoint=emulator.url if emulator is not None else None,
+        site=cloud.site,
+        throttle_budget=cloud.throttle_budget,
+        mutation_throttle_wait=mutation_throttle_wait(cloud),
     )
+
+
+def mutation_throttle_wait(cloud: CloudSettings) -> timedelta:
+    """How long a POST may wait for the throttle: half of what its job's lease leaves beyond
+    the request itself (the other half for its turn in the batch), so that the POST is over
+    before another instance may take the job over."""
+    slack = cloud.lease - cloud.connect_timeout - cloud.timeout
+    return max(timedelta(0), slack / 2)

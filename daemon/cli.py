@@ -20,6 +20,7 @@ from daemon.errors import (
     AmbiguousError,
     CloudError,
     ConfigError,
+    EndpointError,
     LedgerError,
     PermissionDeniedError,
     RefusedError,
@@ -237,6 +238,9 @@ def _errors_as_exit_codes() -> Iterator[_Result]:
     except RefusedError as error:
         _err(f"refused: {error}")
         result.code = exitcodes.REFUSED
+    except EndpointError as error:
+        _err(f"cloud endpoint: {error}")
+        result.code = exitcodes.CONFIG
     except PermissionDeniedError as error:
         _err(
             f"permission denied by the cloud: {error}; check the access key, secret key "

@@ -9,14 +9,16 @@ body by ``daemon.wire`` into our own frozen types; no SDK object leaves this mod
 
 from __future__ import annotations
 
+import email.utils
 import functools
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -50,6 +52,7 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     stop_after_delay,
     wait_random_exponential,
@@ -60,11 +63,14 @@ from daemon import __version__, wire
 from daemon.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
+    BusyError,
     CloudError,
+    EndpointError,
     MalformedAnswerError,
     NotFoundError,
     PermanentError,
     PermissionDeniedError,
+    ThrottledError,
     TransientError,
 )
 from daemon.model import (
@@ -76,7 +82,7 @@ from daemon.model import (
     Vault,
     VaultReplicationAccepted,
 )
-from daemon.ratelimit import TokenBucket
+from daemon.ratelimit import AdaptiveRate, ThrottleGate, TokenBucket
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -85,11 +91,37 @@ LISTING_WINDOW = 4  # pages of one vault read at once when it holds more
 PROJECT_LISTING_WINDOW = 8  # pages of a whole project's listing read at once
 _VaultIndex: TypeAlias = Mapping[str, tuple[Vault, ...]]
 VAULT_LISTING_TTL = 60.0  # seconds a project's vault listing answers find_vault
-DEFAULT_IAM_ENDPOINT = "https://iam.myhuaweicloud.com"
-THROTTLED_CODE = "APIGW.0308"
+IAM_SCOPE = "iam"  # the scope of IAM calls beside the regions' (one 401 latch each)
+# API Gateway codes come with either prefix (CBR-API.md §14).
+THROTTLED_CODES = frozenset({"APIGW.0308", "APIG.0308"})
+NO_SUCH_API_CODES = frozenset({"APIGW.0101", "APIG.0101"})
+GATEWAY_AUTH_CODES = frozenset({"APIGW.0301", "APIG.0301"})
 ALREADY_REPLICATED_CODE = "BackupService.1009"
-NOT_FOUND_CODES = frozenset({"BackupService.6200", "BackupService.6105"})
-AUTH_CODES = frozenset({"BackupService.8600", "BackupService.9998"})
+# CBR's own "does not exist": backup, vault, restore point, operation log, task.
+NOT_FOUND_CODES = frozenset(
+    {
+        "BackupService.6200",
+        "BackupService.6105",
+        "BackupService.6217",
+        "BackupService.6500",
+        "BackupService.6501",
+    }
+)
+AUTH_CODES = frozenset({"BackupService.8600", "BackupService.9998"}) | GATEWAY_AUTH_CODES
+# "The vault is being replicated. Try again later."
+BUSY_CODES = frozenset({"BackupService.6130"})
+# Refusals the API documents. An edition may answer one with a 500 (Open Telekom Cloud sends
+# 1005 and 1006 so): the code decides, so that a refused POST is never taken as ambiguous.
+REFUSAL_CODES = frozenset(
+    f"BackupService.{number}"
+    for number in (
+        *("0001", "1002", "1003", "1005", "1006", "1011", "1012", "6003", "6112", "6113"),
+        *("6114", "6118", "6119", "6120", "6122", "6128", "6129", "6133", "6142", "6204"),
+        "9900",
+    )
+)
+
+DENIED_RESPITE = 600.0  # seconds a scope that answered 401 is left alone (its lockout is 5 min)
 
 T = TypeVar("T")
 ApiCallback = Callable[[str, str], None]
@@ -122,6 +154,9 @@ class CloudOptions:
     read_attempts: int = 5
     read_retry_budget: timedelta = timedelta(seconds=120)
     all_regions_endpoint: str | None = None  # the emulator serves every region and IAM
+    site: str = "international"  # a key of SITES: the endpoint patterns
+    throttle_budget: timedelta = timedelta(minutes=10)  # throttled this long: give up
+    mutation_throttle_wait: timedelta = timedelta(seconds=40)  # a POST's longest gate wait
 
 
 class _LastResponse(threading.local):
@@ -130,6 +165,7 @@ class _LastResponse(threading.local):
     retry_after: float | None = None
     request_id: str | None = None
     holds_slot: bool = False  # one of the ``concurrency`` slots, from send to answer
+    server_date: str | None = None  # the answer's Date header (the gateway's clock)
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -169,18 +205,46 @@ def _classify_service_error(error: Any, *, mutating: bool, retry_after: float | 
     details: dict[str, Any] = {"code": code, "status": status, "request_id": error.request_id}
     if status in (401, 403) or code in AUTH_CODES:
         return PermissionDeniedError(message, **details)
-    if status == 429 or code == THROTTLED_CODE:
+    if status == 429 or code in THROTTLED_CODES:
         # Throttled at the gateway: the request was not applied, even for a POST.
         return TransientError(message, retry_after=retry_after, **details)
-    if code == ALREADY_REPLICATED_CODE:
-        return AlreadyReplicatedError(message, **details)
-    if status == 404 or code in NOT_FOUND_CODES:
-        return NotFoundError(message, **details)
+    if code in NO_SUCH_API_CODES:
+        return EndpointError(message, **details)
+    return _classify_by_code(code, status, message, details, mutating=mutating)
+
+
+def _classify_by_code(
+    code: str, status: int, message: str, details: dict[str, Any], *, mutating: bool
+) -> CloudError:
+    """The business code first, the HTTP status only for codes the API does not define: the
+    editions answer the same code with different statuses."""
+    for codes, kind in _BY_CODE:
+        if code in codes:
+            return kind(message, **details)
+    if status == 404:
+        # A 404 without one of CBR's not-found codes (a proxy, an unknown gateway code) says
+        # nothing about the object: never "gone", so nothing is replicated again on it.
+        return PermanentError(f"{message} (not a CBR not-found answer)", **details)
     if status >= 500:
         return (
             AmbiguousError(message, **details) if mutating else TransientError(message, **details)
         )
     return PermanentError(message, **details)
+
+
+_BY_CODE: tuple[tuple[frozenset[str], type[CloudError]], ...] = (
+    (frozenset({ALREADY_REPLICATED_CODE}), AlreadyReplicatedError),
+    (NOT_FOUND_CODES, NotFoundError),
+    (BUSY_CODES, BusyError),
+    (REFUSAL_CODES, PermanentError),
+)
+
+
+def is_throttled(error: CloudError) -> bool:
+    """A 429 of the gateway: refused before it reached CBR, so never applied."""
+    return isinstance(error, TransientError) and (
+        error.status == 429 or error.code in THROTTLED_CODES
+    )
 
 
 def _classify_transport_error(error: Exception, *, mutating: bool) -> CloudError:
@@ -212,14 +276,20 @@ class HuaweiCloud:
         sleep: Callable[[float], None] = time.sleep,
         on_api_call: ApiCallback | None = None,
         on_retry: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._credentials = credentials
         self._options = options
         self._sleep = sleep
         self._on_api_call = on_api_call
         self._on_retry = on_retry
+        self._wall_clock = wall_clock
         self._last = _LastResponse()
-        self._bucket = TokenBucket(options.requests_per_second, sleep=sleep)
+        bucket = TokenBucket(options.requests_per_second, clock=clock, sleep=sleep)
+        self._rate = AdaptiveRate(bucket, options.requests_per_second)
+        self._gate = ThrottleGate(options.throttle_budget.total_seconds(), clock=clock, sleep=sleep)
+        self._denied: dict[str, tuple[float, PermissionDeniedError]] = {}
         self._in_flight = threading.BoundedSemaphore(options.concurrency)
         self._clients: dict[tuple[str, str], Any] = {}
         self._projects: dict[tuple[str, str | None], str] = {}
@@ -259,7 +329,9 @@ class HuaweiCloud:
     def _list_projects(self, name: str | None) -> list[tuple[str, str]]:
         request = KeystoneListProjectsRequest(name=name) if name else KeystoneListProjectsRequest()
         body = self._read(
-            "iam_list_projects", lambda: self._iam_client().keystone_list_projects(request)
+            "iam_list_projects",
+            lambda: self._iam_client().keystone_list_projects(request),
+            scope=IAM_SCOPE,
         )
         return wire.parse_projects(body, "KeystoneListProjects")
 
@@ -268,6 +340,7 @@ class HuaweiCloud:
         body = self._read(
             "replication_capabilities",
             lambda: client.show_replication_capabilities(ShowReplicationCapabilitiesRequest()),
+            scope=region,
         )
         return wire.parse_destinations(body, region, "ShowReplicationCapabilities")
 
@@ -287,6 +360,7 @@ class HuaweiCloud:
         body = self._read(
             "list_vaults",
             lambda: client.list_vault(ListVaultRequest(name=name_or_id, limit=PAGE_SIZE)),
+            scope=region,
         )
         vaults = wire.require(body, "vaults", list, "ListVault")
         named = [wire.parse_vault(v, region, "ListVault") for v in vaults]
@@ -312,7 +386,9 @@ class HuaweiCloud:
         vaults: list[Vault] = []
         while True:
             request = ListVaultRequest(limit=PAGE_SIZE, offset=len(vaults))
-            body = self._read("list_vaults", functools.partial(client.list_vault, request))
+            body = self._read(
+                "list_vaults", functools.partial(client.list_vault, request), scope=region
+            )
             items = wire.require(body, "vaults", list, "ListVault")
             vaults.extend(wire.parse_vault(item, region, "ListVault") for item in items)
             count = wire.optional(body, "count", int, "ListVault")
@@ -331,7 +407,9 @@ class HuaweiCloud:
         client = self._cbr(region, project_id)
         try:
             body = self._read(
-                "show_vault", lambda: client.show_vault(ShowVaultRequest(vault_id=vault_id))
+                "show_vault",
+                lambda: client.show_vault(ShowVaultRequest(vault_id=vault_id)),
+                scope=region,
             )
         except NotFoundError:
             raise NotFoundError(
@@ -380,6 +458,7 @@ class HuaweiCloud:
                 "list_backups",
                 functools.partial(client.list_backups, request),
                 wire.parse_backup_listing,
+                scope=region,
             )
             skipped: list[MalformedAnswerError] = []
             page, count = wire.listing_page(body, "ListBackups", skipped)
@@ -420,7 +499,9 @@ class HuaweiCloud:
     def show_backup(self, region: str, project_id: str, backup_id: str) -> Backup:
         client = self._cbr(region, project_id)
         body = self._read(
-            "show_backup", lambda: client.show_backup(ShowBackupRequest(backup_id=backup_id))
+            "show_backup",
+            lambda: client.show_backup(ShowBackupRequest(backup_id=backup_id)),
+            scope=region,
         )
         return wire.parse_backup(wire.require(body, "backup", dict, "ShowBackup"), "ShowBackup")
 
@@ -445,7 +526,9 @@ class HuaweiCloud:
             )
         )
         request = CopyBackupRequest(backup_id=backup_id, body=body)
-        answer = self._call("replicate_backup", lambda: client.copy_backup(request), mutating=True)
+        answer = self._call(
+            "replicate_backup", lambda: client.copy_backup(request), mutating=True, scope=region
+        )
         try:
             replication = wire.require(answer, "replication", dict, "CopyBackup")
             record_id = wire.require(replication, "replication_record_id", str, "CopyBackup")
@@ -476,7 +559,7 @@ class HuaweiCloud:
         )
         request = CopyCheckpointRequest(body=body)
         answer = self._call(
-            "replicate_vault", lambda: client.copy_checkpoint(request), mutating=True
+            "replicate_vault", lambda: client.copy_checkpoint(request), mutating=True, scope=region
         )
         try:
             replication = wire.require(answer, "replication", dict, "CopyCheckpoint")
@@ -493,24 +576,31 @@ class HuaweiCloud:
         return VaultReplicationAccepted(records=records, request_id=self._last.request_id)
 
     # -- calls -----------------------------------------------------------------------------
-    def _read(self, operation: str, call: Callable[[], Any]) -> wire.JsonObject:
-        return self._read_as(operation, call, wire.parse_body)
+    def _read(self, operation: str, call: Callable[[], Any], *, scope: str) -> wire.JsonObject:
+        return self._read_as(operation, call, wire.parse_body, scope=scope)
 
     def _read_as(
-        self, operation: str, call: Callable[[], Any], parse: Callable[[Any, str], T]
+        self,
+        operation: str,
+        call: Callable[[], Any],
+        parse: Callable[[Any, str], T],
+        *,
+        scope: str,
     ) -> T:
         """A read, retried on transient errors and malformed answers with full jitter,
-        honouring Retry-After, within a capped number of attempts and total time."""
+        honouring Retry-After, within a capped number of attempts and total time. Throttling
+        is waited out inside ``_exchange`` (the shared gate), not here."""
         retrying = Retrying(
             stop=stop_after_attempt(self._options.read_attempts)
             | stop_after_delay(self._options.read_retry_budget.total_seconds()),
             wait=self._read_wait,
-            retry=retry_if_exception_type((TransientError, MalformedAnswerError)),
+            retry=retry_if_exception_type((TransientError, MalformedAnswerError))
+            & retry_if_not_exception_type(ThrottledError),
             sleep=self._sleep,
             before_sleep=lambda _state: self._on_retry and self._on_retry(operation),
             reraise=True,
         )
-        parsed: T = retrying(self._exchange, operation, call, parse, mutating=False)
+        parsed: T = retrying(self._exchange, operation, call, parse, mutating=False, scope=scope)
         return parsed
 
     @staticmethod
@@ -520,8 +610,10 @@ class HuaweiCloud:
         retry_after = getattr(error, "retry_after", None)
         return max(backoff, float(retry_after)) if retry_after else backoff
 
-    def _call(self, operation: str, call: Callable[[], Any], *, mutating: bool) -> wire.JsonObject:
-        return self._exchange(operation, call, wire.parse_body, mutating=mutating)
+    def _call(
+        self, operation: str, call: Callable[[], Any], *, mutating: bool, scope: str
+    ) -> wire.JsonObject:
+        return self._exchange(operation, call, wire.parse_body, mutating=mutating, scope=scope)
 
     def _exchange(
         self,
@@ -530,22 +622,135 @@ class HuaweiCloud:
         parse: Callable[[Any, str], T],
         *,
         mutating: bool,
+        scope: str,
     ) -> T:
-        self._bucket.acquire()
+        """One call, sent again while the gateway throttles it (a 429 was not applied, so
+        this holds for a POST too) until the shared gate gives up. A POST waits for the
+        gate at most ``mutation_throttle_wait``: its job's lease must outlast it."""
+        self._refuse_if_denied(scope)
+        deadline = (
+            self._gate.now() + self._options.mutation_throttle_wait.total_seconds()
+            if mutating
+            else None
+        )
+        while True:
+            self._rate.acquire()
+            if not self._gate.admit(deadline):
+                error = self._throttled_error(operation)
+                self._report(operation, error.__class__.__name__)
+                raise error
+            sent_at = self._gate.now()
+            try:
+                body = self._send(operation, call, parse, mutating=mutating, scope=scope)
+            except TransientError as error:
+                if not is_throttled(error):
+                    self._gate.succeeded()
+                    raise
+                streak = self._gate.throttled(sent_at, error.retry_after)
+                if streak == 1:  # once per episode: its later 429s are the window's, not ours
+                    self._rate.throttled()
+                if streak:
+                    log.warning(
+                        "throttled",
+                        operation=operation,
+                        code=error.code,
+                        rate=round(self._rate.rate, 2),
+                    )
+                continue
+            except BaseException:
+                self._gate.succeeded()  # not throttled; a probe's answer frees the others
+                raise
+            self._gate.succeeded()
+            self._rate.succeeded()
+            return body
+
+    def _throttled_error(self, operation: str) -> TransientError:
+        """Throttled past the budget (ThrottledError: the run gives up), or a POST that may
+        wait no longer (TransientError: that job is deferred, the others go on)."""
+        if self._gate.exhausted():
+            budget = int(self._options.throttle_budget.total_seconds())
+            return ThrottledError(
+                f"{operation}: throttled by the API gateway (429) for longer than "
+                f"cloud.throttle_budget ({budget}s); nothing was applied",
+                code="APIGW.0308",
+                status=429,
+            )
+        wait = int(self._options.mutation_throttle_wait.total_seconds())
+        return TransientError(
+            f"{operation}: throttled by the API gateway (429) for longer than a POST may "
+            f"wait ({wait}s); not applied",
+            code="APIGW.0308",
+            status=429,
+        )
+
+    def _send(
+        self,
+        operation: str,
+        call: Callable[[], Any],
+        parse: Callable[[Any, str], T],
+        *,
+        mutating: bool,
+        scope: str,
+    ) -> T:
         last = self._last
         last.retry_after = None
         last.request_id = None
+        last.server_date = None
         try:
             response = call()
             body = parse(getattr(response, "raw_content", None), operation)
         except Exception as error:
             classified = classify_error(error, mutating=mutating, retry_after=last.retry_after)
+            classified = self._explain(classified, scope, last.server_date)
             self._report(operation, classified.__class__.__name__)
             raise classified from None
         finally:
             self._free_slot()  # if the SDK failed between sending and the answer's hook
         self._report(operation, "ok")
         return body
+
+    def _explain(self, error: CloudError, scope: str, server_date: str | None) -> CloudError:
+        """Add what the caller needs to act: the endpoint of a "no such API", the clock of a
+        refused signature; and latch a 401 so this scope is not asked again."""
+        if isinstance(error, EndpointError):
+            endpoint = self._endpoint_of(scope)
+            return EndpointError(
+                f"{endpoint} serves no such API ({error}): check cloud.site and "
+                f"cloud.endpoints for {scope}",
+                code=error.code,
+                status=error.status,
+                request_id=error.request_id,
+            )
+        if isinstance(error, PermissionDeniedError) and error.status == 401:
+            hint = clock_hint(str(error), server_date, self._wall_clock())
+            if hint:
+                error = PermissionDeniedError(
+                    f"{error}; {hint}",
+                    code=error.code,
+                    status=error.status,
+                    request_id=error.request_id,
+                )
+            with self._lock:
+                self._denied[scope] = (self._gate.now(), error)
+        return error
+
+    def _refuse_if_denied(self, scope: str) -> None:
+        """After a 401, this process sends nothing more to that scope for a while: the
+        gateway locks an access key after a few failed signatures in a row."""
+        with self._lock:
+            denied = self._denied.get(scope)
+            if denied is None:
+                return
+            if self._gate.now() - denied[0] >= DENIED_RESPITE:
+                del self._denied[scope]
+                return
+        error = denied[1]
+        raise PermissionDeniedError(
+            f"not sent: {scope} refused this process's signature earlier ({error})",
+            code=error.code,
+            status=error.status,
+            request_id=error.request_id,
+        )
 
     def _take_slot(self) -> None:
         self._in_flight.acquire()
@@ -598,11 +803,7 @@ class HuaweiCloud:
                     self._credentials.domain_id,
                 )
                 self._add_token(credentials)
-                endpoint = (
-                    self._options.iam_endpoint
-                    or self._options.all_regions_endpoint
-                    or DEFAULT_IAM_ENDPOINT
-                )
+                endpoint = iam_endpoint(self._options)
                 self._iam = (
                     IamClient.new_builder()
                     .with_http_config(self._http_config())
@@ -620,17 +821,23 @@ class HuaweiCloud:
             credentials.with_security_token(self._credentials.security_token.get_secret_value())
 
     def _cbr_endpoint(self, region: str) -> str:
-        override = self._options.cbr_endpoints.get(region) or self._options.all_regions_endpoint
-        if override:
-            return override
-        # The SDK's built-in table only: its environment and profile lookups are not ours.
-        known = CbrRegion.static_fields.get(region)
-        if known is None:
-            raise PermanentError(
-                f"no CBR endpoint known for region {region!r}; set cloud.endpoints.cbr.{region}",
-                code="unknown_region",
-            )
-        return str(known.endpoint)
+        return cbr_endpoint(self._options, region)
+
+    def _endpoint_of(self, scope: str) -> str:
+        if scope == IAM_SCOPE:
+            return iam_endpoint(self._options)
+        return self._cbr_endpoint(scope)
+
+    def endpoints(self, regions: Iterable[str]) -> dict[str, str]:
+        """IAM's endpoint and each region's CBR endpoint, as this adapter resolves them (an
+        unknown region: the reason instead), for ``check-config --cloud``."""
+        resolved = {IAM_SCOPE: iam_endpoint(self._options)}
+        for region in regions:
+            try:
+                resolved[region] = cbr_endpoint(self._options, region)
+            except PermanentError as error:
+                resolved[region] = f"none ({error})"
+        return resolved
 
     def _http_config(self) -> Any:
         config = HttpConfig.get_default_config()
@@ -662,6 +869,7 @@ class HuaweiCloud:
             response = kwargs["response"]
             last.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
             last.request_id = response.headers.get("X-Request-Id")
+            last.server_date = response.headers.get("Date")
 
         handler = HttpHandler()
         handler._request_handlers = [take_slot]
@@ -712,3 +920,110 @@ def _apply_proxy(config: Any, proxy: str) -> None:
     if parts.username:
         config.proxy_user = parts.username
         config.proxy_password = parts.password or ""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one cloud's endpoints are: IAM's, and CBR's per region."""
+
+    iam: str
+    cbr: str  # with {region}
+    regions: frozenset[str] | None = None  # None: the SDK's CBR table
+
+
+# The SDK's tables know Huawei Cloud's international site only (CBR-API.md §14); its
+# eu-west-101 entry points at the international domain, so the European site has its own.
+SITES: Mapping[str, Site] = {
+    "international": Site(
+        "https://iam.myhuaweicloud.com", "https://cbr.{region}.myhuaweicloud.com"
+    ),
+    "europe": Site(
+        "https://iam.myhuaweicloud.eu",
+        "https://cbr.{region}.myhuaweicloud.eu",
+        frozenset({"eu-west-101"}),
+    ),
+    "otc": Site(
+        "https://iam.eu-de.otc.t-systems.com",
+        "https://cbr.{region}.otc.t-systems.com",
+        frozenset({"eu-de", "eu-nl"}),
+    ),
+}
+
+
+def site_regions(name: str) -> frozenset[str]:
+    site = SITES[name]
+    if site.regions is not None:
+        return site.regions
+    others = {region for other in SITES.values() if other.regions for region in other.regions}
+    return frozenset(CbrRegion.static_fields) - others
+
+
+def iam_endpoint(options: CloudOptions) -> str:
+    return options.iam_endpoint or options.all_regions_endpoint or SITES[options.site].iam
+
+
+def cbr_endpoint(options: CloudOptions, region: str) -> str:
+    """An explicit endpoint, else the site's pattern for a region the site has."""
+    override = options.cbr_endpoints.get(region) or options.all_regions_endpoint
+    if override:
+        return override
+    if region not in site_regions(options.site):
+        home = [name for name in SITES if region in site_regions(name)]
+        where = f"; it is a region of cloud.site {home[0]!r}" if home else ""
+        raise PermanentError(
+            f"no CBR endpoint known for region {region!r} on cloud.site {options.site!r}"
+            f"{where}; set cloud.site or cloud.endpoints.cbr.{region}",
+            code="unknown_region",
+        )
+    return SITES[options.site].cbr.format(region=region)
+
+
+_SERVER_TIME = re.compile(r"server time:\s*(\d{8}T\d{6}Z)")
+CLOCK_SKEW_SUSPECT = 300.0  # seconds between this host's and the gateway's clocks
+
+
+def clock_hint(message: str, server_date: str | None, local_now: float) -> str | None:
+    """What to check after a 401: this host's clock when the gateway says the signature
+    expired or its clock is minutes away from ours; the lockout when it says so."""
+    lowered = message.lower()
+    if "reach the limit" in lowered:
+        return (
+            "the gateway locks an access key for 5 minutes after repeated signature "
+            "failures; fix the cause, then wait"
+        )
+    skew = _clock_skew(message, server_date, local_now)
+    suspect = skew is not None and abs(skew) >= CLOCK_SKEW_SUSPECT
+    if "expired" not in lowered and not suspect:
+        return None
+    if skew is None:
+        return "check this host's clock (the gateway refuses signatures 15 minutes off)"
+    side = "ahead of" if skew > 0 else "behind"
+    return (
+        f"this host's clock is {_duration(abs(skew))} {side} the gateway's: check this "
+        "host's clock (NTP); the gateway refuses signatures 15 minutes off"
+    )
+
+
+def _clock_skew(message: str, server_date: str | None, local_now: float) -> float | None:
+    """Seconds this host's clock is ahead of the gateway's (from the message, else the
+    answer's Date header), or None when neither says."""
+    found = _SERVER_TIME.search(message)
+    try:
+        if found:
+            server = datetime.strptime(found[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        elif server_date:
+            server = email.utils.parsedate_to_datetime(server_date)
+        else:
+            return None
+    except (ValueError, TypeError):
+        return None
+    if server.tzinfo is None:
+        server = server.replace(tzinfo=UTC)
+    return local_now - server.timestamp()
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes >= 120:
+        return f"{minutes // 60} h {minutes % 60} min"
+    return f"{minutes} min" if minutes else f"{round(seconds)} s"

@@ -39,6 +39,11 @@ def _json(value: object) -> None:
 def check_cloud(app: App) -> int:
     """Resolve every enabled policy against the cloud, as a sweep would, without scanning."""
     code = exitcodes.OK
+    regions = sorted(
+        {p.source.region for p in app.policies()} | {p.destination.region for p in app.policies()}
+    )
+    for scope, endpoint in app.endpoints(regions).items():
+        _out(f"resolved endpoint {scope}: {endpoint}")
     for policy in app.policies():
         try:
             resolved = resolve_policy(app.engine, policy)

@@ -65,6 +65,16 @@ class TransientError(CloudError):
         self.retry_after = retry_after
 
 
+class BusyError(TransientError):
+    """Refused for now (BackupService.6130, "the vault is being replicated, try again
+    later"): certainly not applied; the same request may be sent again later."""
+
+
+class ThrottledError(TransientError):
+    """The gateway kept throttling (429) past ``cloud.throttle_budget``: nothing was applied;
+    the run ends as unavailable and the next one carries on."""
+
+
 class AmbiguousError(CloudError):
     """A mutating request may or may not have been applied: reconcile before any retry."""
 
@@ -79,6 +89,11 @@ class NotFoundError(PermanentError):
 
 class AlreadyReplicatedError(PermanentError):
     """BackupService.1009: the backup is being or has been replicated to that region."""
+
+
+class EndpointError(CloudError):
+    """The endpoint serves no such API (the gateway's 404 ``APIGW.0101``): a wrong
+    ``cloud.site`` or ``cloud.endpoints`` entry, never evidence that an object is gone."""
 
 
 class MalformedAnswerError(CloudError):

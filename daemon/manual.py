@@ -16,6 +16,7 @@ import structlog
 from daemon import replicate, retrying, rules
 from daemon.errors import (
     AmbiguousError,
+    BusyError,
     NotFoundError,
     RefusedError,
     TransientError,
@@ -267,6 +268,16 @@ def replicate_vault(engine: Engine, request: ManualRequest, vault_name: str) -> 
             destination,
             request.enable_acceleration,
         )
+    except BusyError as error:
+        # 6130 "the vault is being replicated, try again later": refused, so not applied.
+        # Our binding stays the only once-only authority: the intent goes, a retry may post.
+        engine.ledger.withdraw_binding_intent(vault.id, region)
+        raise TransientError(
+            f"vault {vault.name} is being replicated ({error.code}); try again later",
+            code=error.code,
+            status=error.status,
+            request_id=error.request_id,
+        ) from None
     except (AmbiguousError, TransientError) as error:
         log.warning("vault_replicate_uncertain", vault=vault.name, region=region, error=str(error))
         raise

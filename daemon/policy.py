@@ -312,6 +312,11 @@ class CloudSettings(_Model):
         validate_default=True,
         description="AK/SK; required for huaweicloud (emulator: its defaults when absent)",
     )
+    site: Literal["international", "europe", "otc"] = Field(
+        default="international",
+        description="which cloud: Huawei Cloud international or Europe, or Open Telekom Cloud "
+        "(the IAM and CBR endpoints)",
+    )
     endpoints: EndpointsSettings = Field(
         default_factory=EndpointsSettings, description="endpoint overrides"
     )
@@ -332,7 +337,14 @@ class CloudSettings(_Model):
     timeout: PositiveDuration = Field(
         default=timedelta(seconds=30), description="read timeout of one API request"
     )
-    requests_per_second: float = Field(default=10, gt=0, description="client-side API rate limit")
+    requests_per_second: float = Field(
+        default=10, gt=0, description="client-side API rate limit (halved on 429, then raised)"
+    )
+    throttle_budget: PositiveDuration = Field(
+        default=timedelta(minutes=10),
+        description="how long the gateway may throttle (429) without a success before the "
+        "run gives up (exit 75)",
+    )
     concurrency: PositiveInt = Field(default=8, description="API requests in flight at once")
     max_in_flight_per_region: PositiveInt | None = Field(
         default=None, description="replications running at once in one destination region"

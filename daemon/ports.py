@@ -249,6 +249,11 @@ class Ledger(Protocol):
         """Turn an ``intent`` binding into ``bound`` after its POST was accepted."""
         ...
 
+    def withdraw_binding_intent(self, source_vault_id: str, destination_region: str) -> None:
+        """Delete an ``intent`` binding whose POST the cloud refused (so never applied);
+        a ``bound`` one is never deleted."""
+        ...
+
     def list_bindings(self) -> list[VaultBinding]: ...
 
     # -- leases ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A token bucket shared by all threads: the client-side request rate limit.
+"""The client-side request rate, shared by all threads: a token bucket, its adaptive rate
+(AIMD) and the one backoff that a throttled answer (429) imposes on every caller.
 
 Clock and sleep are injected so tests step time instead of waiting for it.
 """
@@ -31,6 +32,22 @@ class TokenBucket:
         self._updated = clock()
         self._lock = threading.Lock()
 
+    @property
+    def rate(self) -> float:
+        with self._lock:
+            return self._rate
+
+    def set_rate(self, rate: float) -> None:
+        """A new rate from now on; tokens already earned are kept (up to the capacity)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+            self._updated = now
+            self._rate = rate
+            self._capacity = max(1.0, rate)
+
     def acquire(self) -> float:
         """Take one token, sleeping until one is available; returns the time slept."""
         with self._lock:
@@ -44,3 +61,146 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return wait
+
+
+def next_rate(rate: float, *, ceiling: float, throttled: bool, floor: float = 0.2) -> float:
+    """AIMD: halve the rate when throttling starts; on a success add ``0.1 / rate``, so the
+    rate grows by about one request per second every ten seconds, up to ``ceiling`` (the
+    configured ``requests_per_second``). Slow enough that a rate cut at the end of a minute's
+    window still holds through the next one: a sweep settles just under what the gateway
+    allows per window."""
+    if throttled:
+        return max(floor, rate / 2)
+    return min(ceiling, rate + 0.1 / rate)
+
+
+def throttle_delay(streak: int, *, initial: float = 1.0, ceiling: float = 120.0) -> float:
+    """The pause after the ``streak``-th 429 in a row: 1, 2, 4 ... seconds, up to two minutes,
+    so that a pause outgrows a gateway window of one second, one minute or five minutes."""
+    try:
+        return min(ceiling, initial * 2.0 ** max(0, streak - 1))
+    except OverflowError:
+        return ceiling
+
+
+class ThrottleGate:
+    """One backoff for the whole process: a 429 pauses every caller, not just the one that
+    got it, and the pause grows while the gateway keeps refusing.
+
+    Answers already on their way when a pause starts do not make it longer: the streak grows
+    only with a 429 to a request sent after the last pause ended. Past ``budget`` seconds of
+    throttling without a success the gate is *exhausted*: callers fail at once (``admit``
+    returns False), but for one probe per longest pause, whose success ends the episode.
+    """
+
+    def __init__(
+        self,
+        budget: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        ceiling: float = 120.0,
+    ) -> None:
+        self._budget = budget
+        self._clock = clock
+        self._sleep = sleep
+        self._ceiling = ceiling
+        self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
+        self._probing = False  # a probe after a pause is out: the others wait for its answer
+        self._resume_at = 0.0  # no request leaves before this moment
+        self._streak = 0
+        self._since: float | None = None  # first 429 since the last success
+        self._paused_at = float("-inf")  # when the last pause began
+
+    def admit(self, deadline: float | None = None) -> bool:
+        """Wait out the pause (never past ``deadline``); False: do not send (exhausted, or
+        the pause ends after the deadline). The first caller after a pause is its probe:
+        the others wait for its answer (``succeeded`` or ``throttled``) before they go."""
+        while True:
+            with self._answered:
+                while self._probing:
+                    self._answered.wait()
+                now = self._clock()
+                if self._exhausted(now):
+                    if now < self._resume_at:
+                        return False
+                    self._resume_at = now + self._ceiling
+                    self._probing = True
+                    return True
+                wait = self._resume_at - now
+                if wait <= 0:
+                    self._probing = self._streak > 0
+                    return True
+            if deadline is not None and now + wait > deadline:
+                return False
+            self._sleep(wait)
+
+    def throttled(self, sent_at: float, retry_after: float | None = None) -> int:
+        """Record a 429 to a request sent at ``sent_at``; returns the streak of pauses it
+        made (1: throttling starts), or 0 when the request had left before the pause in
+        force began."""
+        with self._lock:
+            now = self._clock()
+            if self._since is None:
+                self._since = now
+            if sent_at <= self._paused_at:
+                return 0
+            self._streak += 1
+            delay = max(throttle_delay(self._streak, ceiling=self._ceiling), retry_after or 0.0)
+            self._resume_at = max(self._resume_at, now + delay)
+            self._paused_at = now
+            self._end_probe()
+            return self._streak
+
+    def now(self) -> float:
+        return self._clock()
+
+    def succeeded(self) -> None:
+        """Any answer but a 429 (or no answer at all): not throttled."""
+        with self._lock:
+            self._streak = 0
+            self._since = None
+            self._end_probe()
+
+    def _end_probe(self) -> None:
+        if self._probing:
+            self._probing = False
+            self._answered.notify_all()
+
+    def exhausted(self) -> bool:
+        with self._lock:
+            return self._exhausted(self._clock())
+
+    def _exhausted(self, now: float) -> bool:
+        return self._since is not None and now - self._since >= self._budget
+
+
+class AdaptiveRate:
+    """A token bucket whose rate follows ``next_rate``: cut on 429, raised on success."""
+
+    def __init__(self, bucket: TokenBucket, ceiling: float) -> None:
+        self._bucket = bucket
+        self._ceiling = ceiling
+        self._lock = threading.Lock()
+
+    @property
+    def rate(self) -> float:
+        return self._bucket.rate
+
+    def acquire(self) -> float:
+        return self._bucket.acquire()
+
+    def succeeded(self) -> None:
+        if self._bucket.rate >= self._ceiling:
+            return  # the usual case, without a lock
+        with self._lock:
+            self._bucket.set_rate(
+                next_rate(self._bucket.rate, ceiling=self._ceiling, throttled=False)
+            )
+
+    def throttled(self) -> None:
+        with self._lock:
+            self._bucket.set_rate(
+                next_rate(self._bucket.rate, ceiling=self._ceiling, throttled=True)
+            )

@@ -31,6 +31,7 @@ from daemon.errors import (
     NotFoundError,
     PermanentError,
     PermissionDeniedError,
+    ThrottledError,
     TransientError,
 )
 from daemon.model import (
@@ -49,7 +50,19 @@ from daemon.ports import Cloud, Ledger
 log = structlog.get_logger("cbr_replicator")
 
 CRASH_ENV = "CBR_REPLICATOR_TEST_CRASH_AT"  # test-only: kill this process at a named point
-AMBIGUOUS_RECHECK = timedelta(seconds=30)  # how soon a submitting job is reconciled again
+RECHECK_MARGIN = timedelta(seconds=5)
+
+
+def ambiguous_recheck(connect_timeout: timedelta, read_timeout: timedelta) -> timedelta:
+    """How soon a job whose POST may have been applied is reconciled again. The reconcile
+    read must come after anything the POST could still do: the request may be in flight for
+    up to connect + read timeout, and the margin lets the service finish one that reached it
+    just before our timeout. Sooner, a read could miss a replication about to start."""
+    return connect_timeout + read_timeout + RECHECK_MARGIN
+
+
+# The default config's (10 s connect, 30 s read); the composition root derives its own.
+AMBIGUOUS_RECHECK = ambiguous_recheck(timedelta(seconds=10), timedelta(seconds=30))
 CLAIM_ROUND = 1000  # jobs claimed at once by a submission pass
 TRACK_BATCH = 500  # replicating jobs read from the ledger at once by a tracking round
 
@@ -69,6 +82,8 @@ class Engine:
     # Does this lease owner (another process's ``owner``) no longer run? Lets a policy's
     # sweep lease be taken over at once from a killed process; never by default.
     owner_gone: Callable[[str], bool] = field(default=lambda _owner: False)
+    # How soon a ``submitting`` job is reconciled again (``ambiguous_recheck``).
+    recheck: timedelta = AMBIGUOUS_RECHECK
 
     def now(self) -> datetime:
         return self.clock()
@@ -314,7 +329,7 @@ def _submit_one(engine: Engine, target: Target, job: Job, budget: _SlotBudget) -
     )
     try:
         return _submit_claimed(engine, target, job, budget)
-    except PermissionDeniedError:
+    except (PermissionDeniedError, ThrottledError):
         _release(engine, job)
         raise
     except CloudError as error:
@@ -428,7 +443,7 @@ def _write_intents(engine: Engine, target: Target, jobs: list[Job]) -> list[Job]
                 attempts=job.attempts + 1,
                 replica_name=replica.name,
                 replica_description=replica.description,
-                next_attempt_at=now + AMBIGUOUS_RECHECK,
+                next_attempt_at=now + engine.recheck,
                 # The lease restarts with the intent: it must outlast this POST (the lease
                 # exceeds connect + read timeout), however long the job waited for its turn.
                 lease_owner=engine.owner,
@@ -523,10 +538,14 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
         if reconciled is not None:
             return _Posted("reconciled", reconciled, stored=True)
         return _Posted("deferred", _release(engine, job), stored=True)
+    except ThrottledError:
+        # Throttled past what a POST may wait (not applied): the job stays submitting, and
+        # the pass stops here rather than posting into the same throttle.
+        raise
     except (AmbiguousError, TransientError) as error:
         crash_point("after_post")
         bound.warning("replicate_uncertain", error=str(error), code=error.code)
-        retry_at = engine.now() + _uncertain_delay(error)
+        retry_at = engine.now() + _uncertain_delay(error, engine.recheck)
         kept = job.evolve(
             next_attempt_at=retry_at, last_error_code=error.code, last_error=str(error)
         )
@@ -553,11 +572,11 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
     return _Posted("submitted", _unleased(replicating), "accepted", request_id=accepted.request_id)
 
 
-def _uncertain_delay(error: CloudError) -> timedelta:
+def _uncertain_delay(error: CloudError, recheck: timedelta) -> timedelta:
     retry_after = getattr(error, "retry_after", None)
     if retry_after:
-        return max(AMBIGUOUS_RECHECK, timedelta(seconds=float(retry_after)))
-    return AMBIGUOUS_RECHECK
+        return max(recheck, timedelta(seconds=float(retry_after)))
+    return recheck
 
 
 def _unleased(job: Job) -> Job:
@@ -569,7 +588,7 @@ def _release(engine: Engine, job: Job) -> Job:
 
 
 def _defer(engine: Engine, job: Job, error: CloudError) -> None:
-    later = job.evolve(next_attempt_at=engine.now() + _uncertain_delay(error))
+    later = job.evolve(next_attempt_at=engine.now() + _uncertain_delay(error, engine.recheck))
     engine.ledger.save_jobs([_unleased(later)], engine.now())
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from daemon import replicate, watch
-from daemon.errors import CloudError, LedgerError, PermissionDeniedError
+from daemon.errors import CloudError, EndpointError, LedgerError, PermissionDeniedError
 from daemon.model import TERMINAL_STATES, JobState, SweepReport
 from daemon.policy import Policy
 from daemon.replicate import Engine
@@ -88,7 +88,9 @@ def evaluate_alerts(engine: Engine, policy: Policy, report: SweepReport | None =
 
 
 # Errors that mean "the cloud did not answer" rather than "the cloud said no".
-_UNREACHABLE_CODES = frozenset({"ConnectionError", "TransientError", "APIGW.0308", "429"})
+_UNREACHABLE_CODES = frozenset(
+    {"ConnectionError", "TransientError", "APIGW.0308", "APIG.0308", "429", "ThrottledError"}
+)
 
 
 def wait_for_run(
@@ -127,7 +129,7 @@ def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
         try:
             _track_policy(engine, name, target.retry)
             replicate.submit_due(engine, target)
-        except PermissionDeniedError:
+        except (PermissionDeniedError, EndpointError):
             raise
         except CloudError as error:
             log.warning("wait_round_failed", policy=name, error=str(error))

@@ -27,6 +27,7 @@ import structlog
 from daemon import alerts, replicate, retrying, rules
 from daemon.errors import (
     CloudError,
+    EndpointError,
     LedgerError,
     MalformedAnswerError,
     NotFoundError,
@@ -632,7 +633,9 @@ def sweep_policy(
     except LeaseLostError as lost:
         error, error_reason = str(lost), "lease_lost"
     except Exception as failure:
-        if isinstance(failure, PermissionDeniedError) or not isinstance(failure, CloudError):
+        if isinstance(failure, PermissionDeniedError | EndpointError) or not isinstance(
+            failure, CloudError
+        ):
             raise
         error, error_reason = str(failure), failure.code or failure.__class__.__name__
     finally:

@@ -340,15 +340,35 @@ def parse_vault(obj: object, region: str, where: str) -> Vault:
 def parse_destinations(body: JsonObject, region: str, where: str) -> frozenset[str]:
     """Destinations of ``region`` from ``ShowReplicationCapabilities``.
 
-    The docs do not say whether ``regions`` lists only the queried region or every source
-    region, so the entry is picked by name (CBR-API.md §4.3).
+    The API answers the capability of the region asked, but its entry's ``name`` is not
+    always the region id (Huawei's own example names it ``southchina``): the entry named
+    like the region, else the only entry. Several entries, none named so, are not guessed
+    from: MalformedAnswerError showing what the answer held.
     """
     regions = require(body, "regions", list, where)
-    for entry in regions:
-        if isinstance(entry, dict) and entry.get("name") == region:
-            destinations = require(entry, "replication_destinations", list, where)
-            return frozenset(d for d in destinations if isinstance(d, str))
-    return frozenset()
+    entries = [entry for entry in regions if isinstance(entry, dict)]
+    named = [entry for entry in entries if entry.get("name") == region]
+    if named or (len(regions) == 1 and entries):
+        chosen = (named or entries)[0]
+        destinations = require(chosen, "replication_destinations", list, where)
+        return frozenset(d for d in destinations if isinstance(d, str))
+    raise MalformedAnswerError(
+        f"{where}: no entry for region {region!r} among {len(regions)}: "
+        f"{_describe_entries(regions)}"
+    )
+
+
+def _describe_entries(regions: list[Any]) -> str:
+    described = []
+    for entry in regions[:10]:
+        if not isinstance(entry, dict):
+            described.append("(not an object)")
+            continue
+        destinations = entry.get("replication_destinations")
+        listed = ", ".join(map(str, destinations)) if isinstance(destinations, list) else "?"
+        described.append(f"{entry.get('name')!r} -> [{listed}]")
+    more = f" and {len(regions) - 10} more" if len(regions) > 10 else ""
+    return "; ".join(described) + more if described else "none"
 
 
 def parse_projects(body: JsonObject, where: str) -> list[tuple[str, str]]:

@@ -20,9 +20,10 @@ from typing import Any
 
 from daemon.emulator.auth import Credentials
 from daemon.emulator.faults import FaultInjector, base_faults
+from daemon.emulator.gateway import Gateway
 from daemon.emulator.scenario import State, build_state, generate_scenario, load_scenario
 from daemon.emulator.server import EmulatorHTTPServer
-from daemon.emulator.world import Clock, World
+from daemon.emulator.world import EDITION_STATUS, Clock, World
 
 __all__ = ["Emulator", "generate_scenario", "main"]
 
@@ -56,10 +57,16 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: ssl.SSLContext | None = None,
+        edition: str | None = None,
+        gateway: dict[str, Any] | None = None,
     ) -> None:
         self.tls = tls
         self.state_file = Path(state_file) if state_file is not None else None
         state = self._initial_state(scenario)
+        if edition is not None:
+            if edition not in EDITION_STATUS:
+                raise ValueError(f"edition must be one of {sorted(EDITION_STATUS)}")
+            state["settings"]["edition"] = edition
         on_change = self._save if self.state_file is not None else None
         self.world = World(
             state,
@@ -69,6 +76,7 @@ class Emulator:
             on_change=on_change,
         )
         self.faults = FaultInjector(faults, seed=seed)
+        self.gateway = Gateway(gateway, clock=self.world.clock.now)
         credentials = state["credentials"]
         self.credentials = Credentials(
             credentials["access_key"], credentials["secret_key"], credentials["domain_id"]
@@ -93,7 +101,9 @@ class Emulator:
 
     def start(self) -> str:
         """Listen (port 0 = any free port) and serve in a daemon thread; return the base URL."""
-        server = EmulatorHTTPServer(self._address, self.world, self.faults, self.credentials)
+        server = EmulatorHTTPServer(
+            self._address, self.world, self.faults, self.credentials, self.gateway
+        )
         if self.tls is not None:
             # HTTPS, for tests of the adapter's certificate checks (verify_tls, ca_bundle).
             server.socket = self.tls.wrap_socket(server.socket, server_side=True)
@@ -151,6 +161,10 @@ class Emulator:
 
     def set_faults(self, faults: dict[str, Any]) -> None:
         self.faults.set(faults)
+
+    def set_gateway(self, gateway: dict[str, Any]) -> None:
+        """Throttling windows and signing guards (``daemon.emulator.gateway``)."""
+        self.gateway.set(gateway)
 
     def duplicates(self) -> list[dict[str, Any]]:
         return self.world.duplicates()
@@ -230,7 +244,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clock", choices=("real", "manual"), default="real")
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--edition", choices=sorted(EDITION_STATUS), help="HTTP statuses of that edition"
+    )
+    parser.add_argument("--throttle-limit", type=int, help="requests per throttling window")
+    parser.add_argument("--throttle-window", type=float, default=1.0, help="window, seconds")
+    parser.add_argument("--retry-after", action="store_true", help="send Retry-After on 429")
+    parser.add_argument("--gateway-prefix", choices=("APIGW", "APIG"), default="APIGW")
     return parser.parse_args(argv)
+
+
+def gateway_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "throttle_limit": args.throttle_limit,
+        "throttle_window_seconds": args.throttle_window,
+        "retry_after": args.retry_after,
+        "prefix": args.gateway_prefix,
+    }
 
 
 def fault_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -254,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         host=host or "127.0.0.1",
         port=int(port or 0),
+        edition=args.edition,
+        gateway=gateway_config(args),
     )
     stop = threading.Event()
 

@@ -14,6 +14,7 @@ from daemon.emulator.world import (
     DEST_NOT_FOUND,
     DEST_NOT_REPLICATION,
     INVALID,
+    LIVE_STATUSES,
     MAX_LIMIT,
     NAME_PATTERN,
     NO_SYSTEM_DISK,
@@ -23,6 +24,7 @@ from daemon.emulator.world import (
     REGION_UNSUPPORTED,
     REPLICA_AS_SOURCE,
     VAULT_ALREADY_REPLICATED,
+    VAULT_BEING_REPLICATED,
     VAULT_NOT_FOUND,
     VAULT_TYPE_REFUSED,
     ApiError,
@@ -137,8 +139,24 @@ def show_vault(world: World, project_id: str, vault_id: str) -> Payload:
 
 
 def capabilities(world: World, project_id: str) -> Payload:
+    """The queried region's entry, named by its ``capability_name`` when the scenario gives
+    one (Huawei's example names it ``southchina``); with the scenario setting
+    ``capabilities_of_every_region``, every region's entry."""
     region = world.region_of(project_id)
-    return {"regions": [{"name": region, "replication_destinations": world.destinations(region)}]}
+    listed = (
+        sorted(world.state["regions"])
+        if world.setting("capabilities_of_every_region")
+        else [region]
+    )
+    return {"regions": [_capability(world, name) for name in listed]}
+
+
+def _capability(world: World, region: str) -> Payload:
+    spec = world.state["regions"].get(region, {})
+    return {
+        "name": spec.get("capability_name") or region,
+        "replication_destinations": world.destinations(region),
+    }
 
 
 # ----- replication -------------------------------------------------------------------------
@@ -264,11 +282,22 @@ def replicate_vault(world: World, project_id: str, body: Any) -> Payload:
     region = params["destination_region"]
     bindings = world.state["vault_bindings"]
     if any(b["vault_id"] == vault["id"] and b["destination_region"] == region for b in bindings):
+        if _vault_replicating(world, project_id, vault["id"]):
+            raise ApiError(
+                400, VAULT_BEING_REPLICATED, "The vault is being replicated. Try again later."
+            )
         raise ApiError(
             400, VAULT_ALREADY_REPLICATED, "The vault has already been replicated to this region."
         )
-    bindings.append({"vault_id": vault["id"], "destination_region": region})
+    if _vault_replicating(world, project_id, vault["id"]):
+        raise ApiError(
+            400, VAULT_BEING_REPLICATED, "The vault is being replicated. Try again later."
+        )
     started = _start_eligible(world, project_id, vault["id"], params)
+    record_ids = [item["replication_record_id"] for item in started]
+    bindings.append(
+        {"vault_id": vault["id"], "destination_region": region, "record_ids": record_ids}
+    )
     world.changed()
     return {
         "replication": {
@@ -282,6 +311,22 @@ def replicate_vault(world: World, project_id: str, body: Any) -> Payload:
             "vault_id": vault["id"],
         }
     }
+
+
+def _vault_replicating(world: World, project_id: str, vault_id: str) -> bool:
+    """A vault replication of this vault still runs: a record it started is live."""
+    started = {
+        record_id
+        for binding in world.state["vault_bindings"]
+        if binding["vault_id"] == vault_id
+        for record_id in binding.get("record_ids", ())
+    }
+    backups = world.state["backups"]
+    return any(
+        record["id"] in started and record["status"] in LIVE_STATUSES
+        for backup_id in world.sorted_ids(project_id, vault_id)
+        for record in backups[backup_id]["replication_records"]
+    )
 
 
 def _start_eligible(world: World, project_id: str, vault_id: str, params: Payload) -> list[Payload]:

@@ -126,6 +126,9 @@ class _StateBuilder:
     def _add_region(self, region: str, spec: dict[str, Any]) -> None:
         destinations = [str(item) for item in spec.get("replication_destinations") or []]
         self.state["regions"][region] = {"replication_destinations": destinations}
+        if spec.get("capability_name"):
+            # The name its capability entry carries, when not the region id (Huawei's example).
+            self.state["regions"][region]["capability_name"] = str(spec["capability_name"])
         projects = spec.get("projects") or [{"name": region}]
         names = {str(item["name"]) for item in projects}
         if region not in names:

@@ -24,7 +24,8 @@ import msgspec
 from daemon.emulator import operations
 from daemon.emulator.auth import AuthError, Credentials, verify_request
 from daemon.emulator.faults import BEFORE_KINDS, Decision, FaultInjector
-from daemon.emulator.world import ApiError, Payload, Query, World
+from daemon.emulator.gateway import Gateway, Refusal
+from daemon.emulator.world import ApiError, Payload, Query, World, edition_status
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -62,6 +63,7 @@ class Call:
         return self.operation == "list_projects"
 
 
+NOT_FOUND_PAGE = b"<html><head><title>404 Not Found</title></head><body>Not Found</body></html>"
 HTML_PAGE = b"<html><head><title>Gateway</title></head><body><h1>Service busy</h1></body></html>"
 
 
@@ -139,11 +141,13 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         world: World,
         faults: FaultInjector,
         credentials: Credentials,
+        gateway: Gateway | None = None,
     ) -> None:
         super().__init__(address, EmulatorHandler)
         self.world = world
         self.faults = faults
         self.credentials = credentials
+        self.gateway = gateway or Gateway(clock=world.clock.now)
         self.log = RequestLog()
 
     @property
@@ -293,15 +297,13 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     def _answer(self, call: Call, decision: Decision, entry: Payload) -> None:
         """Answer one call, applying at most one fault (noted in the log entry)."""
         entry["fault"] = None
-        try:
-            verify_request(call.method, self.path, self.headers.get, call.body, self.credentials)
-        except AuthError as error:
-            message = f"Incorrect IAM authentication information: {error}"
-            self._send(401, error_body("APIGW.0301", message, self.request_id))
-            return
-        if call.found is None:
-            message = "The API does not exist or has not been published."
-            self._send(404, error_body("APIGW.0101", message, self.request_id))
+        gateway = self.server.gateway
+        refusal = self._check_signature(call) or gateway.no_such_api(
+            call.operation if call.found else None, entry["region"]
+        )
+        refusal = refusal or gateway.admit()
+        if refusal is not None or call.found is None:
+            self._refuse_at_gateway(refusal)
             return
         entry["fault"] = decision.kind
         if decision.kind in BEFORE_KINDS:
@@ -309,6 +311,36 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return
         status, answer = self._apply(call.found, call.raw_query, call.body)
         self._deliver(status, answer, decision)
+
+    def _check_signature(self, call: Call) -> Refusal | None:
+        """The gateway's signing guards, in its order: a locked key, the signing date, the
+        signature itself."""
+        gateway = self.server.gateway
+        access_key = _access_key(self.headers.get("Authorization"))
+        refusal = gateway.locked(access_key)
+        if refusal is not None:
+            return refusal
+        expired = gateway.check_date(self.headers.get("X-Sdk-Date"))
+        if expired is not None:
+            return gateway.auth_failed(access_key, expired)
+        try:
+            verify_request(call.method, self.path, self.headers.get, call.body, self.credentials)
+        except AuthError as error:
+            return gateway.auth_failed(access_key, str(error))
+        gateway.auth_passed(access_key)
+        return None
+
+    def _refuse_at_gateway(self, refusal: Refusal | None) -> None:
+        if refusal is not None and not refusal.code:  # a proxy's page, not the gateway's
+            self._send(refusal.status, NOT_FOUND_PAGE, content_type="text/html")
+        elif refusal is not None:
+            body = error_body(refusal.code, refusal.message, self.request_id)
+            self._send(refusal.status, body, headers=refusal.headers)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header shows the gateway's clock (which a test may set off the real one).
+        moment = self.server.gateway.now() if timestamp is None else timestamp
+        return super().date_time_string(moment)
 
     @property
     def credentials(self) -> Credentials:
@@ -329,7 +361,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             try:
                 payload = dispatch(self.server, operation, params, query, parsed)
             except ApiError as error:
-                return error.status, error_body(error.code, error.message)
+                status = edition_status(world.edition, error.code, error.status)
+                return status, error_body(error.code, error.message)
             # msgspec, not json.dumps: a page of 1,000 backups takes 1.3 ms instead of 15, and
             # the emulator shares the benchmark's cores with the daemon it measures.
             return 200, _ENCODER.encode(payload)
@@ -423,6 +456,11 @@ def _admin_state(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload
         return state
 
 
+def _admin_set_gateway(server: EmulatorHTTPServer, query: Query, data: Any) -> Payload:
+    server.gateway.set(dict(data))
+    return {"gateway": server.gateway.config}
+
+
 AdminHandler = Callable[[EmulatorHTTPServer, Query, Any], Payload]
 ADMIN_HANDLERS: dict[tuple[str, str], AdminHandler] = {
     ("GET", "health"): lambda server, q, d: {"status": "ok", "url": server.base_url},
@@ -431,10 +469,17 @@ ADMIN_HANDLERS: dict[tuple[str, str], AdminHandler] = {
     ("POST", "clock/advance"): _admin_advance,
     ("GET", "faults"): lambda server, q, d: {"faults": server.faults.config},
     ("PUT", "faults"): _admin_set_faults,
+    ("GET", "gateway"): lambda server, q, d: {"gateway": server.gateway.config},
+    ("PUT", "gateway"): _admin_set_gateway,
     ("GET", "state"): _admin_state,
     ("GET", "duplicates"): lambda server, q, d: {"duplicates": server.world.duplicates()},
     ("POST", "backups"): lambda server, q, d: {"backup": server.world.add_backup(dict(d))},
 }
+
+
+def _access_key(authorization: str | None) -> str:
+    match = re.search(r"Access=([^,\s]+)", authorization or "")
+    return match[1] if match else ""
 
 
 def _json_or_none(body: bytes) -> Any:

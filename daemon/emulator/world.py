@@ -43,11 +43,31 @@ ALREADY_REPLICATED = "BackupService.1009"
 PROJECT_UNSUPPORTED = "BackupService.1011"
 VAULT_NOT_FOUND = "BackupService.6105"
 VAULT_TYPE_REFUSED = "BackupService.6128"
-VAULT_ALREADY_REPLICATED = "BackupService.6130"  # [INF] "the vault is being replicated"
+VAULT_BEING_REPLICATED = "BackupService.6130"  # "the vault is being replicated, try later"
+# No code is documented for "this vault was replicated to that region once already": the
+# generic parameter check failure is the emulator's choice [INF].
+VAULT_ALREADY_REPLICATED = "BackupService.9900"
 DEST_NOT_REPLICATION = "BackupService.6119"
 DEST_NOT_FOUND = "BackupService.6120"
 NO_SYSTEM_DISK = "BackupService.6122"  # [INF] "resource type does not support replication"
 INVALID = "BackupService.9900"  # also used [INF] for a backup that is not available
+
+
+# The HTTP status of some codes differs by edition (CBR-API.md §14): Open Telekom Cloud
+# answers 1005, 1006 and 9998 with 500 and 6105 with 404 where Huawei answers 400.
+EDITION_STATUS: dict[str, dict[str, int]] = {
+    "huawei": {},  # the statuses the operations raise
+    "otc": {
+        "BackupService.1005": 500,
+        "BackupService.1006": 500,
+        "BackupService.9998": 500,
+        "BackupService.6105": 404,
+    },
+}
+
+
+def edition_status(edition: str, code: str, status: int) -> int:
+    return EDITION_STATUS.get(edition, {}).get(code, status)
 
 
 class ApiError(Exception):
@@ -264,6 +284,13 @@ class World:
         if backup is None or backup["project_id"] != project_id:
             raise ApiError(404, NOT_FOUND, "The backup does not exist.")
         return backup
+
+    def setting(self, name: str) -> Any:
+        return self.state["settings"].get(name)
+
+    @property
+    def edition(self) -> str:
+        return str(self.setting("edition") or "huawei")
 
     def destinations(self, region: str) -> list[str]:
         return list(self.state["regions"].get(region, {}).get("replication_destinations", []))

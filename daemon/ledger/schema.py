@@ -102,7 +102,8 @@ class AttemptRow(SQLModel, table=True):
 
 
 class BindingRow(SQLModel, table=True):
-    """Once-only: never updated (but intent -> bound) and never deleted."""
+    """Once-only: never updated (but intent -> bound) and never deleted (but an intent
+    whose POST the cloud refused)."""
 
     __tablename__: ClassVar[str] = "vault_bindings"
     __table_args__ = (

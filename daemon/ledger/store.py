@@ -531,6 +531,18 @@ class SqlLedger:
                 row.state = "bound"
                 session.add(row)
 
+    def withdraw_binding_intent(self, source_vault_id: str, destination_region: str) -> None:
+        with self._session() as session:
+            row = session.exec(
+                select(BindingRow).where(
+                    BindingRow.source_vault_id == source_vault_id,
+                    BindingRow.destination_region == destination_region,
+                    BindingRow.state == "intent",
+                )
+            ).first()
+            if row is not None:
+                session.delete(row)
+
     def list_bindings(self) -> list[VaultBinding]:
         with self._session() as session:
             rows = session.exec(select(BindingRow).order_by(col(BindingRow.id)))

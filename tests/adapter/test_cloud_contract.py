@@ -3,6 +3,7 @@ against the emulator; and every class of error the adapter must tell apart."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -18,10 +19,12 @@ from daemon.emulator import Emulator
 from daemon.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
+    BusyError,
     MalformedAnswerError,
     NotFoundError,
     PermanentError,
     PermissionDeniedError,
+    ThrottledError,
     TransientError,
 )
 from daemon.model import Destination, ReplicaSpec
@@ -61,13 +64,22 @@ def scenario() -> dict[str, Any]:
 
 
 class Sleeps:
-    """Injected sleep: records the waits instead of waiting."""
+    """Injected sleep and clock: records the waits instead of waiting, and the clock moves
+    by each wait (the adapter's throttle gate reads it)."""
 
     def __init__(self) -> None:
         self.waits: list[float] = []
+        self.now = 0.0
+        self._lock = threading.Lock()
 
     def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
+        with self._lock:
+            self.waits.append(seconds)
+            self.now += seconds
+
+    def clock(self) -> float:
+        with self._lock:
+            return self.now
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +112,8 @@ def make_cloud(
         "read_timeout": timedelta(seconds=5),
     }
     settings.update(options)
-    return HuaweiCloud(credentials, CloudOptions(**settings), sleep=sleeps or Sleeps())
+    sleeps = sleeps or Sleeps()
+    return HuaweiCloud(credentials, CloudOptions(**settings), sleep=sleeps, clock=sleeps.clock)
 
 
 @pytest.fixture
@@ -217,10 +230,20 @@ def test_replicate_vault(cloud: HuaweiCloud, emulator: Emulator) -> None:
     )
     assert set(accepted.records) <= {emulator.backup_id("web-1"), emulator.backup_id("web-2")}
     assert accepted.records, "at least web-1 was eligible"
-    with pytest.raises(PermanentError):
-        cloud.replicate_vault(
-            SOURCE, project, emulator.vault_id(SOURCE, "web-prod"), destination(emulator), False
-        )
+    again = functools.partial(
+        cloud.replicate_vault,
+        SOURCE,
+        project,
+        emulator.vault_id(SOURCE, "web-prod"),
+        destination(emulator),
+        False,
+    )
+    with pytest.raises(BusyError) as busy:  # 6130 while its replications run: try later
+        again()
+    assert busy.value.code == "BackupService.6130"
+    emulator.advance(3600)
+    with pytest.raises(PermanentError):  # replicated once: the cloud's once-only rule
+        again()
 
 
 # -- error classes -------------------------------------------------------------------------
@@ -235,16 +258,17 @@ def test_wrong_secret_key_is_a_permission_error(emulator: Emulator) -> None:
     assert len(emulator.requests("capabilities")) == 1, "a 401 is never retried"
 
 
-def test_throttled_read_is_retried_after_retry_after(emulator: Emulator) -> None:
+def test_throttled_read_is_sent_again_until_the_throttle_budget(emulator: Emulator) -> None:
     sleeps = Sleeps()
-    cloud = make_cloud(emulator, sleeps)
+    cloud = make_cloud(emulator, sleeps, throttle_budget=timedelta(seconds=60))
     emulator.set_faults({"operations": {"capabilities": {"throttle_rate": 1.0}}})
-    with pytest.raises(TransientError) as throttled:
+    with pytest.raises(ThrottledError) as throttled:
         cloud.replication_destinations(SOURCE, emulator.project_id(SOURCE))
     assert throttled.value.code == "APIGW.0308"
-    assert len(emulator.requests("capabilities")) == 3
-    assert len(sleeps.waits) == 2
     assert all(wait >= 1.0 for wait in sleeps.waits), "Retry-After: 1 honoured"
+    assert sleeps.waits[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "one growing backoff"
+    # sent once after each pause until a minute of throttling: then given up, not retried
+    assert len(emulator.requests("capabilities")) == 7
 
 
 def test_read_recovers_after_a_transient_error(emulator: Emulator) -> None:
@@ -308,7 +332,11 @@ def test_throttled_replicate_is_transient_not_ambiguous(emulator: Emulator) -> N
             destination(emulator),
             ReplicaSpec("x", ""),
         )
-    assert throttled.value.retry_after == 1.0
+    assert throttled.value.status == 429
+    assert not isinstance(throttled.value, ThrottledError), "the budget is not spent"
+    # a 429 was never applied: sent again after each pause while a POST may wait (40 s):
+    # after 1 + 2 + 4 + 8 + 16 s, the next pause (32 s) would end past it
+    assert len(emulator.requests("replicate_backup")) == 6
 
 
 def closed_port() -> int:

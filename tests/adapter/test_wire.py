@@ -156,7 +156,24 @@ def test_capabilities_pick_the_entry_of_the_queried_region() -> None:
         ]
     }
     assert wire.parse_destinations(body, "cn-north-4", "caps") == {"cn-south-1", "ap-southeast-1"}
-    assert wire.parse_destinations(body, "af-south-1", "caps") == frozenset()
+
+
+def test_capabilities_of_one_entry_named_otherwise_are_the_regions() -> None:
+    """Huawei's example names the queried region's entry ``southchina``."""
+    body = {"regions": [{"name": "southchina", "replication_destinations": ["cn-hk1"]}]}
+    assert wire.parse_destinations(body, "cn-south-1", "caps") == {"cn-hk1"}
+
+
+def test_capabilities_of_several_entries_none_named_so_are_not_guessed() -> None:
+    body = {
+        "regions": [
+            {"name": "southchina", "replication_destinations": ["cn-hk1"]},
+            {"name": "northchina", "replication_destinations": ["cn-east-3"]},
+        ]
+    }
+    with pytest.raises(MalformedAnswerError) as unclear:
+        wire.parse_destinations(body, "af-south-1", "caps")
+    assert "'southchina' -> [cn-hk1]; 'northchina' -> [cn-east-3]" in str(unclear.value)
 
 
 def test_backup_page_reports_the_server_count() -> None:

@@ -305,9 +305,17 @@ def test_vault_replication_once_per_region(emulator: Emulator, cbr: Factory) -> 
         "web-prod-2026-11-04-child-only",
         "web-prod-2026-10-31-failed",
     }
+    # While its replications run the vault is "being replicated, try again later" (6130),
+    # to any region; once they are done, a second time to the same region is refused for
+    # good (no code is documented for that rule: the emulator's 9900 is its choice).
+    for region, vault in (("cn-south-1", "web-dr"), ("ap-southeast-1", "apac-dr")):
+        with pytest.raises(exceptions.ClientRequestException) as caught:
+            replicate_vault("web-prod", region, vault)
+        assert caught.value.error_code == "BackupService.6130"
+    emulator.advance(3600)
     with pytest.raises(exceptions.ClientRequestException) as caught:
         replicate_vault("web-prod", "cn-south-1", "web-dr")
-    assert caught.value.error_code == "BackupService.6130"
+    assert caught.value.error_code == "BackupService.9900"
     with pytest.raises(exceptions.ClientRequestException) as caught:
         replicate_vault("old-dr", "ap-southeast-1", "apac-dr")
     assert caught.value.error_code == "BackupService.6128"

@@ -31,9 +31,26 @@ def scratch_directory() -> str | None:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
-def cloud_on(emulator: Emulator) -> HuaweiCloud:
-    """The real adapter (official SDK, over HTTP) on an in-process emulator; read retries do
-    not wait."""
+class SleepClock:
+    """A monotonic clock that only the injected sleep moves: waits cost nothing."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def cloud_on(emulator: Emulator, clock: SleepClock | None = None, **options: Any) -> HuaweiCloud:
+    """The real adapter (official SDK, over HTTP) on an in-process emulator; read retries
+    and throttling pauses do not wait."""
+    clock = clock or SleepClock()
     return HuaweiCloud(
         Credentials(
             access_key=SecretStr(emulator.access_key),
@@ -46,8 +63,10 @@ def cloud_on(emulator: Emulator) -> HuaweiCloud:
             requests_per_second=10_000,
             read_attempts=3,
             read_timeout=timedelta(seconds=5),
+            **options,
         ),
-        sleep=lambda seconds: None,
+        sleep=clock.sleep,
+        clock=clock,
     )
 
 

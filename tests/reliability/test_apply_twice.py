@@ -201,7 +201,7 @@ def left_submitting(daemon: Daemon, fault: str) -> int:
     daemon.emulator.set_faults({"operations": {"replicate_backup": {fault: 1.0}}})
     sweep_policy(daemon.engine, WEB_SOUTH)
     daemon.emulator.set_faults({})
-    daemon.clock.advance(31)  # past the ambiguous recheck: due again
+    daemon.clock.advance(daemon.engine.recheck.total_seconds() + 1)  # due again
     return len(submitting(daemon))
 
 

@@ -382,7 +382,7 @@ def test_a_malformed_replicate_answer_is_ambiguous_and_never_resent(
     # The cloud answers properly again: reconcile first, never a second POST.
     world.emulator.set_faults({})
     world.answers.rewrites.clear()
-    world.advance(31)
+    world.advance(world.engine.recheck.total_seconds() + 1)  # past the recheck
     applied = shape != "html"
     sweep_policy(world.engine, policy)
     assert len(world.posts()) == (3 if applied else 6)
@@ -507,7 +507,7 @@ def test_malformed_reads_while_reconciling_and_tracking_change_nothing(
     # Proper answers again: everything is learnt from the cloud, still without a POST.
     world.emulator.set_faults({})
     world.answers.rewrites.clear()
-    world.advance(31)
+    world.advance(world.engine.recheck.total_seconds() + 1)  # past the recheck
     replicate.submit_due(world.engine, target)
     replicate.track_jobs(
         world.engine,

@@ -505,6 +505,7 @@ class ReplicationMachine(RuleBasedStateMachine):
             lease=LEASE,
             rng=random.Random(self.generation),
             concurrency=1,  # one worker: the same example always runs the same way
+            recheck=timedelta(seconds=30),  # the machine's steps are sized for 30 s
         )
 
     def _restart(self) -> None:
