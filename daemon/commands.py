@@ -22,7 +22,16 @@ from daemon.errors import (
     PermissionDeniedError,
     RefusedError,
 )
-from daemon.model import Backup, Decision, Job, JobState, Reason, SweepReport, Vault
+from daemon.model import (
+    TERMINAL_STATES,
+    Backup,
+    Decision,
+    Job,
+    JobState,
+    Reason,
+    SweepReport,
+    Vault,
+)
 from daemon.notify import WebhookClient
 from daemon.policy import Policy
 from daemon.ports import Notification
@@ -552,8 +561,13 @@ def replicate_vault(app: App, args: argparse.Namespace) -> int:
 
 def _finish_manual(app: App, result: manual.ManualResult, args: argparse.Namespace) -> int:
     jobs = list(result.jobs)
+    stopped: int | None = None  # the signal that stopped the wait
     if args.wait:
-        jobs = _wait_jobs(app, jobs, args.wait_timeout)
+        try:
+            jobs = _wait_jobs(app, jobs, args.wait_timeout)
+        except KeyboardInterrupt as stop:
+            stopped = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+            jobs = _jobs_now(app, jobs)
     if args.json:
         _json({"message": result.message, "jobs": [_job_dict(job) for job in jobs]})
     else:
@@ -563,9 +577,28 @@ def _finish_manual(app: App, result: manual.ManualResult, args: argparse.Namespa
                 f"  {job.source_backup_id} -> {job.destination_region}: {job.state}"
                 f"{' (' + str(job.last_error_code) + ')' if job.last_error_code else ''}"
             )
+    if stopped is not None:
+        print(
+            f"cbr-replicator: stopped waiting ({signal.Signals(stopped).name}); the "
+            "replications go on in the cloud, and status or the next run follows them",
+            file=sys.stderr,
+            flush=True,
+        )
+        return exitcodes.signalled(stopped)
     if any(job.state in (JobState.FAILED, JobState.GIVEN_UP) for job in jobs):
         return exitcodes.REPLICATION_FAILED
+    if args.wait and any(job.state not in TERMINAL_STATES for job in jobs):
+        return exitcodes.WAIT_TIMED_OUT
     return exitcodes.OK
+
+
+def _jobs_now(app: App, jobs: Iterable[Job]) -> list[Job]:
+    """The jobs as the ledger has them (the last known state where it cannot be read)."""
+    try:
+        current = [(job, app.ledger.get_job(*job.key)) for job in jobs]
+    except LedgerError:
+        return list(jobs)
+    return [now or before for before, now in current]
 
 
 def _job_dict(job: Job) -> dict[str, Any]:

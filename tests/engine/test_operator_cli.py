@@ -117,7 +117,7 @@ def test_schema_validates_the_shipped_configs_and_flags_a_misspelt_key() -> None
     schema = json.loads(result.stdout)
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
-    for name in ("cbr-replicator.yaml", "demo.yaml"):
+    for name in ("cbr-replicator.yaml", "demo.yaml", "standalone-emulator.yaml"):
         document = yaml.safe_load((ROOT / "config" / name).read_text())
         assert list(validator.iter_errors(document)) == [], name
     misspelt = {"cloud": {"provider": "emulator", "timout": "5s"}}
