@@ -303,7 +303,12 @@ def main(argv: list[str] | None = None, prog: str = "cbr-emulator") -> int:
     except (OSError, ValueError, yaml.YAMLError) as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 2
-    print(url, flush=True)
+    try:
+        print(url, flush=True)
+    except BrokenPipeError:  # nobody reads the URL: stop quietly, as SIGPIPE would
+        emulator.stop()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     try:
         stop.wait()
     finally:
