@@ -46,6 +46,7 @@ EXCLUDED: dict[str, str] = {
     "cbr-replicator retry": "names the command; the runbook's `cbr retry ...` runs it",
     "cbr ...": "a pattern for the commands that follow, not a command",
     "cbr-replicator -c CONFIG ...": "a pattern, not a command",
+    "cbr-replicator ...": "a pattern, not a command",
     "cbr replicate-backup BACKUP_ID ...": "its options are elided (...)",
     "sudo python3 -m venv /opt/cbr-replicator": _ROOT,
     "sudo /opt/cbr-replicator/bin/pip install . # from a clone of this repository": _ROOT,
