@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from daemon import __version__, exitcodes
@@ -21,21 +25,37 @@ from daemon.errors import (
     CloudError,
     ConfigError,
     EndpointError,
+    Interrupted,
     LedgerError,
     PermissionDeniedError,
     RefusedError,
     TransientError,
 )
-from daemon.policy import parse_duration
 
 DEFAULT_CONFIG = "/etc/cbr-replicator/config.yaml"
 CONFIG_ENV = "CBR_REPLICATOR_CONFIG"
 
 
+EXIT_CODES_HELP = """exit codes (README.md, "Exit codes"):
+  0    ok
+  1    a replication failed or was given up; a policy stopped on an error
+  2    usage
+  3    refused by a replication rule (nothing was sent)
+  4    --wait ran out (--wait-timeout) with replications unfinished, none failed
+  75   cloud unreachable or throttled after retries
+  77   authentication or permission denied
+  78   configuration or ledger error
+  130  stopped by SIGINT (143 SIGTERM, 129 SIGHUP), after printing what it knows
+  141  stdout closed before the output was written (a pipe into head)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cbr-replicator",
-        description="Replicate Huawei Cloud CBR server backups to other regions, by policy.",
+        description="Replicate Huawei Cloud CBR server backups to other regions, by policy. "
+        "Without a command or --run-once it runs the daemon.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cbr-replicator {__version__}")
     parser.add_argument(
@@ -78,10 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument(
         "--markdown", action="store_true", help="every option as a Markdown reference instead"
     )
-    emulator = commands.add_parser(
-        "emulator", help="run the local CBR + IAM emulator", add_help=False
+    # The emulator parses its own options (``cbr-replicator emulator --help`` shows them):
+    # main() passes it every argument after the command.
+    commands.add_parser(
+        "emulator",
+        help="run the local CBR + IAM emulator: --scenario F [--listen HOST:PORT] ...",
+        add_help=False,
     )
-    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -98,7 +121,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=_duration,
         default=timedelta(hours=1),
         metavar="DURATION",
-        help="give up waiting after this long: 90s, 30m, 2h (default 1h)",
+        help="stop waiting after this long: 90s, 30m, 2h (default 1h); exit 4 if work is "
+        "unfinished",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="decide and print; change nothing, send nothing"
@@ -113,13 +137,19 @@ def _add_destination(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-region")
     parser.add_argument("--wait", action="store_true")
     parser.add_argument(
-        "--wait-timeout", type=_duration, default=timedelta(hours=1), metavar="DURATION"
+        "--wait-timeout",
+        type=_duration,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="stop waiting after this long (default 1h); exit 4 if a replication is unfinished",
     )
     parser.add_argument("--json", action="store_true")
 
 
 def _duration(text: str) -> timedelta:
     """A duration as in the config (``90s``, ``30m``, ``2h``) or a number of seconds."""
+    from daemon.policy import parse_duration  # pydantic: kept out of the start (signals)
+
     value = parse_duration(text)
     if not isinstance(value, timedelta) or value.total_seconds() <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m or 2h")
@@ -174,13 +204,37 @@ def _add_replicate_vault(commands: Any) -> None:
 # -- entry ---------------------------------------------------------------------------------
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The entry point. Stop signals are handled from here on, before the heavy imports
+    (each command imports what it needs): INT, TERM and HUP unwind the command like Ctrl-C,
+    it prints what it knows and exits 128 + the signal (130, 143, 129). A closed stdout
+    (``status | head -1``) ends the command quietly with 141, as SIGPIPE would."""
+    previous = _stop_on_signals()
+    try:
+        return _main(argv, previous)
+    except KeyboardInterrupt as stop:
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        _err_quietly(f"cbr-replicator: stopped by {signal.Signals(signum).name}")
+        return exitcodes.signalled(signum)
+    except BrokenPipeError:
+        _discard_closed_output()
+        return exitcodes.STDOUT_CLOSED
+    finally:
+        _restore_signals(previous)
+
+
+def _main(argv: Sequence[str] | None, previous_signals: dict[int, Any]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command == "emulator":
         from daemon.emulator import main as emulator_main
 
-        return emulator_main(list(args.emulator_args))
+        return emulator_main(extra, prog="cbr-replicator emulator")
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "schema":
         return command_schema(args)
     config_path = Path(args.config)
@@ -207,15 +261,74 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return exitcodes.USAGE
-            from daemon.service import run_daemon
-
-            with _errors_as_exit_codes() as result:
-                result.code = run_daemon(config_path, log_format=args.log_format)
-            return result.code
+            return _daemon(config_path, args.log_format, previous_signals)
         handler = command_run_once
     with _errors_as_exit_codes() as result:
         result.code = handler(args, config_path)
     return result.code
+
+
+def _daemon(config_path: Path, log_format: str | None, previous_signals: dict[int, Any]) -> int:
+    """The daemon handles its own signals once it serves (TERM and INT stop it, exit 0; HUP
+    reloads). A stop during its imports is the same clean stop; a HUP then is moot (the
+    config is read after them)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        from daemon.service import run_daemon
+    except Interrupted as stop:
+        _err_quietly(f"cbr-replicator: stopped by {signal.Signals(stop.signum).name} at start")
+        return exitcodes.OK
+    _restore_signals(previous_signals)
+    with _errors_as_exit_codes() as result:
+        result.code = run_daemon(config_path, log_format=log_format)
+    return result.code
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """Install the stop handlers; return the handlers they replace (none off the main
+    thread, where Python allows no handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.signal(number, _raise_interrupted) for number in STOP_SIGNALS}
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    # A second signal of the same kind ends the process at once, as it would have.
+    signal.signal(signum, signal.SIG_DFL)
+    raise Interrupted(signum)
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for number, handler in previous.items():
+        signal.signal(number, handler)
+
+
+def _discard_closed_output() -> None:
+    """Point stdout (and stderr, when it is the closed pipe too) at /dev/null, so the
+    interpreter's last flush at exit finds nowhere to fail (the Python docs' recipe for
+    SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+        if stream is sys.stdout or _reader_gone(fd):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _reader_gone(fd: int) -> bool:
+    """Is ``fd`` a pipe whose reading end is closed? (poll reports POLLERR on Linux)"""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _err_quietly(message: str) -> None:
+    """One line on stderr, unless stderr itself is gone."""
+    with suppress(OSError):
+        print(message, file=sys.stderr, flush=True)
 
 
 class _Result:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -14,13 +15,28 @@ from typing import Any
 from daemon import exitcodes, manual, replicate, watch
 from daemon.app import App
 from daemon.config import format_duration
-from daemon.errors import CloudError, PermissionDeniedError, RefusedError
-from daemon.model import Backup, Decision, Job, JobState, SweepReport, Vault
+from daemon.errors import (
+    CloudError,
+    Interrupted,
+    LedgerError,
+    PermissionDeniedError,
+    RefusedError,
+)
+from daemon.model import (
+    TERMINAL_STATES,
+    Backup,
+    Decision,
+    Job,
+    JobState,
+    Reason,
+    SweepReport,
+    Vault,
+)
 from daemon.notify import WebhookClient
 from daemon.policy import Policy
 from daemon.ports import Notification
 from daemon.progress import Progress
-from daemon.run import RunReport, run_policies, wait_for_run
+from daemon.run import RunReport, count_outcomes, run_policies, wait_for_run
 from daemon.sweep import resolve_policy
 from daemon.traffic import GroupBy, group_traffic
 
@@ -65,6 +81,9 @@ def check_cloud(app: App) -> int:
 # -- --run-once ----------------------------------------------------------------------------
 
 
+REASON_WIDTH = max(len(reason) for reason in Reason)  # the dry-run table's column fits any
+
+
 class _DecisionPrinter:
     """``--dry-run`` output: one row per backup (a table, or JSON lines collected)."""
 
@@ -86,11 +105,14 @@ class _DecisionPrinter:
             self.rows.append(row)
             return
         if not self.header_printed:
-            _out(f"{'POLICY':<20} {'VAULT':<16} {'BACKUP':<38} {'ACTION':<8} REASON  NAME")
+            _out(
+                f"{'POLICY':<20} {'VAULT':<16} {'BACKUP':<38} {'ACTION':<8} "
+                f"{'REASON':<{REASON_WIDTH}} NAME"
+            )
             self.header_printed = True
         _out(
             f"{policy.name:<20} {vault.name:<16} {backup.id:<38} {row['action']:<8} "
-            f"{row['reason']}  {backup.name}"
+            f"{row['reason']:<{REASON_WIDTH}} {backup.name}"
         )
 
 
@@ -109,38 +131,85 @@ def run_once(
     progress.enabled = progress.enabled and not dry_run  # a dry run prints its own table
     # The progress only counts: a decision sink would build every backup a sweep lists.
     on_scanned = progress.scanned_some if progress.enabled else None
+    swept: list[SweepReport] = []
+
+    def on_swept(report: SweepReport) -> None:
+        swept.append(report)
+        progress.swept_one(report)
+
     started_cpu, started = time.process_time(), time.monotonic()
     started_thread_cpu = time.thread_time()
+    run: RunReport | None = None
+    stopped: int | None = None  # the signal that stopped the run
     try:
-        run = run_policies(
-            app.engine,
-            chosen,
-            dry_run=dry_run,
-            sink=printer,
-            on_swept=progress.swept_one,
-            on_scanned=on_scanned,
-        )
-        if wait and not dry_run:
-            finished = _finished_counter(app, [policy.name for policy in chosen])
-            wait_for_run(
+        try:
+            run = run_policies(
                 app.engine,
-                run,
-                timeout=wait_timeout,
-                on_round=lambda pending: progress.waiting(pending, finished()),
+                chosen,
+                dry_run=dry_run,
+                sink=printer,
+                on_swept=on_swept,
+                on_scanned=on_scanned,
             )
-    finally:
-        progress.close()
+            if wait and not dry_run:
+                finished = _finished_counter(app, [policy.name for policy in chosen])
+                wait_for_run(
+                    app.engine,
+                    run,
+                    timeout=wait_timeout,
+                    on_round=lambda pending: progress.waiting(pending, finished()),
+                )
+        finally:
+            progress.close()
+    except KeyboardInterrupt as stop:
+        # Every job is in the ledger (an intent before each POST): stopping loses nothing,
+        # the next run or the daemon goes on. Say what is known, and exit 128 + signal.
+        stopped = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        run = _run_so_far(app, run, swept, waiting=wait and not dry_run)
     run.cpu_s, run.wall_s = time.process_time() - started_cpu, time.monotonic() - started
     run.sweeping_thread_cpu_s = time.thread_time() - started_thread_cpu
-    if not dry_run:
-        _send_notifications(app, run)
-    _print_run(app, run, printer, as_json=as_json, dry_run=dry_run)
-    if wait and not dry_run and not as_json:
+    if not dry_run and stopped is None:
+        _send_notifications(app, run)  # when stopped, the outbox keeps them for the next run
+    _print_run(app, run, printer, as_json=as_json, dry_run=dry_run, stopped=stopped)
+    # A run stopped while sweeping has no wait to report (nor resolved policies to count).
+    if wait and not dry_run and not as_json and (stopped is None or run.resolved):
+        when = "after waiting" if stopped is None else "when stopped"
         _out(
-            f"after waiting: {run.failed_jobs} failed, {run.given_up_jobs} given up, "
+            f"{when}: {run.failed_jobs} failed, {run.given_up_jobs} given up, "
             f"{run.unfinished_jobs} unfinished (see status and history)"
         )
-    return _run_exit_code(run)
+    if stopped is not None:
+        _report_stop(stopped, chosen, run)
+        return exitcodes.signalled(stopped)
+    return _run_exit_code(run, waited=wait and not dry_run)
+
+
+def _run_so_far(
+    app: App, run: RunReport | None, swept: list[SweepReport], *, waiting: bool
+) -> RunReport:
+    """The report of a run a signal stopped: the policies swept so far and, when it was
+    waiting, the jobs' states as the ledger has them."""
+    if run is None:
+        return RunReport(sweeps=list(swept))
+    if waiting:
+        try:
+            count_outcomes(app.engine, run)
+        except LedgerError as error:
+            print(f"cannot count the jobs: {error}", file=sys.stderr)
+    return run
+
+
+def _report_stop(signum: int, chosen: list[Policy], run: RunReport) -> None:
+    name = signal.Signals(signum).name
+    done = {report.policy for report in run.sweeps}
+    not_swept = [policy.name for policy in chosen if policy.name not in done]
+    where = f"before sweeping {', '.join(not_swept)}" if not_swept else "while waiting"
+    print(
+        f"cbr-replicator: stopped by {name} {where}; nothing is lost: every job is in the "
+        "ledger, and the next run (or the daemon) goes on from there",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _finished_counter(app: App, names: list[str]) -> Callable[[], int]:
@@ -165,13 +234,21 @@ def _send_notifications(app: App, run: RunReport) -> None:
 
 
 def _print_run(
-    app: App, run: RunReport, printer: _DecisionPrinter | None, *, as_json: bool, dry_run: bool
+    app: App,
+    run: RunReport,
+    printer: _DecisionPrinter | None,
+    *,
+    as_json: bool,
+    dry_run: bool,
+    stopped: int | None = None,
 ) -> None:
     if as_json:
         document: dict[str, Any] = {
             "dry_run": dry_run,
             "policies": [_sweep_dict(r) for r in run.sweeps],
         }
+        if stopped is not None:
+            document["stopped_by"] = signal.Signals(stopped).name
         if printer is not None:
             document["decisions"] = printer.rows
         document["jobs"] = {
@@ -209,11 +286,13 @@ def _sweep_dict(report: Any) -> dict[str, Any]:
     }
 
 
-def _run_exit_code(run: RunReport) -> int:
+def _run_exit_code(run: RunReport, *, waited: bool = False) -> int:
     if run.cloud_unreachable:
         return exitcodes.UNAVAILABLE
     if run.policy_errors or run.given_up_jobs or run.failed_jobs:
         return exitcodes.REPLICATION_FAILED
+    if waited and run.unfinished_jobs:
+        return exitcodes.WAIT_TIMED_OUT
     return exitcodes.OK
 
 
@@ -487,8 +566,13 @@ def replicate_vault(app: App, args: argparse.Namespace) -> int:
 
 def _finish_manual(app: App, result: manual.ManualResult, args: argparse.Namespace) -> int:
     jobs = list(result.jobs)
+    stopped: int | None = None  # the signal that stopped the wait
     if args.wait:
-        jobs = _wait_jobs(app, jobs, args.wait_timeout)
+        try:
+            jobs = _wait_jobs(app, jobs, args.wait_timeout)
+        except KeyboardInterrupt as stop:
+            stopped = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+            jobs = _jobs_now(app, jobs)
     if args.json:
         _json({"message": result.message, "jobs": [_job_dict(job) for job in jobs]})
     else:
@@ -498,9 +582,28 @@ def _finish_manual(app: App, result: manual.ManualResult, args: argparse.Namespa
                 f"  {job.source_backup_id} -> {job.destination_region}: {job.state}"
                 f"{' (' + str(job.last_error_code) + ')' if job.last_error_code else ''}"
             )
+    if stopped is not None:
+        print(
+            f"cbr-replicator: stopped waiting ({signal.Signals(stopped).name}); the "
+            "replications go on in the cloud, and status or the next run follows them",
+            file=sys.stderr,
+            flush=True,
+        )
+        return exitcodes.signalled(stopped)
     if any(job.state in (JobState.FAILED, JobState.GIVEN_UP) for job in jobs):
         return exitcodes.REPLICATION_FAILED
+    if args.wait and any(job.state not in TERMINAL_STATES for job in jobs):
+        return exitcodes.WAIT_TIMED_OUT
     return exitcodes.OK
+
+
+def _jobs_now(app: App, jobs: Iterable[Job]) -> list[Job]:
+    """The jobs as the ledger has them (the last known state where it cannot be read)."""
+    try:
+        current = [(job, app.ledger.get_job(*job.key)) for job in jobs]
+    except LedgerError:
+        return list(jobs)
+    return [now or before for before, now in current]
 
 
 def _job_dict(job: Job) -> dict[str, Any]:

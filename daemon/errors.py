@@ -106,3 +106,12 @@ class PermissionDeniedError(CloudError):
 
 class LedgerError(ReplicatorError):
     """The ledger is unusable (corrupt, locked by another daemon, wrong schema)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (INT, TERM, HUP) reached a command: it unwinds like Ctrl-C, so every
+    ``finally`` runs, and the command says what it knows before it exits 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signum)

@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -28,6 +28,7 @@ SDK_LOGGERS = ("HuaweiCloud-SDK-CbrClient", "HuaweiCloud-SDK-IamClient", "urllib
 # ``log.level: debug`` (SDK and urllib3 debug lines carry request headers).
 ROUTED_LOGGERS = (*SDK_LOGGERS, "HuaweiCloud-SDK", "apscheduler")
 FORMATS = ("auto", "json", "console")
+CLEAR_LINE = "\r\x1b[K"  # carriage return, erase to the end of the line
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -79,6 +80,73 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+# -- the status line -----------------------------------------------------------------------
+# A command on a terminal may keep one line at its bottom, redrawn in place (the progress of
+# --run-once). Log lines to that terminal go above it: each erases it, is written, and draws
+# it again, so that no log line is glued onto it. One lock orders the two writers.
+
+
+class _StatusLine:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.stream: TextIO | None = None  # where it is drawn; None: not drawn
+        self.text = ""
+
+
+_status = _StatusLine()
+
+
+def draw_status(stream: TextIO, text: str) -> None:
+    """Draw (or redraw) the status line at the bottom of ``stream``."""
+    with _status.lock:
+        stream.write(CLEAR_LINE + text)
+        stream.flush()
+        _status.stream, _status.text = stream, text
+
+
+def clear_status(stream: TextIO) -> None:
+    """Erase the status line; what follows starts on a clean line."""
+    with _status.lock:
+        stream.write(CLEAR_LINE)
+        stream.flush()
+        _status.stream = None
+
+
+class _LogStream:
+    """Where log lines are written: whole lines only, above the status line if one is
+    drawn on the same stream. ``sys.stdout`` and ``sys.stderr`` are looked up at each write,
+    as structlog does for stdout (a test's capture replaces them)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._target: Callable[[], TextIO] = (
+            (lambda: sys.stdout)
+            if out is sys.stdout
+            else (lambda: sys.stderr)
+            if out is sys.stderr
+            else (lambda: out)
+        )
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        with _status.lock:
+            self._pending += text
+            if "\n" not in self._pending:
+                return len(text)
+            lines, _, self._pending = self._pending.rpartition("\n")
+            out = self._target()
+            if _status.stream is out:
+                out.write(f"{CLEAR_LINE}{lines}\n{_status.text}")
+            else:
+                out.write(f"{lines}\n")
+            return len(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+
 # -- configuration -------------------------------------------------------------------------
 
 
@@ -93,6 +161,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     """``fmt`` is auto|json|console; auto picks console on a terminal, JSON otherwise.
     ``stream`` defaults to stderr (commands); the daemon passes stdout."""
     out = stream or sys.stderr
+    log_stream = _LogStream(out)
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if wants_console(fmt, out)
@@ -110,17 +179,17 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(log_stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    _route_library_loggers(out, renderer)
+    _route_library_loggers(log_stream, renderer)
 
 
 class _RoutedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler this module installed, so a second configuration replaces it."""
 
 
-def _route_library_loggers(out: TextIO, renderer: Any) -> None:
+def _route_library_loggers(out: _LogStream, renderer: Any) -> None:
     """Standard-library records (the SDK, urllib3, APScheduler) go through the same
     processors and renderer as structlog's, at WARNING and above."""
     handler = _RoutedHandler(out)

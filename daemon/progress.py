@@ -1,6 +1,7 @@
 """The live progress line of an interactive ``--run-once`` (policies, backups scanned,
 submitted, finished), redrawn in place on a terminal; on anything else it writes nothing, so
-pipes, files and journald never see control characters.
+pipes, files and journald never see control characters. Log lines to the same terminal
+are written above it (``observe.draw_status``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from collections.abc import Callable
 from typing import TextIO
 
 from daemon.model import SweepReport
+from daemon.observe import CLEAR_LINE, clear_status, draw_status
 from daemon.policy import Policy
 
-CLEAR_LINE = "\r\x1b[K"
+__all__ = ["CLEAR_LINE", "Progress"]
 REDRAW_EVERY = 0.1  # seconds: at most ten redraws a second, however fast backups come
 
 
@@ -57,8 +59,7 @@ class Progress:
     def close(self) -> None:
         """Erase the line, so the report that follows starts on a clean one."""
         if self.enabled:
-            self._stream.write(CLEAR_LINE)
-            self._stream.flush()
+            clear_status(self._stream)
 
     # -- drawing ---------------------------------------------------------------------------
     def line(self) -> str:
@@ -78,8 +79,7 @@ class Progress:
         if not force and now - self._last_drawn < REDRAW_EVERY:
             return
         self._last_drawn = now
-        self._stream.write(CLEAR_LINE + self.line())
-        self._stream.flush()
+        draw_status(self._stream, self.line())  # log lines are written above it
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -115,7 +115,7 @@ def wait_for_run(
         if pending == 0 or monotonic() >= deadline:
             break
         sleep(poll_interval)
-    _count_outcomes(engine, run)
+    count_outcomes(engine, run)
     for resolved in run.resolved.values():
         evaluate_alerts(engine, resolved.policy)
 
@@ -152,7 +152,8 @@ def _failed_due_before(engine: Engine, policy: str, moment: datetime) -> int:
     return engine.ledger.count_jobs({JobState.FAILED}, policy=policy, retry_due_by=moment)
 
 
-def _count_outcomes(engine: Engine, run: RunReport) -> None:
+def count_outcomes(engine: Engine, run: RunReport) -> None:
+    """The run's policies' failed, given-up and unfinished jobs, as the ledger has them."""
     for name in run.resolved:
         run.failed_jobs += engine.ledger.count_jobs({JobState.FAILED}, policy=name)
         run.given_up_jobs += engine.ledger.count_jobs({JobState.GIVEN_UP}, policy=name)

@@ -18,10 +18,18 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+import yaml
+
 from daemon.emulator.auth import Credentials
 from daemon.emulator.faults import FaultInjector, base_faults
 from daemon.emulator.gateway import Gateway
-from daemon.emulator.scenario import State, build_state, generate_scenario, load_scenario
+from daemon.emulator.scenario import (
+    ScenarioError,
+    State,
+    build_state,
+    generate_scenario,
+    load_scenario,
+)
 from daemon.emulator.server import EmulatorHTTPServer
 from daemon.emulator.world import EDITION_STATUS, Clock, World
 
@@ -232,18 +240,48 @@ class Emulator:
 # ----- CLI ---------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cbr-emulator", description=__doc__)
-    parser.add_argument("--scenario", required=True, help="scenario YAML file")
+def parse_args(argv: list[str] | None, prog: str = "cbr-emulator") -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)
+
+
+def build_parser(prog: str = "cbr-emulator") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve a local Huawei Cloud CBR v3 + IAM v3 emulator until SIGTERM or "
+        "SIGINT; the first line on stdout is its base URL.",
+    )
+    parser.add_argument("--scenario", required=True, help="scenario YAML (or JSON) file")
     parser.add_argument("--state", type=Path, help="JSON state file, loaded and kept up to date")
-    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 = any)")
+    parser.add_argument(
+        "--listen",
+        type=_listen_address,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="address to serve on (port 0 = any free port; default 127.0.0.1:0)",
+    )
     parser.add_argument("--permissive", action="store_true", help="disable the 1009 guard")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--faults", choices=("none", "base"), default="none")
-    parser.add_argument("--fault-rate-scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clock", choices=("real", "manual"), default="real")
-    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="delay added to every API request"
+    )
+    parser.add_argument(
+        "--faults",
+        choices=("none", "base"),
+        default="none",
+        help="inject the base mix of API faults (default none)",
+    )
+    parser.add_argument(
+        "--fault-rate-scale", type=float, default=1.0, help="multiply the base fault rates"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    parser.add_argument(
+        "--clock",
+        choices=("real", "manual"),
+        default="real",
+        help="manual: time moves only through POST /__emulator__/clock/advance",
+    )
+    parser.add_argument(
+        "--time-scale", type=float, default=1.0, help="emulated seconds per real second"
+    )
     parser.add_argument(
         "--edition", choices=sorted(EDITION_STATUS), help="HTTP statuses of that edition"
     )
@@ -251,7 +289,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--throttle-window", type=float, default=1.0, help="window, seconds")
     parser.add_argument("--retry-after", action="store_true", help="send Retry-After on 429")
     parser.add_argument("--gateway-prefix", choices=("APIGW", "APIG"), default="APIGW")
-    return parser.parse_args(argv)
+    return parser
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port 0-65535")
+    return host or "127.0.0.1", int(port)
 
 
 def gateway_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -270,34 +315,53 @@ def fault_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; the first stdout line is the base URL."""
-    args = parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
-    emulator = Emulator(
-        Path(args.scenario),
-        state_file=args.state,
-        permissive=args.permissive,
-        faults=fault_config(args),
-        clock=args.clock,
-        time_scale=args.time_scale,
-        seed=args.seed,
-        host=host or "127.0.0.1",
-        port=int(port or 0),
-        edition=args.edition,
-        gateway=gateway_config(args),
-    )
+def main(argv: list[str] | None = None, prog: str = "cbr-emulator") -> int:
+    """Serve until SIGTERM/SIGINT; the first stdout line is the base URL. A scenario or an
+    address that cannot be used is one line on stderr and exit 2."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    # Before the scenario is read (large ones take seconds): a stop then is a clean exit too.
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    print(emulator.start(), flush=True)
+    args = parse_args(argv, prog)
+    try:
+        emulator = _emulator_from(args)
+        url = emulator.start()
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2
+    try:
+        print(url, flush=True)
+    except BrokenPipeError:  # nobody reads the URL: stop quietly, as SIGPIPE would
+        emulator.stop()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     try:
         stop.wait()
     finally:
         emulator.stop()
     sys.stdout.flush()
     return 0
+
+
+def _emulator_from(args: argparse.Namespace) -> Emulator:
+    scenario = Path(args.scenario)
+    if not scenario.is_file() and not (args.state and args.state.is_file()):
+        raise ScenarioError(f"{scenario}: no such scenario file")
+    host, port = args.listen
+    return Emulator(
+        scenario,
+        state_file=args.state,
+        permissive=args.permissive,
+        faults=fault_config(args),
+        clock=args.clock,
+        time_scale=args.time_scale,
+        seed=args.seed,
+        host=host,
+        port=port,
+        edition=args.edition,
+        gateway=gateway_config(args),
+    )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import time
+import json
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from daemon.emulator import Emulator, generate_scenario
 from daemon.emulator.scenario import ScenarioError, build_state, load_scenario
 from daemon.emulator.world import has_system_disk, is_eligible_source
+from tests.benchmarks import scenario as scenario_benchmark
 from tests.emulator.emulator_support import DEMO
 
 
@@ -73,8 +75,26 @@ def test_generator_counts() -> None:
     assert generate_scenario(4, 250, 0.6, 0.5, seed=7) == scenario
 
 
-def test_generator_is_fast_for_200000_backups() -> None:
-    started = time.monotonic()
-    state = build_state(generate_scenario(200, 1000, eligible_fraction=0.5))
-    assert len(state["backups"]) == 200_000
-    assert time.monotonic() - started < 15
+def test_a_large_generated_world_keeps_its_explicit_ids_and_its_counts() -> None:
+    # How fast this is for 200,000 backups: python -m tests.benchmarks.scenario.
+    scenario = generate_scenario(20, 1000, eligible_fraction=0.5)
+    given = [b["id"] for vault in _vaults(scenario, "cn-north-4") for b in vault["backups"]]
+    state = build_state(scenario)
+    assert len(state["backups"]) == 20_000
+    assert set(given) == set(state["backups"])  # the generator's ids, none derived or lost
+    assert sum(is_eligible_source(b) for b in state["backups"].values()) == 10_000
+    vaults = Counter(b["vault_id"] for b in state["backups"].values())
+    assert sorted(vaults.values()) == [1000] * 20
+
+
+def _vaults(scenario: dict[str, object], region: str) -> list[dict[str, Any]]:
+    regions: Any = scenario["regions"]
+    vaults: list[dict[str, Any]] = regions[region]["vaults"]
+    return vaults
+
+
+def test_the_scenario_benchmark_reports_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert scenario_benchmark.main(["--vaults", "2", "--backups-per-vault", "10"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["backups"] == 20
+    assert {"generate_s", "build_state_s", "wall_s", "cpu_s"} <= set(figures)

@@ -117,7 +117,7 @@ def test_schema_validates_the_shipped_configs_and_flags_a_misspelt_key() -> None
     schema = json.loads(result.stdout)
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
-    for name in ("cbr-replicator.yaml", "demo.yaml"):
+    for name in ("cbr-replicator.yaml", "demo.yaml", "standalone-emulator.yaml"):
         document = yaml.safe_load((ROOT / "config" / name).read_text())
         assert list(validator.iter_errors(document)) == [], name
     misspelt = {"cloud": {"provider": "emulator", "timout": "5s"}}
@@ -182,6 +182,13 @@ def test_progress_is_drawn_on_a_terminal_and_never_into_a_pipe(
     assert "3 submitted" in terminal
     assert "3 finished · 0 waiting" in terminal
     assert CLEAR_LINE not in stdout.decode()  # the report itself stays clean
+    # Each log line starts a line of its own: the progress line is erased before it and
+    # drawn again after it, never left in front of it.
+    lines = terminal.replace("\r\n", "\n").split("\n")  # the terminal sends CR LF
+    logged = [line for line in lines if '"event":' in line]
+    assert any('"replication_submitted"' in line for line in logged)
+    glued = [line for line in logged if not line.rpartition(CLEAR_LINE)[2].startswith("{")]
+    assert glued == []
 
     piped = deployment.cli("--run-once")
     assert piped.returncode == 0

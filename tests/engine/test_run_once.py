@@ -188,3 +188,18 @@ def test_wrong_secret_key_exits_77(deploy: Callable[..., Deployment]) -> None:
 
 def reasons_of(report: dict[str, Any], name: str) -> dict[str, int]:
     return next(row["reasons"] for row in report["policies"] if row["policy"] == name)
+
+
+def test_dry_run_table_columns_line_up_whatever_the_reason(
+    deploy: Callable[..., Deployment],
+) -> None:
+    deployment = deploy([WEB_SOUTH])
+    result = deployment.cli("--run-once", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()[: len(EXPECTED_WEB_REASONS) + 1]
+    reason_at, name_at = header.index("REASON"), header.index("NAME")
+    names = set(EXPECTED_WEB_REASONS)
+    for row in rows:
+        assert row[name_at - 1] == " ", row
+        assert row[name_at:] in names, row
+        assert row[reason_at:name_at].strip() == EXPECTED_WEB_REASONS[row[name_at:]], row

@@ -18,9 +18,9 @@ into. Then the faults are switched off and ``--run-once --wait`` runs until ever
 terminal, and the oracle checks: no duplicate replica in the emulator, a replica for every
 eligible (backup, region) pair, every ledger job terminal with the replica the cloud made,
 ``PRAGMA integrity_check`` ok (PostgreSQL: no doubled job key), no traceback, no run ended
-by an escaped error, no unexpected exit code (0, 1 and 75 are a run's own verdicts: a
-sweep an API fault stopped, a policy another process was sweeping, the cloud unreachable),
-no hung process.
+by an escaped error, no unexpected exit code (0, 1, 4 and 75 are a run's own verdicts: a
+sweep an API fault stopped, a policy another process was sweeping, a --wait that ran out,
+the cloud unreachable), no hung process.
 
 ``--blind-retry`` is the negative control: this script itself posts ``replicate`` through the
 SDK adapter and, after any failed POST, posts again without reading the backup first. It must
@@ -77,8 +77,9 @@ ABORTED = (
     "permission denied by the cloud:",
     "ledger:",
 )
-# Exit codes a run may end with under faults: ok, a policy/job failed, cloud unreachable.
-EXPECTED_EXITS = frozenset({0, 1, 75})
+# Exit codes a run may end with under faults: ok, a policy/job failed, its --wait ran out
+# with work unfinished, cloud unreachable.
+EXPECTED_EXITS = frozenset({0, 1, 4, 75})
 TERMINAL = ("succeeded", "given_up")
 
 
