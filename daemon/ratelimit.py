@@ -145,6 +145,7 @@ class ThrottleGate:
             if self._since is None:
                 self._since = now
             if sent_at <= self._paused_at:
+                self._end_probe()  # never leave the others waiting on a probe
                 return 0
             self._streak += 1
             delay = max(throttle_delay(self._streak, ceiling=self._ceiling), retry_after or 0.0)
