@@ -107,7 +107,7 @@ class ThrottleGate:
         self._ceiling = ceiling
         self._lock = threading.Lock()
         self._answered = threading.Condition(self._lock)
-        self._probing = False  # a probe after a pause is out: the others wait for its answer
+        self._probe: int | None = None  # the thread whose probe is out: the others wait
         self._resume_at = 0.0  # no request leaves before this moment
         self._streak = 0
         self._since: float | None = None  # first 429 since the last success
@@ -119,18 +119,18 @@ class ThrottleGate:
         the others wait for its answer (``succeeded`` or ``throttled``) before they go."""
         while True:
             with self._answered:
-                while self._probing:
+                while self._probe is not None:
                     self._answered.wait()
                 now = self._clock()
                 if self._exhausted(now):
                     if now < self._resume_at:
                         return False
                     self._resume_at = now + self._ceiling
-                    self._probing = True
+                    self._probe = threading.get_ident()
                     return True
                 wait = self._resume_at - now
                 if wait <= 0:
-                    self._probing = self._streak > 0
+                    self._probe = threading.get_ident() if self._streak > 0 else None
                     return True
             if deadline is not None and now + wait > deadline:
                 return False
@@ -145,6 +145,7 @@ class ThrottleGate:
             if self._since is None:
                 self._since = now
             if sent_at <= self._paused_at:
+                self._end_probe()
                 return 0
             self._streak += 1
             delay = max(throttle_delay(self._streak, ceiling=self._ceiling), retry_after or 0.0)
@@ -164,8 +165,9 @@ class ThrottleGate:
             self._end_probe()
 
     def _end_probe(self) -> None:
-        if self._probing:
-            self._probing = False
+        """The probe's answer (its own thread reports it) lets the others go."""
+        if self._probe == threading.get_ident():
+            self._probe = None
             self._answered.notify_all()
 
     def exhausted(self) -> bool:
