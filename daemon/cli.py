@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="submission attempts, newest first")
     history.add_argument("--backup")
     history.add_argument("--policy")
-    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--limit", type=_limit, default=50, help="at most this many (1-100000)")
     history.add_argument("--json", action="store_true")
     _add_replicate_backup(commands)
     _add_replicate_vault(commands)
@@ -117,11 +117,42 @@ def _add_destination(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
+# Longer spans than a century are typos; they would also overflow the date arithmetic.
+LONGEST_DURATION = timedelta(days=36500)
+MAX_HISTORY_LIMIT = 100_000
+
+
 def _duration(text: str) -> timedelta:
     """A duration as in the config (``90s``, ``30m``, ``2h``) or a number of seconds."""
-    value = parse_duration(text)
-    if not isinstance(value, timedelta) or value.total_seconds() <= 0:
+    value = _parsed_duration(text)
+    if value is None or not value:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m or 2h")
+    return _bounded(text, value)
+
+
+def _parsed_duration(text: str) -> timedelta | None:
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, timedelta) and value >= timedelta(0) else None
+
+
+def _bounded(text: str, value: timedelta) -> timedelta:
+    if value > LONGEST_DURATION:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 36500d; write a shorter one")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_HISTORY_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of entries from 1 to {MAX_HISTORY_LIMIT}"
+        )
     return value
 
 
@@ -141,17 +172,17 @@ def _add_report(commands: Any) -> None:
 
 
 def _since(text: str) -> date | timedelta:
-    """``--since``: a calendar date (UTC) or a duration counted back from now."""
+    """``--since``: a calendar date (UTC) or a duration counted back from now (``0d``: now)."""
     try:
         return date.fromisoformat(text)
     except ValueError:
         pass
-    try:
-        return _duration(text)
-    except argparse.ArgumentTypeError:
+    value = _parsed_duration(text)
+    if value is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a date (2026-11-01) nor a duration (7d, 12h)"
-        ) from None
+        )
+    return _bounded(text, value)
 
 
 def _add_replicate_backup(commands: Any) -> None:
@@ -212,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result.code = run_daemon(config_path, log_format=args.log_format)
             return result.code
         handler = command_run_once
-    with _errors_as_exit_codes() as result:
+    with _errors_as_exit_codes(as_json=bool(getattr(args, "json", False))) as result:
         result.code = handler(args, config_path)
     return result.code
 
@@ -222,36 +253,45 @@ class _Result:
 
 
 @contextmanager
-def _errors_as_exit_codes() -> Iterator[_Result]:
-    """Every anticipated failure becomes one stderr line and its exit code; no traceback."""
+def _errors_as_exit_codes(*, as_json: bool = False) -> Iterator[_Result]:
+    """Every anticipated failure becomes one stderr line and its exit code; no traceback.
+    With ``as_json`` the failure is also a JSON object on stdout: ``{"error": {"reason",
+    "message", "exit_code"}}`` (``reason``: a refusal's reason code, or the kind of error)."""
     result = _Result()
+    failure: tuple[str, list[str]] | None = None
     try:
         yield result
     except ConfigError as error:
-        for problem in error.problems:
-            _err(problem)
-        result.code = exitcodes.CONFIG
+        failure, result.code = ("config", list(error.problems)), exitcodes.CONFIG
     except LedgerError as error:
-        _err(f"ledger: {error}")
-        result.code = exitcodes.CONFIG
+        failure, result.code = ("ledger", [f"ledger: {error}"]), exitcodes.CONFIG
     except RefusedError as error:
-        _err(f"refused: {error}")
-        result.code = exitcodes.REFUSED
+        failure, result.code = (error.reason, [f"refused: {error}"]), exitcodes.REFUSED
     except PermissionDeniedError as error:
-        _err(
+        message = (
             f"permission denied by the cloud: {error}; check the access key, secret key "
             "and the IAM permissions listed in the README"
         )
-        result.code = exitcodes.NO_PERMISSION
+        failure, result.code = ("permission_denied", [message]), exitcodes.NO_PERMISSION
     except (TransientError, AmbiguousError) as error:
-        _err(f"cloud unreachable or throttled after retries: {error}")
-        result.code = exitcodes.UNAVAILABLE
+        message = f"cloud unreachable or throttled after retries: {error}"
+        failure, result.code = ("cloud_unavailable", [message]), exitcodes.UNAVAILABLE
     except CloudError as error:
-        _err(f"cloud error: {error}")
+        failure = ("cloud_error", [f"cloud error: {error}"])
         result.code = exitcodes.REPLICATION_FAILED
     except (ValueError, LookupError) as error:
-        _err(f"cbr-replicator: {error}")
-        result.code = exitcodes.USAGE
+        failure, result.code = ("usage", [f"cbr-replicator: {error}"]), exitcodes.USAGE
+    if failure is None:
+        return
+    reason, lines = failure
+    for line in lines:
+        _err(line)
+    if as_json:
+        from daemon.observe import redact_text
+
+        message = redact_text("\n".join(lines))
+        error_document = {"reason": reason, "message": message, "exit_code": result.code}
+        print(json.dumps({"error": error_document}, indent=2, sort_keys=True), flush=True)
 
 
 def _err(message: str) -> None:

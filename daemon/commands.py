@@ -17,6 +17,7 @@ from daemon.config import format_duration
 from daemon.errors import CloudError, PermissionDeniedError, RefusedError
 from daemon.model import Backup, Decision, Job, JobState, SweepReport, Vault
 from daemon.notify import WebhookClient
+from daemon.observe import redact_text
 from daemon.policy import Policy
 from daemon.ports import Notification
 from daemon.progress import Progress
@@ -30,7 +31,16 @@ def _out(line: str = "") -> None:
 
 
 def _json(value: object) -> None:
-    print(json.dumps(value, indent=2, default=str, sort_keys=True), flush=True)
+    print(json.dumps(value, indent=2, default=json_value, sort_keys=True), flush=True)
+
+
+def json_value(value: object) -> object:
+    """What JSON cannot hold as is: times in RFC 3339 (UTC, ``T`` and ``Z``, as the logs and
+    webhooks write them), anything else as text."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
 
 
 # -- check-config --cloud ------------------------------------------------------------------
@@ -114,8 +124,9 @@ def run_once(
             sink=printer,
             on_swept=progress.swept_one,
             on_scanned=on_scanned,
+            keep_denied=True,
         )
-        if wait and not dry_run:
+        if wait and not dry_run and run.permission_denied is None:
             finished = _finished_counter(app, [policy.name for policy in chosen])
             wait_for_run(
                 app.engine,
@@ -130,12 +141,22 @@ def run_once(
     if not dry_run:
         _send_notifications(app, run)
     _print_run(app, run, printer, as_json=as_json, dry_run=dry_run)
+    if run.permission_denied is not None:
+        print(redact_text(denied_message(run.permission_denied)), file=sys.stderr)
+        return exitcodes.NO_PERMISSION
     if wait and not dry_run and not as_json:
         _out(
             f"after waiting: {run.failed_jobs} failed, {run.given_up_jobs} given up, "
             f"{run.unfinished_jobs} unfinished (see status and history)"
         )
     return _run_exit_code(run)
+
+
+def denied_message(error: PermissionDeniedError) -> str:
+    return (
+        f"permission denied by the cloud: {error}; check the access key, secret key "
+        "and the IAM permissions listed in the README"
+    )
 
 
 def _finished_counter(app: App, names: list[str]) -> Callable[[], int]:
@@ -393,7 +414,14 @@ def _size(count: int) -> str:
 
 
 def history(app: App, *, backup: str | None, policy: str | None, limit: int, as_json: bool) -> int:
-    entries = app.ledger.history(source_backup_id=backup, policy=policy, limit=limit)
+    configured = {known.name for known in app.settings.policies}
+    # The text output labels the jobs of no policy [manual]: the same name selects them.
+    manual_jobs = policy == manual.MANUAL and policy not in configured
+    entries = app.ledger.history(
+        source_backup_id=backup, policy=policy, limit=limit, manual=manual_jobs
+    )
+    if not entries:
+        _refuse_empty_history(app, backup, policy, configured)
     if as_json:
         _json([_entry_dict(entry) for entry in entries])
         return exitcodes.OK
@@ -403,8 +431,25 @@ def history(app: App, *, backup: str | None, policy: str | None, limit: int, as_
             f"[{entry.policy or 'manual'}] {entry.outcome}"
             f"{' ' + entry.error_code if entry.error_code else ''}"
             f"{' request ' + entry.request_id if entry.request_id else ''}"
+            f"{': ' + entry.error_message if entry.error_message else ''}"
         )
     return exitcodes.OK
+
+
+def _refuse_empty_history(
+    app: App, backup: str | None, policy: str | None, configured: set[str]
+) -> None:
+    """Nothing found: a name that the ledger and the config do not know is a typo, said so
+    (an empty answer would read as "never replicated, all is well")."""
+    if backup is not None and app.ledger.history(source_backup_id=backup, limit=1) == []:
+        raise LookupError(f"no replication of backup {backup} in the ledger; check the id")
+    unknown = policy is not None and policy not in configured and policy != manual.MANUAL
+    if unknown and app.ledger.history(policy=policy, limit=1) == []:
+        known = ", ".join(sorted(configured)) or "none"
+        raise LookupError(
+            f"no policy named {policy} in the config or the ledger; known: {known}, "
+            f"or {manual.MANUAL}"
+        )
 
 
 def report_traffic(app: App, *, since: datetime, by: GroupBy, as_json: bool) -> int:

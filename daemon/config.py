@@ -104,9 +104,12 @@ class _Problems:
     locator: _Locator | None = None
     lines: list[str] = field(default_factory=list)
     tainted: set[Loc] = field(default_factory=set)  # already reported: skip follow-up errors
+    places: list[tuple[int, int]] = field(default_factory=list)  # (file's rank, line) per line
+    files: dict[Path, int] = field(default_factory=dict)
 
     def file(self, path: Path, message: str, line: int | None = None) -> None:
         self.lines.append(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+        self.places.append((self.files.setdefault(path, len(self.files)), line or 0))
 
     def at(self, loc: Loc, message: str) -> None:
         assert self.locator is not None
@@ -114,7 +117,10 @@ class _Problems:
         self.file(path, f"{_dotted(shown)}: {message}", line)
 
     def unique(self) -> list[str]:
-        return list(dict.fromkeys(self.lines))
+        """Each problem once, file by file in line order (as an editor shows the file),
+        whichever check found it first."""
+        order = sorted(range(len(self.lines)), key=self.places.__getitem__)
+        return list(dict.fromkeys(self.lines[index] for index in order))
 
 
 def _dotted(loc: Loc) -> str:
@@ -604,6 +610,8 @@ def _error_message(error: Mapping[str, Any]) -> str:
         return _unknown_key_message(loc)
     if kind == "missing":
         return "required field is missing; add it"
+    if kind == "too_short":
+        return "must not be empty; list at least one"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
         hint = _PATTERN_HINTS.get(str(loc[-1]), _HINTS[kind])

@@ -295,9 +295,15 @@ class Ledger(Protocol):
         ...
 
     def history(
-        self, *, source_backup_id: str | None = None, policy: str | None = None, limit: int = 50
+        self,
+        *,
+        source_backup_id: str | None = None,
+        policy: str | None = None,
+        limit: int = 50,
+        manual: bool = False,
     ) -> list[HistoryEntry]:
-        """Attempts, newest first."""
+        """Attempts, newest first; ``manual``: of the jobs of no policy (``policy`` is
+        then ignored)."""
         ...
 
     def traffic_entries(self, *, since: datetime) -> list[TrafficEntry]:

@@ -40,6 +40,8 @@ class RunReport:
     # jobs): reading the ledger, deciding, writing the ledger; the listing calls and the
     # POSTs run on other threads.
     sweeping_thread_cpu_s: float = 0.0
+    # Set when the cloud denied a call (``keep_denied``): the run stopped at that policy.
+    permission_denied: PermissionDeniedError | None = None
 
     @property
     def policy_errors(self) -> list[SweepReport]:
@@ -55,17 +57,27 @@ def run_policies(
     role: str = "run-once",
     on_swept: Callable[[SweepReport], None] | None = None,
     on_scanned: ScanHook | None = None,
+    keep_denied: bool = False,
 ) -> RunReport:
     """Sweep every given policy once (one after the other); a failing policy never stops
     the others. ``role`` is what ``status`` shows for this process among the instances.
-    After each sweep its alert states are evaluated (``watch``), then ``on_swept`` is called."""
+    After each sweep its alert states are evaluated (``watch``), then ``on_swept`` is called.
+    A permission denied stops the run: raised, or with ``keep_denied`` reported as that
+    policy's error and kept in ``permission_denied`` (so the caller can show what was done)."""
     run = RunReport()
     if not dry_run:
         engine.ledger.heartbeat(engine.owner, role=role, now=engine.now())
     for policy in policies:
-        report, resolved = sweep_policy(
-            engine, policy, dry_run=dry_run, sink=sink, on_scanned=on_scanned
-        )
+        try:
+            report, resolved = sweep_policy(
+                engine, policy, dry_run=dry_run, sink=sink, on_scanned=on_scanned
+            )
+        except PermissionDeniedError as denied:
+            if not keep_denied:
+                raise
+            run.permission_denied = denied
+            run.sweeps.append(_denied_report(engine, policy, denied))
+            break
         if not dry_run:
             evaluate_alerts(engine, policy, report)
         if on_swept is not None:
@@ -76,6 +88,17 @@ def run_policies(
         if report.error and report.error_reason in _UNREACHABLE_CODES:
             run.cloud_unreachable = True
     return run
+
+
+def _denied_report(engine: Engine, policy: Policy, denied: PermissionDeniedError) -> SweepReport:
+    now = engine.now()
+    return SweepReport(
+        policy=policy.name,
+        started_at=now,
+        finished_at=now,
+        error=str(denied),
+        error_reason="permission_denied",
+    )
 
 
 def evaluate_alerts(engine: Engine, policy: Policy, report: SweepReport | None = None) -> None:

@@ -657,12 +657,19 @@ class SqlLedger:
         return UtcDateTime().process_result_value(_parse_if_text(value), self.engine.dialect)
 
     def history(
-        self, *, source_backup_id: str | None = None, policy: str | None = None, limit: int = 50
+        self,
+        *,
+        source_backup_id: str | None = None,
+        policy: str | None = None,
+        limit: int = 50,
+        manual: bool = False,
     ) -> list[HistoryEntry]:
         query = select(AttemptRow, JobRow).join(JobRow, col(AttemptRow.job_id) == col(JobRow.id))
         if source_backup_id is not None:
             query = query.where(JobRow.source_backup_id == source_backup_id)
-        if policy is not None:
+        if manual:
+            query = query.where(col(JobRow.policy).is_(None))
+        elif policy is not None:
             query = query.where(JobRow.policy == policy)
         query = query.order_by(col(AttemptRow.at).desc(), col(AttemptRow.id).desc()).limit(limit)
         with self._session() as session:
