@@ -300,21 +300,31 @@ def _err(message: str) -> None:
     print(redact_text(message), file=sys.stderr)
 
 
-def _load(config_path: Path) -> Any:
+def _load(config_path: Path, *, cloud: bool = True) -> Any:
+    """The config; the credentials are read only for a command that calls the ``cloud``."""
     from daemon.config import load_settings
 
-    return load_settings(config_path)
+    return load_settings(config_path, need_credentials=cloud)
 
 
 @contextmanager
-def _app(config_path: Path, log_format: str | None = None) -> Iterator[Any]:
+def _app(
+    config_path: Path,
+    log_format: str | None = None,
+    *,
+    cloud: bool = True,
+    create_ledger: bool = True,
+) -> Iterator[Any]:
+    """The app of one command: ``cloud`` for the commands that call it (credentials read,
+    embedded emulator started); ``create_ledger`` for those that write the ledger (the
+    readers report a missing one instead of making an empty one)."""
     from daemon.app import build_app
     from daemon.observe import configure_logging
 
-    loaded = _load(config_path)
+    loaded = _load(config_path, cloud=cloud)
     settings = loaded.settings
     configure_logging(log_format or settings.log.format, settings.log.level)
-    app = build_app(loaded)
+    app = build_app(loaded, open_cloud=cloud, create_ledger=create_ledger)
     try:
         yield app
     finally:
@@ -331,8 +341,10 @@ def _print_json(value: object) -> None:
 def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.config import describe_settings
 
-    loaded = _load(config_path)
+    loaded = _load(config_path, cloud=args.cloud)
     print(describe_settings(loaded))
+    for problem in loaded.credential_problems:
+        _err(f"warning: {problem} (only the commands that call the cloud read the credentials)")
     if not args.cloud:
         return exitcodes.OK
     from daemon.commands import check_cloud
@@ -344,7 +356,7 @@ def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
 def command_run_once(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import run_once
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, create_ledger=not args.dry_run) as app:
         return run_once(
             app,
             policies=args.policy,
@@ -358,14 +370,14 @@ def command_run_once(args: argparse.Namespace, config_path: Path) -> int:
 def command_status(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import status
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, cloud=False, create_ledger=False) as app:
         return status(app, as_json=args.json)
 
 
 def command_history(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import history
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, cloud=False, create_ledger=False) as app:
         return history(
             app, backup=args.backup, policy=args.policy, limit=args.limit, as_json=args.json
         )
@@ -388,14 +400,14 @@ def command_replicate_vault(args: argparse.Namespace, config_path: Path) -> int:
 def command_retry(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import retry
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, cloud=False, create_ledger=False) as app:
         return retry(app, args.backup_id, args.to_region)
 
 
 def command_report(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import report_traffic
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, cloud=False, create_ledger=False) as app:
         since = args.since
         if isinstance(since, timedelta):
             start = app.engine.now() - since
