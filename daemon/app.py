@@ -106,11 +106,13 @@ def build_app(
     create_ledger: bool = True,
     on_api_call: ApiCallback | None = None,
     on_retry: Callable[[str], None] | None = None,
+    owner: str | None = None,
 ) -> App:
     """``on_api_call(operation, outcome)`` and ``on_retry(operation)`` observe every API
     call of the adapter (the daemon's metrics). Without ``open_cloud`` the embedded emulator
     is not started and credentials left unread are no error (until the cloud is called);
-    without ``create_ledger`` a missing ledger is a ``LedgerError``."""
+    without ``create_ledger`` a missing ledger is a ``LedgerError``. ``owner``: keep this
+    process's identity (a reload), else a new ``instance_id``."""
     settings = loaded.settings
     if open_cloud and loaded.credential_problems:
         raise ConfigError(list(loaded.credential_problems))
@@ -137,7 +139,7 @@ def build_app(
         cloud=cloud,
         ledger=ledger,
         clock=utc_now,
-        owner=instance_id(),
+        owner=owner or instance_id(),
         lease=settings.cloud.lease,
         max_in_flight_per_region=settings.cloud.max_in_flight_per_region,
         rng=random.Random(),

@@ -341,10 +341,10 @@ def _print_json(value: object) -> None:
 def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.config import describe_settings
 
-    loaded = _load(config_path, cloud=args.cloud)
+    # The authority on the config reads the credentials too, whether or not it calls the
+    # cloud: a key file missing here would stop the daemon.
+    loaded = _load(config_path)
     print(describe_settings(loaded))
-    for problem in loaded.credential_problems:
-        _err(f"warning: {problem} (only the commands that call the cloud read the credentials)")
     if not args.cloud:
         return exitcodes.OK
     from daemon.commands import check_cloud
@@ -357,14 +357,25 @@ def command_run_once(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import run_once
 
     with _app(config_path, args.log_format, create_ledger=not args.dry_run) as app:
-        return run_once(
-            app,
-            policies=args.policy,
-            dry_run=args.dry_run,
-            wait=args.wait,
-            wait_timeout=args.wait_timeout,
-            as_json=args.json,
-        )
+        try:
+            return run_once(
+                app,
+                policies=args.policy,
+                dry_run=args.dry_run,
+                wait=args.wait,
+                wait_timeout=args.wait_timeout,
+                as_json=args.json,
+            )
+        finally:
+            if not args.dry_run:  # the run's row in status' instances goes with it
+                _forget_instance(app)
+
+
+def _forget_instance(app: Any) -> None:
+    try:
+        app.ledger.forget_instance(app.engine.owner)
+    except LedgerError as error:
+        _err(f"ledger: {error}")
 
 
 def command_status(args: argparse.Namespace, config_path: Path) -> int:

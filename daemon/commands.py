@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon import exitcodes, manual, replicate, watch
-from daemon.app import App
+from daemon.app import App, owner_gone
 from daemon.config import format_duration
 from daemon.errors import CloudError, PermissionDeniedError, RefusedError
 from daemon.model import Backup, Decision, Job, JobState, SweepReport, Vault
@@ -22,6 +22,7 @@ from daemon.policy import Policy
 from daemon.ports import Notification
 from daemon.progress import Progress
 from daemon.run import RunReport, run_policies, wait_for_run
+from daemon.service import next_sweep
 from daemon.sweep import resolve_policy
 from daemon.traffic import GroupBy, group_traffic
 
@@ -125,6 +126,7 @@ def run_once(
             on_swept=progress.swept_one,
             on_scanned=on_scanned,
             keep_denied=True,
+            manual_jobs=True,
         )
         if wait and not dry_run and run.permission_denied is None:
             finished = _finished_counter(app, [policy.name for policy in chosen])
@@ -267,6 +269,7 @@ def status(app: App, *, as_json: bool) -> int:
             "last_seen_at": instance.last_seen_at,
             "leases": list(instance.leases),
             "jobs_leased": instance.jobs_leased,
+            "gone": instance_gone(instance.owner, instance.last_seen_at, now),
         }
         for instance in ledger.instances(now)
     ]
@@ -295,9 +298,11 @@ def status(app: App, *, as_json: bool) -> int:
         )
     for instance in instances:
         holds = ", ".join(instance["leases"]) or "no sweep lease"
+        gone = " (gone: it stopped without saying so)" if instance["gone"] else ""
         _out(
             f"instance {instance['owner']} ({instance['role']}): last seen "
-            f"{_when(instance['last_seen_at'])}; holds {holds}, {instance['jobs_leased']} job(s)"
+            f"{_when(instance['last_seen_at'])}; holds {holds}, {instance['jobs_leased']} "
+            f"job(s){gone}"
         )
     for alert in alerts:
         _out(
@@ -305,6 +310,16 @@ def status(app: App, *, as_json: bool) -> int:
             f"(notification {alert['delivery']})"
         )
     return exitcodes.OK
+
+
+# A live instance is seen every half lease (the daemon) or at each step of a run: one not
+# seen for this long, or whose process on this host is gone, was killed (a clean exit removes
+# its row). Its row stays (marked) until the ledger forgets it, a week later.
+INSTANCE_GONE_AFTER = timedelta(hours=1)
+
+
+def instance_gone(owner: str, last_seen: datetime, now: datetime) -> bool:
+    return owner_gone(owner) or now - last_seen > INSTANCE_GONE_AFTER
 
 
 def _policy_status(
@@ -325,6 +340,9 @@ def _policy_status(
         "destination_region": policy.destination.region,
         "last_sweep": last.finished_at if last else None,
         "last_result": last_result,
+        "next_sweep": next_sweep(policy.schedule, last.started_at if last else None, now)
+        if policy.enabled
+        else None,
         "jobs": {str(state): counts.get((policy.name, state), 0) for state in JobState},
         "oldest_pending_backup": ledger.oldest_pending_backup(policy.name),
         "rpo": {
@@ -357,6 +375,8 @@ def _seconds(age: timedelta | None) -> int | None:
 def _print_policy_status(row: dict[str, Any]) -> None:
     jobs = ", ".join(f"{state} {count}" for state, count in row["jobs"].items() if count)
     last_sweep = f"{_when(row['last_sweep'])} ({row['last_result'] or 'never'})"
+    if row["enabled"]:
+        last_sweep += f", next {_when(row['next_sweep']) if row['next_sweep'] else 'at start'}"
     _out(
         f"{row['policy']} -> {row['destination_region']}: last sweep {last_sweep}; "
         f"jobs: {jobs or 'none'}; oldest pending backup {_when(row['oldest_pending_backup'])}"

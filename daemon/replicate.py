@@ -608,13 +608,20 @@ def _attempt(
 # -- tracking ------------------------------------------------------------------------------
 
 
-def replicating_batches(ledger: Ledger, policy: str | None = None) -> Iterator[list[Job]]:
-    """Every replicating job (of one policy, or all), ``TRACK_BATCH`` at a time, by id: a job
-    saved while its batch is tracked is not read twice, and a backlog is never cut short."""
+def replicating_batches(
+    ledger: Ledger, policy: str | None = None, *, manual: bool = False
+) -> Iterator[list[Job]]:
+    """Every replicating job (of one policy, of none with ``manual``, or all),
+    ``TRACK_BATCH`` at a time, by id: a job saved while its batch is tracked is not read
+    twice, and a backlog is never cut short."""
     after_id = 0
     while True:
         jobs = ledger.jobs_in_states(
-            {JobState.REPLICATING}, limit=TRACK_BATCH, after_id=after_id, policy=policy
+            {JobState.REPLICATING},
+            limit=TRACK_BATCH,
+            after_id=after_id,
+            policy=policy,
+            manual=manual,
         )
         if not jobs:
             return

@@ -42,6 +42,7 @@ class RunReport:
     sweeping_thread_cpu_s: float = 0.0
     # Set when the cloud denied a call (``keep_denied``): the run stopped at that policy.
     permission_denied: PermissionDeniedError | None = None
+    manual_jobs: bool = False  # this run follows the jobs of no policy too
 
     @property
     def policy_errors(self) -> list[SweepReport]:
@@ -58,12 +59,15 @@ def run_policies(
     on_swept: Callable[[SweepReport], None] | None = None,
     on_scanned: ScanHook | None = None,
     keep_denied: bool = False,
+    manual_jobs: bool = False,
 ) -> RunReport:
     """Sweep every given policy once (one after the other); a failing policy never stops
     the others. ``role`` is what ``status`` shows for this process among the instances.
     After each sweep its alert states are evaluated (``watch``), then ``on_swept`` is called.
     A permission denied stops the run: raised, or with ``keep_denied`` reported as that
-    policy's error and kept in ``permission_denied`` (so the caller can show what was done)."""
+    policy's error and kept in ``permission_denied`` (so the caller can show what was done).
+    ``manual_jobs``: also follow the replicating jobs of no policy (``follow_manual``), as
+    ``wait_for_run`` then does too."""
     run = RunReport()
     if not dry_run:
         engine.ledger.heartbeat(engine.owner, role=role, now=engine.now())
@@ -87,7 +91,27 @@ def run_policies(
             run.resolved[policy.name] = resolved
         if report.error and report.error_reason in _UNREACHABLE_CODES:
             run.cloud_unreachable = True
+    run.manual_jobs = manual_jobs and not dry_run
+    if run.manual_jobs and run.permission_denied is None:
+        follow_manual(engine)
     return run
+
+
+MANUAL_RETRY = RetryPolicy(max_attempts=1)  # as replicate-backup submits them
+
+
+def follow_manual(engine: Engine) -> int:
+    """Track the replicating jobs of no policy (``replicate-backup`` or ``-vault`` without
+    ``--wait``): no sweep lists them, so without a daemon only a run brings them to an end.
+    Returns how many still replicate; a cloud failure is logged and leaves them for later."""
+    try:
+        for jobs in replicate.replicating_batches(engine.ledger, manual=True):
+            replicate.track_jobs(engine, jobs, MANUAL_RETRY)
+    except PermissionDeniedError:
+        raise
+    except CloudError as error:
+        log.warning("manual_tracking_failed", error=str(error))
+    return engine.ledger.count_jobs({JobState.REPLICATING}, manual=True)
 
 
 def _denied_report(engine: Engine, policy: Policy, denied: PermissionDeniedError) -> SweepReport:
@@ -158,7 +182,7 @@ def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
             {JobState.QUEUED, JobState.SUBMITTING, JobState.REPLICATING}, policy=name
         )
         pending += _failed_due_before(engine, name, wait_until)
-    return pending
+    return pending + (follow_manual(engine) if run.manual_jobs else 0)
 
 
 def _track_policy(engine: Engine, policy: str, retry: RetryPolicy) -> None:
@@ -174,6 +198,8 @@ def _failed_due_before(engine: Engine, policy: str, moment: datetime) -> int:
 
 
 def _count_outcomes(engine: Engine, run: RunReport) -> None:
+    if run.manual_jobs:
+        run.unfinished_jobs += engine.ledger.count_jobs({JobState.REPLICATING}, manual=True)
     for name in run.resolved:
         run.failed_jobs += engine.ledger.count_jobs({JobState.FAILED}, policy=name)
         run.given_up_jobs += engine.ledger.count_jobs({JobState.GIVEN_UP}, policy=name)

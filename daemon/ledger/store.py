@@ -441,8 +441,11 @@ class SqlLedger:
         policy: str | None = None,
         destination_region: str | None = None,
         retry_due_by: datetime | None = None,
+        manual: bool = False,
     ) -> int:
         query = select(func.count()).select_from(JobRow)
+        if manual:
+            query = query.where(col(JobRow.policy).is_(None))
         query = query.where(col(JobRow.state).in_([str(state) for state in states]))
         if retry_due_by is not None:
             next_attempt_at = col(JobRow.next_attempt_at)
@@ -462,6 +465,7 @@ class SqlLedger:
         after_id: int = 0,
         policy: str | None = None,
         unchanged_since: datetime | None = None,
+        manual: bool = False,
     ) -> list[Job]:
         table = _JOBS_TABLE
         query = table.select().where(
@@ -469,6 +473,8 @@ class SqlLedger:
         )
         if policy is not None:
             query = query.where(table.c.policy == policy)
+        if manual:
+            query = query.where(table.c.policy.is_(None))
         if unchanged_since is not None:
             query = query.where(table.c.updated_at <= unchanged_since)
         query = query.order_by(table.c.id).limit(limit)
@@ -861,6 +867,12 @@ class SqlLedger:
             )
             for row in rows
         ]
+
+    def forget_instance(self, owner: str) -> None:
+        with self._session() as session:
+            row = session.get(InstanceRow, owner)
+            if row is not None:
+                session.delete(row)
 
     def schema_version(self) -> int:
         with self._session() as session:

@@ -5,9 +5,14 @@ replication, manual jobs followed by ``--run-once``, and the messages of bad inp
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from daemon.ledger import open_ledger
 from tests.engine.harness import Deployment, policy, server_backup
 
 SCENARIO: dict[str, Any] = {
@@ -112,3 +117,55 @@ def test_a_run_denied_by_the_cloud_still_prints_its_policy_summary(
     code, document = deployment.cli_json("--run-once")
     assert code == 77
     assert [row["error_reason"] for row in document["policies"]] == ["permission_denied"]
+
+
+def test_a_run_once_follows_manual_jobs_to_their_end(deploy: Callable[..., Deployment]) -> None:
+    scenario = {
+        "regions": {
+            **SCENARIO["regions"],
+            "ap-southeast-1": {"vaults": [{"name": "apac-dr", "protect_type": "replication"}]},
+        }
+    }
+    scenario["regions"]["cn-north-4"] = {
+        **SCENARIO["regions"]["cn-north-4"],
+        "replication_destinations": ["cn-south-1", "ap-southeast-1"],
+    }
+    deployment = deploy([WEB], scenario, time_scale=120)
+    backup = next(
+        backup_id
+        for backup_id, backup in deployment.emulator.state()["backups"].items()
+        if backup["name"] == "web-0"
+    )
+    # To a region no policy replicates to: no sweep lists this job.
+    started = deployment.cli(
+        "replicate-backup", backup, "--to-region", "ap-southeast-1", "--to-vault", "apac-dr"
+    )
+    assert started.returncode == 0, started.stderr
+    _, before = deployment.cli_json("status")
+    assert before["manual_jobs"]["replicating"] == 1
+    run = deployment.cli("--run-once", "--wait", "--wait-timeout", "60s")
+    assert run.returncode == 0, run.stderr
+    _, after = deployment.cli_json("status")
+    assert after["manual_jobs"]["replicating"] == 0
+    assert after["manual_jobs"]["succeeded"] == 1
+
+
+@pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
+def test_a_run_once_leaves_no_instance_row_and_a_killed_one_is_shown_gone(
+    deploy: Callable[..., Deployment], ledger_url: str
+) -> None:
+    deployment = deploy([WEB], SCENARIO)
+    for _ in range(2):
+        assert deployment.cli("--run-once").returncode == 0
+    _, clean = deployment.cli_json("status")
+    assert clean["instances"] == []
+    # What a run killed with -9 leaves: the row of a process of this host that is gone.
+    dead = f"{socket.gethostname()}:{2**22 + 1}:1"  # above Linux's highest pid
+    ledger = open_ledger(ledger_url)
+    try:
+        ledger.heartbeat(dead, role="run-once", now=datetime.now(UTC))
+    finally:
+        ledger.close()
+    _, after = deployment.cli_json("status")
+    assert [(row["owner"], row["gone"]) for row in after["instances"]] == [(dead, True)]
+    assert "(gone: it stopped without saying so)" in deployment.cli("status").stdout
