@@ -28,6 +28,10 @@ from daemon.errors import (
 from daemon.policy import parse_duration
 
 DEFAULT_CONFIG = "/etc/cbr-replicator/config.yaml"
+NO_POLICIES = (
+    "{path}: no enabled policy: the daemon and --run-once sweep nothing; add one under "
+    "policies: (or in policies_dir), or set enabled: true"
+)
 CONFIG_ENV = "CBR_REPLICATOR_CONFIG"
 
 
@@ -345,6 +349,8 @@ def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
     # cloud: a key file missing here would stop the daemon.
     loaded = _load(config_path)
     print(describe_settings(loaded))
+    if not any(policy.enabled for policy in loaded.settings.policies):
+        _err(f"warning: {NO_POLICIES.format(path=loaded.path)}")
     if not args.cloud:
         return exitcodes.OK
     from daemon.commands import check_cloud

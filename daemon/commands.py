@@ -110,6 +110,12 @@ def run_once(
     as_json: bool,
 ) -> int:
     chosen = app.policies(policies)
+    if not chosen:
+        print(
+            f"warning: {app.loaded.path}: no enabled policy, nothing to sweep; add one under "
+            "policies: (or in policies_dir), or set enabled: true",
+            file=sys.stderr,
+        )
     printer = _DecisionPrinter(as_json) if dry_run else None
     progress = Progress(sys.stderr, len(chosen))
     progress.enabled = progress.enabled and not dry_run  # a dry run prints its own table

@@ -3,7 +3,9 @@ usage error says what was wrong in the user's terms (exit 2, never a traceback).
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ SCENARIO: dict[str, Any] = {
     }
 }
 WEB = policy("web", ["web-prod"], "cn-south-1", "web-dr")
+ROOT = Path(__file__).resolve().parents[2]
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
@@ -98,3 +101,34 @@ def test_check_config_lists_problems_in_line_order_in_plain_words(tmp_path: Path
     assert lines == sorted(lines), result.stderr
     assert "Tuple should have" not in result.stderr
     assert "list at least one" in result.stderr
+
+
+def test_the_demo_is_healthy_after_its_first_run(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    config = str(tmp_path / "config" / "demo.yaml")
+    run = subprocess.run(
+        [CLI, "-c", config, "--log-format", "json", "--run-once", "--wait"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert '"level": "error"' not in run.stderr
+    shown = subprocess.run(
+        [CLI, "-c", config, "status", "--json"], capture_output=True, text=True, check=True
+    )
+    document = json.loads(shown.stdout)
+    assert {row["rpo"]["state"] for row in document["policies"]} == {"ok"}
+    assert document["recent_alerts"] == []
+
+
+def test_a_config_without_policies_is_warned_about(deploy: Callable[..., Deployment]) -> None:
+    deployment = deploy([], SCENARIO)
+    checked = deployment.cli("check-config")
+    assert checked.returncode == 0, checked.stderr
+    assert "warning:" in checked.stderr
+    assert "no enabled policy" in checked.stderr
+    run = deployment.cli("--run-once")
+    assert run.returncode == 0, run.stderr
+    assert "no enabled policy, nothing to sweep" in run.stderr
