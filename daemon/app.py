@@ -107,17 +107,20 @@ def build_app(
     on_api_call: ApiCallback | None = None,
     on_retry: Callable[[str], None] | None = None,
     owner: str | None = None,
+    ledger: SqlLedger | None = None,
 ) -> App:
     """``on_api_call(operation, outcome)`` and ``on_retry(operation)`` observe every API
     call of the adapter (the daemon's metrics). Without ``open_cloud`` the embedded emulator
     is not started and credentials left unread are no error (until the cloud is called);
     without ``create_ledger`` a missing ledger is a ``LedgerError``. ``owner``: keep this
-    process's identity (a reload), else a new ``instance_id``."""
+    process's identity (a reload), else a new ``instance_id``. ``ledger``: use this one
+    instead of opening ``ledger.url``."""
     settings = loaded.settings
     if open_cloud and loaded.credential_problems:
         raise ConfigError(list(loaded.credential_problems))
     register_secrets(loaded.secrets)
-    ledger = open_ledger(settings.ledger.url, create=create_ledger)
+    if ledger is None:
+        ledger = open_ledger(settings.ledger.url, create=create_ledger)
     emulator = _start_emulator(settings) if open_cloud else None
     try:
         cloud: Cloud

@@ -318,17 +318,27 @@ def _app(
     *,
     cloud: bool = True,
     create_ledger: bool = True,
+    scratch_ledger: bool = False,
 ) -> Iterator[Any]:
     """The app of one command: ``cloud`` for the commands that call it (credentials read,
     embedded emulator started); ``create_ledger`` for those that write the ledger (the
-    readers report a missing one instead of making an empty one)."""
+    readers report a missing one instead of making an empty one); ``scratch_ledger``: a
+    missing one is replaced by an empty one in memory (a dry run before the first run)."""
     from daemon.app import build_app
+    from daemon.errors import LedgerMissingError
+    from daemon.ledger import open_scratch_ledger
     from daemon.observe import configure_logging
 
     loaded = _load(config_path, cloud=cloud)
     settings = loaded.settings
     configure_logging(log_format or settings.log.format, settings.log.level)
-    app = build_app(loaded, open_cloud=cloud, create_ledger=create_ledger)
+    try:
+        app = build_app(loaded, open_cloud=cloud, create_ledger=create_ledger)
+    except LedgerMissingError as missing:
+        if not scratch_ledger:
+            raise
+        _err(f"note: ledger: {missing}; deciding as its first run would")
+        app = build_app(loaded, open_cloud=cloud, ledger=open_scratch_ledger())
     try:
         yield app
     finally:
@@ -362,7 +372,12 @@ def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
 def command_run_once(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import run_once
 
-    with _app(config_path, args.log_format, create_ledger=not args.dry_run) as app:
+    with _app(
+        config_path,
+        args.log_format,
+        create_ledger=not args.dry_run,
+        scratch_ledger=args.dry_run,
+    ) as app:
         try:
             return run_once(
                 app,

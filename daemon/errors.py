@@ -91,3 +91,7 @@ class PermissionDeniedError(CloudError):
 
 class LedgerError(ReplicatorError):
     """The ledger is unusable (corrupt, locked by another daemon, wrong schema)."""
+
+
+class LedgerMissingError(LedgerError):
+    """No ledger at the configured place yet, and the command may not create one."""

@@ -19,10 +19,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
-from daemon.errors import LedgerError
+from daemon.errors import LedgerError, LedgerMissingError
 from daemon.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from daemon.ledger.store import READ_ONLY_OPTION, SqlLedger, cause_of
 
@@ -81,7 +82,7 @@ def _sqlite_engine(database: str | None, *, create: bool = True) -> Engine:
     if create:
         _create_private_file(path)
     elif not path.exists():  # a stat: SQLite would create the file on connecting
-        raise LedgerError(f"{path} does not exist; {_CREATED_BY}")
+        raise LedgerMissingError(f"{path} does not exist; {_CREATED_BY}")
     engine = create_engine(
         f"sqlite:///{path}",
         connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
@@ -105,6 +106,19 @@ def _sqlite_engine(database: str | None, *, create: bool = True) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def open_scratch_ledger() -> SqlLedger:
+    """An empty ledger in this process's memory: what a dry run decides against before any
+    ledger exists (as the first run would decide); nothing of it outlives the process."""
+    engine = create_engine(
+        "sqlite://",
+        poolclass=StaticPool,
+        connect_args={"check_same_thread": False},
+        future=True,
+    )
+    _migrate(engine)
+    return SqlLedger(engine)
 
 
 def _is_busy(error: BaseException) -> bool:
@@ -152,7 +166,7 @@ def _require_tables(engine: Engine) -> None:
         found = inspect(connection).has_table("schema_version")
     if not found:
         where = engine.url.render_as_string(hide_password=True)
-        raise LedgerError(f"{where} holds no ledger yet; {_CREATED_BY}")
+        raise LedgerMissingError(f"{where} holds no ledger yet; {_CREATED_BY}")
 
 
 def _check_sqlite(engine: Engine) -> None:

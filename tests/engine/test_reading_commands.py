@@ -27,7 +27,6 @@ READERS = (
     ("history",),
     ("report", "traffic"),
     ("retry", "some-backup", "--to-region", "cn-south-1"),
-    ("--run-once", "--dry-run"),
 )
 
 
@@ -39,6 +38,11 @@ def test_reading_commands_never_create_the_ledger(deploy: Callable[..., Deployme
         assert result.returncode == 78, (args, result.stdout, result.stderr)
         assert "--run-once` creates it" in result.stderr, args
         assert "Traceback" not in result.stderr
+    # A dry run decides as the first run would, against an empty ledger in memory.
+    dry = deployment.cli("--run-once", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "deciding as its first run would" in dry.stderr
+    assert deployment.cli("status").returncode == 78  # and left none behind
     assert not (deployment.workdir / "state").exists()  # the SQLite ledger's directory
     assert deployment.cli("--run-once").returncode == 0  # a run creates it
     assert deployment.cli("status").returncode == 0
