@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import SecretStr
 
@@ -23,6 +23,7 @@ from daemon.errors import ConfigError
 from daemon.ledger import SqlLedger, open_ledger
 from daemon.observe import register_secrets
 from daemon.policy import CloudSettings, Policy, Settings
+from daemon.ports import Cloud
 from daemon.replicate import Engine, ambiguous_recheck
 
 
@@ -96,29 +97,54 @@ class App:
             self.emulator.stop()
 
 
+class _NoCloud:
+    """The cloud of a command that only reads the ledger (``status``, ``history``, ...):
+    built without credentials, it refuses every call with the reason they are missing."""
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        self.problems = problems or ("cloud.credentials: not loaded by this command",)
+
+    def __getattr__(self, name: str) -> Any:
+        raise ConfigError(list(self.problems))
+
+
 def build_app(
     loaded: LoadedConfig,
     *,
     open_cloud: bool = True,
+    create_ledger: bool = True,
     on_api_call: ApiCallback | None = None,
     on_retry: Callable[[str], None] | None = None,
     reuse: App | None = None,
+    ledger: SqlLedger | None = None,
 ) -> App:
     """``on_api_call(operation, outcome)`` and ``on_retry(operation)`` observe every API
-    call of the adapter (the daemon's metrics). ``reuse``: a running App whose ledger and
-    identity the new one shares (a reload): the ledger is not opened again, because opening
-    the file anew beside live connections is how SQLite's locks get lost."""
+    call of the adapter (the daemon's metrics). Without ``open_cloud`` the embedded emulator
+    is not started and credentials left unread are no error (until the cloud is called);
+    without ``create_ledger`` a missing ledger is a ``LedgerError``. ``reuse``: a running App
+    whose ledger and identity the new one shares (a reload): the ledger is not opened again,
+    because opening the file anew beside live connections is how SQLite's locks get lost.
+    ``ledger``: use (and own) this one instead of opening ``ledger.url``."""
     settings = loaded.settings
+    if open_cloud and loaded.credential_problems:
+        raise ConfigError(list(loaded.credential_problems))
     register_secrets(loaded.secrets)
-    ledger = reuse.ledger if reuse is not None else open_ledger(settings.ledger.url)
+    if reuse is not None:
+        ledger = reuse.ledger
+    elif ledger is None:
+        ledger = open_ledger(settings.ledger.url, create=create_ledger)
     emulator = _start_emulator(settings) if open_cloud else None
     try:
-        cloud = HuaweiCloud(
-            _credentials(settings, emulator),
-            _options(settings, emulator),
-            on_api_call=on_api_call,
-            on_retry=on_retry,
-        )
+        cloud: Cloud
+        if open_cloud or settings.cloud.credentials is not None:
+            cloud = HuaweiCloud(
+                _credentials(settings, emulator),
+                _options(settings, emulator),
+                on_api_call=on_api_call,
+                on_retry=on_retry,
+            )
+        else:
+            cloud = cast(Cloud, _NoCloud(loaded.credential_problems))
     except BaseException:
         if reuse is None:
             ledger.close()

@@ -33,6 +33,10 @@ from daemon.errors import (
 )
 
 DEFAULT_CONFIG = "/etc/cbr-replicator/config.yaml"
+NO_POLICIES = (
+    "{path}: no enabled policy: the daemon and --run-once sweep nothing; add one under "
+    "policies: (or in policies_dir), or set enabled: true"
+)
 CONFIG_ENV = "CBR_REPLICATOR_CONFIG"
 
 
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="submission attempts, newest first")
     history.add_argument("--backup")
     history.add_argument("--policy")
-    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--limit", type=_limit, default=50, help="at most this many (1-100000)")
     history.add_argument("--json", action="store_true")
     _add_replicate_backup(commands)
     _add_replicate_vault(commands)
@@ -146,13 +150,44 @@ def _add_destination(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
 
 
+# Longer spans than a century are typos; they would also overflow the date arithmetic.
+LONGEST_DURATION = timedelta(days=36500)
+MAX_HISTORY_LIMIT = 100_000
+
+
 def _duration(text: str) -> timedelta:
     """A duration as in the config (``90s``, ``30m``, ``2h``) or a number of seconds."""
+    value = _parsed_duration(text)
+    if value is None or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m or 2h")
+    return _bounded(text, value)
+
+
+def _parsed_duration(text: str) -> timedelta | None:
     from daemon.policy import parse_duration  # pydantic: kept out of the start (signals)
 
-    value = parse_duration(text)
-    if not isinstance(value, timedelta) or value.total_seconds() <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m or 2h")
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, timedelta) and value >= timedelta(0) else None
+
+
+def _bounded(text: str, value: timedelta) -> timedelta:
+    if value > LONGEST_DURATION:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 36500d; write a shorter one")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_HISTORY_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of entries from 1 to {MAX_HISTORY_LIMIT}"
+        )
     return value
 
 
@@ -172,17 +207,17 @@ def _add_report(commands: Any) -> None:
 
 
 def _since(text: str) -> date | timedelta:
-    """``--since``: a calendar date (UTC) or a duration counted back from now."""
+    """``--since``: a calendar date (UTC) or a duration counted back from now (``0d``: now)."""
     try:
         return date.fromisoformat(text)
     except ValueError:
         pass
-    try:
-        return _duration(text)
-    except argparse.ArgumentTypeError:
+    value = _parsed_duration(text)
+    if value is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a date (2026-11-01) nor a duration (7d, 12h)"
-        ) from None
+        )
+    return _bounded(text, value)
 
 
 def _add_replicate_backup(commands: Any) -> None:
@@ -263,7 +298,7 @@ def _main(argv: Sequence[str] | None, previous_signals: dict[int, Any]) -> int:
                 return exitcodes.USAGE
             return _daemon(config_path, args.log_format, previous_signals)
         handler = command_run_once
-    with _errors_as_exit_codes() as result:
+    with _errors_as_exit_codes(as_json=bool(getattr(args, "json", False))) as result:
         result.code = handler(args, config_path)
     return result.code
 
@@ -336,39 +371,47 @@ class _Result:
 
 
 @contextmanager
-def _errors_as_exit_codes() -> Iterator[_Result]:
-    """Every anticipated failure becomes one stderr line and its exit code; no traceback."""
+def _errors_as_exit_codes(*, as_json: bool = False) -> Iterator[_Result]:
+    """Every anticipated failure becomes one stderr line and its exit code; no traceback.
+    With ``as_json`` the failure is also a JSON object on stdout: ``{"error": {"reason",
+    "message", "exit_code"}}`` (``reason``: a refusal's reason code, or the kind of error)."""
     result = _Result()
+    failure: tuple[str, list[str]] | None = None
     try:
         yield result
     except ConfigError as error:
-        for problem in error.problems:
-            _err(problem)
-        result.code = exitcodes.CONFIG
+        failure, result.code = ("config", list(error.problems)), exitcodes.CONFIG
     except LedgerError as error:
-        _err(f"ledger: {error}")
-        result.code = exitcodes.CONFIG
+        failure, result.code = ("ledger", [f"ledger: {error}"]), exitcodes.CONFIG
     except RefusedError as error:
-        _err(f"refused: {error}")
-        result.code = exitcodes.REFUSED
+        failure, result.code = (error.reason, [f"refused: {error}"]), exitcodes.REFUSED
     except EndpointError as error:
-        _err(f"cloud endpoint: {error}")
-        result.code = exitcodes.CONFIG
+        failure, result.code = ("endpoint", [f"cloud endpoint: {error}"]), exitcodes.CONFIG
     except PermissionDeniedError as error:
-        _err(
+        message = (
             f"permission denied by the cloud: {error}; check the access key, secret key "
             "and the IAM permissions listed in the README"
         )
-        result.code = exitcodes.NO_PERMISSION
+        failure, result.code = ("permission_denied", [message]), exitcodes.NO_PERMISSION
     except (TransientError, AmbiguousError) as error:
-        _err(f"cloud unreachable or throttled after retries: {error}")
-        result.code = exitcodes.UNAVAILABLE
+        message = f"cloud unreachable or throttled after retries: {error}"
+        failure, result.code = ("cloud_unavailable", [message]), exitcodes.UNAVAILABLE
     except CloudError as error:
-        _err(f"cloud error: {error}")
+        failure = ("cloud_error", [f"cloud error: {error}"])
         result.code = exitcodes.REPLICATION_FAILED
     except (ValueError, LookupError) as error:
-        _err(f"cbr-replicator: {error}")
-        result.code = exitcodes.USAGE
+        failure, result.code = ("usage", [f"cbr-replicator: {error}"]), exitcodes.USAGE
+    if failure is None:
+        return
+    reason, lines = failure
+    for line in lines:
+        _err(line)
+    if as_json:
+        from daemon.observe import redact_text
+
+        message = redact_text("\n".join(lines))
+        error_document = {"reason": reason, "message": message, "exit_code": result.code}
+        print(json.dumps({"error": error_document}, indent=2, sort_keys=True), flush=True)
 
 
 def _err(message: str) -> None:
@@ -377,21 +420,41 @@ def _err(message: str) -> None:
     print(redact_text(message), file=sys.stderr)
 
 
-def _load(config_path: Path) -> Any:
+def _load(config_path: Path, *, cloud: bool = True) -> Any:
+    """The config; the credentials are read only for a command that calls the ``cloud``."""
     from daemon.config import load_settings
 
-    return load_settings(config_path)
+    return load_settings(config_path, need_credentials=cloud)
 
 
 @contextmanager
-def _app(config_path: Path, log_format: str | None = None) -> Iterator[Any]:
+def _app(
+    config_path: Path,
+    log_format: str | None = None,
+    *,
+    cloud: bool = True,
+    create_ledger: bool = True,
+    scratch_ledger: bool = False,
+) -> Iterator[Any]:
+    """The app of one command: ``cloud`` for the commands that call it (credentials read,
+    embedded emulator started); ``create_ledger`` for those that write the ledger (the
+    readers report a missing one instead of making an empty one); ``scratch_ledger``: a
+    missing one is replaced by an empty one in memory (a dry run before the first run)."""
     from daemon.app import build_app
+    from daemon.errors import LedgerMissingError
+    from daemon.ledger import open_scratch_ledger
     from daemon.observe import configure_logging
 
-    loaded = _load(config_path)
+    loaded = _load(config_path, cloud=cloud)
     settings = loaded.settings
     configure_logging(log_format or settings.log.format, settings.log.level)
-    app = build_app(loaded)
+    try:
+        app = build_app(loaded, open_cloud=cloud, create_ledger=create_ledger)
+    except LedgerMissingError as missing:
+        if not scratch_ledger:
+            raise
+        _err(f"note: ledger: {missing}; deciding as its first run would")
+        app = build_app(loaded, open_cloud=cloud, ledger=open_scratch_ledger())
     try:
         yield app
     finally:
@@ -408,8 +471,12 @@ def _print_json(value: object) -> None:
 def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.config import describe_settings
 
+    # The authority on the config reads the credentials too, whether or not it calls the
+    # cloud: a key file missing here would stop the daemon.
     loaded = _load(config_path)
     print(describe_settings(loaded))
+    if not any(policy.enabled for policy in loaded.settings.policies):
+        _err(f"warning: {NO_POLICIES.format(path=loaded.path)}")
     if not args.cloud:
         return exitcodes.OK
     from daemon.commands import check_cloud
@@ -421,28 +488,44 @@ def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
 def command_run_once(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import run_once
 
-    with _app(config_path, args.log_format) as app:
-        return run_once(
-            app,
-            policies=args.policy,
-            dry_run=args.dry_run,
-            wait=args.wait,
-            wait_timeout=args.wait_timeout,
-            as_json=args.json,
-        )
+    with _app(
+        config_path,
+        args.log_format,
+        create_ledger=not args.dry_run,
+        scratch_ledger=args.dry_run,
+    ) as app:
+        try:
+            return run_once(
+                app,
+                policies=args.policy,
+                dry_run=args.dry_run,
+                wait=args.wait,
+                wait_timeout=args.wait_timeout,
+                as_json=args.json,
+            )
+        finally:
+            if not args.dry_run:  # the run's row in status' instances goes with it
+                _forget_instance(app)
+
+
+def _forget_instance(app: Any) -> None:
+    try:
+        app.ledger.forget_instance(app.engine.owner)
+    except LedgerError as error:
+        _err(f"ledger: {error}")
 
 
 def command_status(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import status
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, cloud=False, create_ledger=False) as app:
         return status(app, as_json=args.json)
 
 
 def command_history(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import history
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, cloud=False, create_ledger=False) as app:
         return history(
             app, backup=args.backup, policy=args.policy, limit=args.limit, as_json=args.json
         )
@@ -465,14 +548,14 @@ def command_replicate_vault(args: argparse.Namespace, config_path: Path) -> int:
 def command_retry(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import retry
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, cloud=False, create_ledger=False) as app:
         return retry(app, args.backup_id, args.to_region)
 
 
 def command_report(args: argparse.Namespace, config_path: Path) -> int:
     from daemon.commands import report_traffic
 
-    with _app(config_path, args.log_format) as app:
+    with _app(config_path, args.log_format, cloud=False, create_ledger=False) as app:
         since = args.since
         if isinstance(since, timedelta):
             start = app.engine.now() - since

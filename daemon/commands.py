@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon import exitcodes, manual, replicate, watch
-from daemon.app import App
+from daemon.app import App, owner_gone
 from daemon.config import format_duration
 from daemon.errors import (
     CloudError,
@@ -33,10 +33,12 @@ from daemon.model import (
     Vault,
 )
 from daemon.notify import WebhookClient
+from daemon.observe import redact_text
 from daemon.policy import Policy
 from daemon.ports import Notification
 from daemon.progress import Progress
 from daemon.run import RunReport, count_outcomes, run_policies, wait_for_run
+from daemon.service import next_sweep
 from daemon.sweep import resolve_policy
 from daemon.traffic import GroupBy, group_traffic
 
@@ -46,7 +48,16 @@ def _out(line: str = "") -> None:
 
 
 def _json(value: object) -> None:
-    print(json.dumps(value, indent=2, default=str, sort_keys=True), flush=True)
+    print(json.dumps(value, indent=2, default=json_value, sort_keys=True), flush=True)
+
+
+def json_value(value: object) -> object:
+    """What JSON cannot hold as is: times in RFC 3339 (UTC, ``T`` and ``Z``, as the logs and
+    webhooks write them), anything else as text."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
 
 
 # -- check-config --cloud ------------------------------------------------------------------
@@ -126,6 +137,12 @@ def run_once(
     as_json: bool,
 ) -> int:
     chosen = app.policies(policies)
+    if not chosen:
+        print(
+            f"warning: {app.loaded.path}: no enabled policy, nothing to sweep; add one under "
+            "policies: (or in policies_dir), or set enabled: true",
+            file=sys.stderr,
+        )
     printer = _DecisionPrinter(as_json) if dry_run else None
     progress = Progress(sys.stderr, len(chosen))
     progress.enabled = progress.enabled and not dry_run  # a dry run prints its own table
@@ -150,8 +167,10 @@ def run_once(
                 sink=printer,
                 on_swept=on_swept,
                 on_scanned=on_scanned,
+                keep_denied=True,
+                manual_jobs=True,
             )
-            if wait and not dry_run:
+            if wait and not dry_run and run.permission_denied is None:
                 finished = _finished_counter(app, [policy.name for policy in chosen])
                 wait_for_run(
                     app.engine,
@@ -171,6 +190,9 @@ def run_once(
     if not dry_run and stopped is None:
         _send_notifications(app, run)  # when stopped, the outbox keeps them for the next run
     _print_run(app, run, printer, as_json=as_json, dry_run=dry_run, stopped=stopped)
+    if run.permission_denied is not None and stopped is None:
+        print(redact_text(denied_message(run.permission_denied)), file=sys.stderr)
+        return exitcodes.NO_PERMISSION
     # A run stopped while sweeping has no wait to report (nor resolved policies to count).
     if wait and not dry_run and not as_json and (stopped is None or run.resolved):
         when = "after waiting" if stopped is None else "when stopped"
@@ -209,6 +231,13 @@ def _report_stop(signum: int, chosen: list[Policy], run: RunReport) -> None:
         "ledger, and the next run (or the daemon) goes on from there",
         file=sys.stderr,
         flush=True,
+    )
+
+
+def denied_message(error: PermissionDeniedError) -> str:
+    return (
+        f"permission denied by the cloud: {error}; check the access key, secret key "
+        "and the IAM permissions listed in the README"
     )
 
 
@@ -330,6 +359,7 @@ def status(app: App, *, as_json: bool) -> int:
             "last_seen_at": instance.last_seen_at,
             "leases": list(instance.leases),
             "jobs_leased": instance.jobs_leased,
+            "gone": instance_gone(instance.owner, instance.last_seen_at, now),
         }
         for instance in ledger.instances(now)
     ]
@@ -358,9 +388,11 @@ def status(app: App, *, as_json: bool) -> int:
         )
     for instance in instances:
         holds = ", ".join(instance["leases"]) or "no sweep lease"
+        gone = " (gone: it stopped without saying so)" if instance["gone"] else ""
         _out(
             f"instance {instance['owner']} ({instance['role']}): last seen "
-            f"{_when(instance['last_seen_at'])}; holds {holds}, {instance['jobs_leased']} job(s)"
+            f"{_when(instance['last_seen_at'])}; holds {holds}, {instance['jobs_leased']} "
+            f"job(s){gone}"
         )
     for alert in alerts:
         _out(
@@ -368,6 +400,16 @@ def status(app: App, *, as_json: bool) -> int:
             f"(notification {alert['delivery']})"
         )
     return exitcodes.OK
+
+
+# A live instance is seen every half lease (the daemon) or at each step of a run: one not
+# seen for this long, or whose process on this host is gone, was killed (a clean exit removes
+# its row). Its row stays (marked) until the ledger forgets it, a week later.
+INSTANCE_GONE_AFTER = timedelta(hours=1)
+
+
+def instance_gone(owner: str, last_seen: datetime, now: datetime) -> bool:
+    return owner_gone(owner) or now - last_seen > INSTANCE_GONE_AFTER
 
 
 def _policy_status(
@@ -388,6 +430,9 @@ def _policy_status(
         "destination_region": policy.destination.region,
         "last_sweep": last.finished_at if last else None,
         "last_result": last_result,
+        "next_sweep": next_sweep(policy.schedule, last.started_at if last else None, now)
+        if policy.enabled
+        else None,
         "jobs": {str(state): counts.get((policy.name, state), 0) for state in JobState},
         "oldest_pending_backup": ledger.oldest_pending_backup(policy.name),
         "rpo": {
@@ -420,6 +465,8 @@ def _seconds(age: timedelta | None) -> int | None:
 def _print_policy_status(row: dict[str, Any]) -> None:
     jobs = ", ".join(f"{state} {count}" for state, count in row["jobs"].items() if count)
     last_sweep = f"{_when(row['last_sweep'])} ({row['last_result'] or 'never'})"
+    if row["enabled"]:
+        last_sweep += f", next {_when(row['next_sweep']) if row['next_sweep'] else 'at start'}"
     _out(
         f"{row['policy']} -> {row['destination_region']}: last sweep {last_sweep}; "
         f"jobs: {jobs or 'none'}; oldest pending backup {_when(row['oldest_pending_backup'])}"
@@ -477,7 +524,14 @@ def _size(count: int) -> str:
 
 
 def history(app: App, *, backup: str | None, policy: str | None, limit: int, as_json: bool) -> int:
-    entries = app.ledger.history(source_backup_id=backup, policy=policy, limit=limit)
+    configured = {known.name for known in app.settings.policies}
+    # The text output labels the jobs of no policy [manual]: the same name selects them.
+    manual_jobs = policy == manual.MANUAL and policy not in configured
+    entries = app.ledger.history(
+        source_backup_id=backup, policy=policy, limit=limit, manual=manual_jobs
+    )
+    if not entries:
+        _refuse_empty_history(app, backup, policy, configured)
     if as_json:
         _json([_entry_dict(entry) for entry in entries])
         return exitcodes.OK
@@ -487,8 +541,25 @@ def history(app: App, *, backup: str | None, policy: str | None, limit: int, as_
             f"[{entry.policy or 'manual'}] {entry.outcome}"
             f"{' ' + entry.error_code if entry.error_code else ''}"
             f"{' request ' + entry.request_id if entry.request_id else ''}"
+            f"{': ' + entry.error_message if entry.error_message else ''}"
         )
     return exitcodes.OK
+
+
+def _refuse_empty_history(
+    app: App, backup: str | None, policy: str | None, configured: set[str]
+) -> None:
+    """Nothing found: a name that the ledger and the config do not know is a typo, said so
+    (an empty answer would read as "never replicated, all is well")."""
+    if backup is not None and app.ledger.history(source_backup_id=backup, limit=1) == []:
+        raise LookupError(f"no replication of backup {backup} in the ledger; check the id")
+    unknown = policy is not None and policy not in configured and policy != manual.MANUAL
+    if unknown and app.ledger.history(policy=policy, limit=1) == []:
+        known = ", ".join(sorted(configured)) or "none"
+        raise LookupError(
+            f"no policy named {policy} in the config or the ledger; known: {known}, "
+            f"or {manual.MANUAL}"
+        )
 
 
 def report_traffic(app: App, *, since: datetime, by: GroupBy, as_json: bool) -> int:

@@ -24,7 +24,14 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
 
 from daemon.errors import ConfigError
-from daemon.policy import Loc, NotifySettings, Policy, Settings, policy_conflicts
+from daemon.policy import (
+    CREDENTIALS_DEFERRED,
+    Loc,
+    NotifySettings,
+    Policy,
+    Settings,
+    policy_conflicts,
+)
 
 MAX_FILE_BYTES = 1 << 20  # RELIABILITY.md §5: refuse anything bigger before parsing
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -49,6 +56,9 @@ class LoadedConfig:
     path: Path
     files: tuple[Path, ...]  # the main file and every policies_dir file read
     secrets: tuple[str, ...]  # every secret value loaded, for the log redactor
+    # Why ``cloud.credentials`` could not be read, when the caller did not need them (then
+    # ``settings.cloud.credentials`` is None): what a command calling the cloud reports.
+    credential_problems: tuple[str, ...] = ()
 
 
 @dataclass
@@ -104,9 +114,12 @@ class _Problems:
     locator: _Locator | None = None
     lines: list[str] = field(default_factory=list)
     tainted: set[Loc] = field(default_factory=set)  # already reported: skip follow-up errors
+    places: list[tuple[int, int]] = field(default_factory=list)  # (file's rank, line) per line
+    files: dict[Path, int] = field(default_factory=dict)
 
     def file(self, path: Path, message: str, line: int | None = None) -> None:
         self.lines.append(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+        self.places.append((self.files.setdefault(path, len(self.files)), line or 0))
 
     def at(self, loc: Loc, message: str) -> None:
         assert self.locator is not None
@@ -114,7 +127,10 @@ class _Problems:
         self.file(path, f"{_dotted(shown)}: {message}", line)
 
     def unique(self) -> list[str]:
-        return list(dict.fromkeys(self.lines))
+        """Each problem once, file by file in line order (as an editor shows the file),
+        whichever check found it first."""
+        order = sorted(range(len(self.lines)), key=self.places.__getitem__)
+        return list(dict.fromkeys(self.lines[index] for index in order))
 
 
 def _dotted(loc: Loc) -> str:
@@ -436,12 +452,21 @@ def _substitute_text(text: str, loc: Loc, environ: Mapping[str, str], problems: 
     def replace(match: re.Match[str]) -> str:
         name = match[1]
         if name not in environ:
-            problems.at(loc, f"environment variable {name} is not set; set it or edit the file")
+            problems.at(loc, f"environment variable {name} is not set; {_unset_fix(name)}")
             problems.tainted.add(loc)
             return ""
         return environ[name]
 
     return _ENV_REFERENCE.sub(replace, text)
+
+
+def _unset_fix(name: str) -> str:
+    if name == "CREDENTIALS_DIRECTORY":  # set by systemd for the unit's processes only
+        return (
+            "systemd sets it inside the unit (LoadCredential=): run the command as the "
+            "service does, e.g. with the README's cbr() helper"
+        )
+    return "set it or edit the file"
 
 
 def _substitute(value: Any, loc: Loc, environ: Mapping[str, str], problems: _Problems) -> Any:
@@ -509,6 +534,11 @@ class _SecretResolver:
             name = mapping.pop(file_key)
             if key in mapping:
                 self.problems.at((*loc, key), f"give {key} or {file_key}, not both; drop one")
+            elif (*loc, file_key) in self.problems.tainted:
+                # Its path names an unset ${VAR}, already reported: reading what is left of
+                # it ("/ak") would only add a misleading "no such file".
+                mapping[key] = "unread"
+                self.problems.tainted.add((*loc, key))
             elif isinstance(name, str):
                 mapping[key] = self._read(self.base / name, (*loc, key))
             else:
@@ -618,6 +648,8 @@ def _error_message(error: Mapping[str, Any]) -> str:
         return _unknown_key_message(loc)
     if kind == "missing":
         return "required field is missing; add it"
+    if kind == "too_short":
+        return "must not be empty; list at least one"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
         hint = _PATTERN_HINTS.get(str(loc[-1]), _HINTS[kind])
@@ -626,9 +658,11 @@ def _error_message(error: Mapping[str, Any]) -> str:
     return f"{message}; {extra}" if extra and ";" not in message else message
 
 
-def _validate(raw: dict[str, Any], problems: _Problems) -> Settings | None:
+def _validate(
+    raw: dict[str, Any], problems: _Problems, *, credentials_deferred: bool = False
+) -> Settings | None:
     try:
-        return Settings.model_validate(raw)
+        return Settings.model_validate(raw, context={CREDENTIALS_DEFERRED: credentials_deferred})
     except ValidationError as error:
         for detail in error.errors(include_input=False, include_url=False):
             loc = tuple(detail["loc"])
@@ -654,8 +688,47 @@ def _settings_secrets(settings: Settings) -> list[str]:
 # --- API ----------------------------------------------------------------------------------
 
 
-def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Read, check and validate the config at ``path``; ``ConfigError`` lists every problem."""
+_CREDENTIALS: Loc = ("cloud", "credentials")
+
+
+def _hold_credentials(raw: dict[str, Any]) -> Any:
+    """Take ``cloud.credentials`` out of ``raw`` (None when there are none), to read apart."""
+    cloud = raw.get("cloud")
+    if not isinstance(cloud, Mapping) or "credentials" not in cloud:
+        return None
+    cloud = dict(cloud)
+    raw["cloud"] = cloud
+    return cloud.pop("credentials")
+
+
+def _read_credentials(
+    raw: dict[str, Any],
+    held: Any,
+    environ: Mapping[str, str],
+    problems: _Problems,
+    resolver: _SecretResolver,
+) -> list[str]:
+    """Read the held credentials back into ``raw``; when they cannot be read here (a
+    ``${NAME}`` unset, a secret file missing: systemd's ``$CREDENTIALS_DIRECTORY`` exists
+    only inside the unit), leave them out and return why."""
+    trial = _Problems(locator=problems.locator)
+    value = _substitute(held, _CREDENTIALS, environ, trial)
+    reader = _SecretResolver(resolver.base, trial)
+    value = reader.resolve(value, _CREDENTIALS)
+    if trial.lines:
+        return trial.unique()
+    raw["cloud"]["credentials"] = value
+    resolver.values += reader.values
+    return []
+
+
+def load_settings(
+    path: Path, environ: Mapping[str, str] | None = None, *, need_credentials: bool = True
+) -> LoadedConfig:
+    """Read, check and validate the config at ``path``; ``ConfigError`` lists every problem.
+
+    Without ``need_credentials`` (a command that never calls the cloud), credentials that
+    cannot be read are no error: they are left out and ``credential_problems`` says why."""
     environ = os.environ if environ is None else environ
     problems = _Problems()
     main = _read_yaml(path, problems)
@@ -669,18 +742,24 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     raw = dict(main.data)
     files = _policy_files(raw, base, environ, problems)
     raw["policies"] = _merge_defaults(raw, _collect_policies(main, files, problems))
+    held = None if need_credentials else _hold_credentials(raw)
     raw = _substitute(raw, (), environ, problems)
     resolver = _SecretResolver(base, problems)
     raw = resolver.resolve(raw)
+    deferred = [] if held is None else _read_credentials(raw, held, environ, problems, resolver)
     _resolve_paths(raw, base)
-    settings = _validate(raw, problems)
+    settings = _validate(raw, problems, credentials_deferred=bool(deferred))
     for loc, message in policy_conflicts(raw["policies"]):
         problems.at(("policies", *loc), message)
     if settings is None or problems.lines:
         raise ConfigError(problems.unique())
     secrets = [*resolver.values, *_settings_secrets(settings)]
     return LoadedConfig(
-        settings, path, (path, *files), tuple(dict.fromkeys(s for s in secrets if s))
+        settings,
+        path,
+        (path, *files),
+        tuple(dict.fromkeys(s for s in secrets if s)),
+        credential_problems=tuple(deferred),
     )
 
 

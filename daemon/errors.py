@@ -115,3 +115,7 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         self.signum = signum
         super().__init__(signum)
+
+
+class LedgerMissingError(LedgerError):
+    """No ledger at the configured place yet, and the command may not create one."""

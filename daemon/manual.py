@@ -22,6 +22,7 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.model import (
+    Attempt,
     Backup,
     Destination,
     Job,
@@ -115,7 +116,14 @@ def replicate_backup(
     if description is not None and (len(description) > 255 or set(description) & {"<", ">"}):
         raise ValueError("--description: at most 255 characters, without '<' or '>'")
     source_project, destination = resolve_destination(engine, request)
-    backup = engine.cloud.show_backup(request.source_region, source_project, backup_id)
+    try:
+        backup = engine.cloud.show_backup(request.source_region, source_project, backup_id)
+    except NotFoundError:
+        raise RefusedError(
+            Reason.BACKUP_NOT_FOUND,
+            f"no backup {backup_id!r} in {request.source_region}; check the id "
+            "(cbr-replicator --run-once --dry-run lists them)",
+        ) from None
     block = rules.manual_block(
         backup, destination.region, lambda record: _replica_exists(engine, destination, record)
     )
@@ -283,7 +291,13 @@ def replicate_vault(engine: Engine, request: ManualRequest, vault_name: str) -> 
         raise
     engine.ledger.mark_binding_bound(vault.id, region)
     jobs = _vault_jobs(
-        engine, request, source_project, destination, vault, records=accepted.records
+        engine,
+        request,
+        source_project,
+        destination,
+        vault,
+        records=accepted.records,
+        request_id=accepted.request_id,
     )
     return ManualResult(
         f"vault {vault.name} -> {region}: {len(accepted.records)} backup(s) started", jobs
@@ -298,6 +312,7 @@ def _vault_jobs(
     vault: Vault,
     *,
     records: Mapping[str, str],
+    request_id: str | None = None,
 ) -> tuple[Job, ...]:
     started = dict(records)
     jobs = [
@@ -318,10 +333,24 @@ def _vault_jobs(
         for backup_id, record_id in started.items()
         if engine.ledger.get_job(backup_id, destination.region) is None
     ]
-    return tuple(engine.ledger.save_jobs(jobs, engine.now())) if jobs else ()
+    if not jobs:
+        return ()
+    now = engine.now()
+    # One "accepted" attempt per backup the vault call started, as for a backup's POST: the
+    # jobs are in ``history`` and their tracked outcomes follow them there.
+    attempts = [Attempt(job_id=0, at=now, outcome="accepted", request_id=request_id)] * len(jobs)
+    return tuple(engine.ledger.save_jobs(jobs, now, attempts))
 
 
 # -- retry ---------------------------------------------------------------------------------
+
+
+_STATE_PHRASES = {
+    JobState.QUEUED: "is already queued for the next run",
+    JobState.SUBMITTING: "is being submitted",
+    JobState.REPLICATING: "is still replicating",
+    JobState.SUCCEEDED: "has already been replicated",
+}
 
 
 def retry_job(engine: Engine, backup_id: str, region: str) -> Job:
@@ -330,7 +359,7 @@ def retry_job(engine: Engine, backup_id: str, region: str) -> Job:
         raise LookupError(f"no job for backup {backup_id} to {region}")
     if job.state not in (JobState.GIVEN_UP, JobState.FAILED):
         raise LookupError(
-            f"backup {backup_id} to {region} is {job.state}; "
+            f"backup {backup_id} to {region} {_STATE_PHRASES[job.state]}; "
             "only failed or given-up jobs are retried"
         )
     return engine.ledger.save_jobs([retrying.requeue(job, engine.now())], engine.now())[0]

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     REGION_NOT_SUPPORTED = "region_not_supported"
     PROJECT_NOT_FOUND = "project_not_found"
     VAULT_NOT_FOUND = "vault_not_found"
+    BACKUP_NOT_FOUND = "backup_not_found"
     VAULT_ALREADY_REPLICATED = "vault_already_replicated"
 
 

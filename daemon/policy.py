@@ -303,6 +303,11 @@ class EmulatorSettings(_Model):
     time_scale: float = Field(default=1.0, gt=0, description="emulator clock speed vs real time")
 
 
+# Validation context key: the credentials were left unread (a command that never calls the
+# cloud, such as ``status``), so their absence is no error.
+CREDENTIALS_DEFERRED = "credentials_deferred"
+
+
 class CloudSettings(_Model):
     provider: Literal["huaweicloud", "emulator"] = Field(
         default="huaweicloud", description="the real cloud, or the embedded emulator"
@@ -363,7 +368,9 @@ class CloudSettings(_Model):
     def _credentials_for_cloud(
         cls, value: CredentialsSettings | None, info: ValidationInfo
     ) -> CredentialsSettings | None:
-        if value is None and info.data.get("provider", "huaweicloud") == "huaweicloud":
+        deferred = bool((info.context or {}).get(CREDENTIALS_DEFERRED))
+        provider = info.data.get("provider", "huaweicloud")
+        if value is None and not deferred and provider == "huaweicloud":
             raise ValueError(
                 "required for provider huaweicloud; set access_key and secret_key "
                 "(e.g. ${HUAWEICLOUD_SDK_AK}) or access_key_file and secret_key_file"

@@ -207,9 +207,10 @@ class Ledger(Protocol):
         policy: str | None = None,
         destination_region: str | None = None,
         retry_due_by: datetime | None = None,
+        manual: bool = False,
     ) -> int:
         """Jobs in these states; with ``retry_due_by``, only those whose next attempt is
-        unset or comes by then."""
+        unset or comes by then; with ``manual``, only the jobs of no policy."""
         ...
 
     def jobs_in_states(
@@ -220,9 +221,11 @@ class Ledger(Protocol):
         after_id: int = 0,
         policy: str | None = None,
         unchanged_since: datetime | None = None,
+        manual: bool = False,
     ) -> list[Job]:
         """Jobs in these states with ``id > after_id``, by id (keyset paging); with
-        ``unchanged_since``, only those last updated at or before it."""
+        ``unchanged_since``, only those last updated at or before it; with ``manual``, only
+        the jobs of no policy."""
         ...
 
     # -- vault bindings ----------------------------------------------------------------------
@@ -300,9 +303,15 @@ class Ledger(Protocol):
         ...
 
     def history(
-        self, *, source_backup_id: str | None = None, policy: str | None = None, limit: int = 50
+        self,
+        *,
+        source_backup_id: str | None = None,
+        policy: str | None = None,
+        limit: int = 50,
+        manual: bool = False,
     ) -> list[HistoryEntry]:
-        """Attempts, newest first."""
+        """Attempts, newest first; ``manual``: of the jobs of no policy (``policy`` is
+        then ignored)."""
         ...
 
     def traffic_entries(self, *, since: datetime) -> list[TrafficEntry]:
@@ -362,6 +371,10 @@ class Ledger(Protocol):
 
     def instances(self, now: datetime) -> list[InstanceInfo]:
         """Every instance seen, newest first, with the leases it holds at ``now``."""
+        ...
+
+    def forget_instance(self, owner: str) -> None:
+        """``owner`` exits cleanly: it is no longer listed among the instances."""
         ...
 
     def close(self) -> None: ...

@@ -627,13 +627,20 @@ def _attempt(
 # -- tracking ------------------------------------------------------------------------------
 
 
-def replicating_batches(ledger: Ledger, policy: str | None = None) -> Iterator[list[Job]]:
-    """Every replicating job (of one policy, or all), ``TRACK_BATCH`` at a time, by id: a job
-    saved while its batch is tracked is not read twice, and a backlog is never cut short."""
+def replicating_batches(
+    ledger: Ledger, policy: str | None = None, *, manual: bool = False
+) -> Iterator[list[Job]]:
+    """Every replicating job (of one policy, of none with ``manual``, or all),
+    ``TRACK_BATCH`` at a time, by id: a job saved while its batch is tracked is not read
+    twice, and a backlog is never cut short."""
     after_id = 0
     while True:
         jobs = ledger.jobs_in_states(
-            {JobState.REPLICATING}, limit=TRACK_BATCH, after_id=after_id, policy=policy
+            {JobState.REPLICATING},
+            limit=TRACK_BATCH,
+            after_id=after_id,
+            policy=policy,
+            manual=manual,
         )
         if not jobs:
             return
@@ -652,6 +659,7 @@ def track_jobs(engine: Engine, jobs: Iterable[Job], retry: retrying.RetryPolicy)
         return []
     workers = max(1, min(engine.worker_threads, len(replicating)))
     updated: list[Job] = []
+    finished: list[tuple[Job, Job]] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="track") as pool:
         reads = [pool.submit(_read_tracked_backup, engine, job) for job in replicating]
         try:
@@ -662,12 +670,71 @@ def track_jobs(engine: Engine, jobs: Iterable[Job], retry: retrying.RetryPolicy)
                 changed = track_from_backup(job, backup, retry, engine.now(), engine.rng)
                 if changed is not None:
                     updated.append(changed)
+                    finished.append((job, changed))
         finally:
             for read in reads:
                 read.cancel()  # after a failure: the reads not started are not sent
-    if updated:
-        return engine.ledger.save_jobs(updated, engine.now())
-    return []
+    if not updated:
+        return []
+    now = engine.now()
+    saved = engine.ledger.save_jobs(updated, now, finished_attempts(finished, now))
+    log_finished(finished)
+    return saved
+
+
+FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.GIVEN_UP})
+
+
+def _finished(before: Job, after: Job) -> bool:
+    """Did tracking see this job's replication end (in the cloud, not in our POST)?"""
+    return (
+        before.id is not None
+        and before.state in (JobState.SUBMITTING, JobState.REPLICATING)
+        and after.state in FINISHED_STATES
+    )
+
+
+def finished_attempts(changes: Iterable[tuple[Job, Job]], now: datetime) -> list[Attempt]:
+    """An attempt row per replication that ended: ``history`` shows how each submission
+    came out (the cloud's code and message of a failed record), not only that it was sent."""
+    return [
+        Attempt(
+            job_id=before.id or 0,
+            at=now,
+            outcome=str(after.state),
+            error_code=None if after.state == JobState.SUCCEEDED else after.last_error_code,
+            error_message=None if after.state == JobState.SUCCEEDED else after.last_error,
+        )
+        for before, after in changes
+        if _finished(before, after)
+    ]
+
+
+def log_finished(changes: Iterable[tuple[Job, Job]]) -> None:
+    """One line per replication that ended: ``replication_succeeded``, or
+    ``replication_failed`` with the cloud's code and what happens next (``state``: failed
+    and retried later, or given_up)."""
+    for before, after in changes:
+        if not _finished(before, after):
+            continue
+        bound = log.bind(
+            policy=after.policy, backup=after.source_backup_id, region=after.destination_region
+        )
+        if after.state == JobState.SUCCEEDED:
+            bound.info(
+                "replication_succeeded",
+                record=after.replication_record_id,
+                replica=after.replica_backup_id,
+            )
+        else:
+            bound.warning(
+                "replication_failed",
+                record=after.replication_record_id,
+                code=after.last_error_code,
+                error=after.last_error,
+                state=str(after.state),
+                attempts=after.attempts,
+            )
 
 
 def _read_tracked_backup(engine: Engine, job: Job) -> Backup | None:

@@ -40,6 +40,9 @@ class RunReport:
     # jobs): reading the ledger, deciding, writing the ledger; the listing calls and the
     # POSTs run on other threads.
     sweeping_thread_cpu_s: float = 0.0
+    # Set when the cloud denied a call (``keep_denied``): the run stopped at that policy.
+    permission_denied: PermissionDeniedError | None = None
+    manual_jobs: bool = False  # this run follows the jobs of no policy too
 
     @property
     def policy_errors(self) -> list[SweepReport]:
@@ -55,17 +58,30 @@ def run_policies(
     role: str = "run-once",
     on_swept: Callable[[SweepReport], None] | None = None,
     on_scanned: ScanHook | None = None,
+    keep_denied: bool = False,
+    manual_jobs: bool = False,
 ) -> RunReport:
     """Sweep every given policy once (one after the other); a failing policy never stops
     the others. ``role`` is what ``status`` shows for this process among the instances.
-    After each sweep its alert states are evaluated (``watch``), then ``on_swept`` is called."""
+    After each sweep its alert states are evaluated (``watch``), then ``on_swept`` is called.
+    A permission denied stops the run: raised, or with ``keep_denied`` reported as that
+    policy's error and kept in ``permission_denied`` (so the caller can show what was done).
+    ``manual_jobs``: also follow the replicating jobs of no policy (``follow_manual``), as
+    ``wait_for_run`` then does too."""
     run = RunReport()
     if not dry_run:
         engine.ledger.heartbeat(engine.owner, role=role, now=engine.now())
     for policy in policies:
-        report, resolved = sweep_policy(
-            engine, policy, dry_run=dry_run, sink=sink, on_scanned=on_scanned
-        )
+        try:
+            report, resolved = sweep_policy(
+                engine, policy, dry_run=dry_run, sink=sink, on_scanned=on_scanned
+            )
+        except PermissionDeniedError as denied:
+            if not keep_denied:
+                raise
+            run.permission_denied = denied
+            run.sweeps.append(_denied_report(engine, policy, denied))
+            break
         if not dry_run:
             evaluate_alerts(engine, policy, report)
         if on_swept is not None:
@@ -75,7 +91,38 @@ def run_policies(
             run.resolved[policy.name] = resolved
         if report.error and report.error_reason in _UNREACHABLE_CODES:
             run.cloud_unreachable = True
+    run.manual_jobs = manual_jobs and not dry_run
+    if run.manual_jobs and run.permission_denied is None:
+        follow_manual(engine)
     return run
+
+
+MANUAL_RETRY = RetryPolicy(max_attempts=1)  # as replicate-backup submits them
+
+
+def follow_manual(engine: Engine) -> int:
+    """Track the replicating jobs of no policy (``replicate-backup`` or ``-vault`` without
+    ``--wait``): no sweep lists them, so without a daemon only a run brings them to an end.
+    Returns how many still replicate; a cloud failure is logged and leaves them for later."""
+    try:
+        for jobs in replicate.replicating_batches(engine.ledger, manual=True):
+            replicate.track_jobs(engine, jobs, MANUAL_RETRY)
+    except PermissionDeniedError:
+        raise
+    except CloudError as error:
+        log.warning("manual_tracking_failed", error=str(error))
+    return engine.ledger.count_jobs({JobState.REPLICATING}, manual=True)
+
+
+def _denied_report(engine: Engine, policy: Policy, denied: PermissionDeniedError) -> SweepReport:
+    now = engine.now()
+    return SweepReport(
+        policy=policy.name,
+        started_at=now,
+        finished_at=now,
+        error=str(denied),
+        error_reason="permission_denied",
+    )
 
 
 def evaluate_alerts(engine: Engine, policy: Policy, report: SweepReport | None = None) -> None:
@@ -137,7 +184,7 @@ def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
             {JobState.QUEUED, JobState.SUBMITTING, JobState.REPLICATING}, policy=name
         )
         pending += _failed_due_before(engine, name, wait_until)
-    return pending
+    return pending + (follow_manual(engine) if run.manual_jobs else 0)
 
 
 def _track_policy(engine: Engine, policy: str, retry: RetryPolicy) -> None:
@@ -154,6 +201,8 @@ def _failed_due_before(engine: Engine, policy: str, moment: datetime) -> int:
 
 def count_outcomes(engine: Engine, run: RunReport) -> None:
     """The run's policies' failed, given-up and unfinished jobs, as the ledger has them."""
+    if run.manual_jobs:
+        run.unfinished_jobs += engine.ledger.count_jobs({JobState.REPLICATING}, manual=True)
     for name in run.resolved:
         run.failed_jobs += engine.ledger.count_jobs({JobState.FAILED}, policy=name)
         run.given_up_jobs += engine.ledger.count_jobs({JobState.GIVEN_UP}, policy=name)

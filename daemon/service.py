@@ -83,6 +83,19 @@ def make_trigger(schedule: ScheduleSettings) -> Any:
     )
 
 
+def next_sweep(
+    schedule: ScheduleSettings, last_started: datetime | None, now: datetime
+) -> datetime | None:
+    """When the daemon sweeps next, as far as the ledger tells (for ``status``): a cron's
+    next time; an interval's last sweep plus the interval (None before the first: the daemon
+    sweeps at its start). Jitter may add to it."""
+    if schedule.interval is not None:
+        return None if last_started is None else last_started + schedule.interval
+    trigger = make_trigger(schedule.model_copy(update={"jitter": timedelta(0)}))
+    moment: datetime | None = trigger.get_next_fire_time(None, now)
+    return moment
+
+
 def misfire_grace(schedule: ScheduleSettings) -> int:
     """A run late (host asleep, or queued behind other sweeps) by up to its period, at most
     an hour, still runs; a later one is dropped: the next run is as good."""
@@ -224,14 +237,17 @@ class Daemon:
         policies = [policy.name for policy in self.app.policies()]
         if not policies:
             log.warning("no_enabled_policies", config=str(self.config_path))
+        first = self._first_sweeps()
         log.info(
             "daemon_started",
             config=str(self.config_path),
             policies=policies,
+            next_sweeps={name: _rfc3339(moment) for name, moment in first.items()},
             metrics=self._metrics_server.address if self._metrics_server else None,
             watchdog_seconds=self._watchdog_seconds(),
         )
         self._notify(READY=1, STATUS=self._status("idle"))
+        self._sweep_at_once(first)
 
     def _main_loop(self) -> None:
         """Signals only set flags; everything they ask for happens here."""
@@ -281,11 +297,20 @@ class Daemon:
             sys.stderr.flush()
             os._exit(exitcodes.OK)
         try:
+            self._forget_instance()
             self._close()
         finally:
             self._work_lock.release()
         log.info("daemon_stopped")
         return exitcodes.OK
+
+    def _forget_instance(self) -> None:
+        """A clean stop leaves no row in ``status``'s instances (a crash leaves one, shown
+        as gone)."""
+        try:
+            self.app.ledger.forget_instance(self.engine.owner)
+        except LedgerError as error:
+            log.warning("instance_not_forgotten", error=str(error))
 
     def _close(self) -> None:
         if self.scheduler.running:
@@ -401,6 +426,12 @@ class Daemon:
         self._add_heartbeat()
 
     def _add_policy_job(self, policy: Policy) -> None:
+        # An interval policy sweeps at once when a reload changes its schedule (and at the
+        # start, see ``_start``), then every interval: never a first silent interval (6 h with
+        # ``6h``).
+        first: dict[str, Any] = {}
+        if policy.schedule.interval is not None and self.scheduler.running:
+            first["next_run_time"] = datetime.now(UTC)
         self.scheduler.add_job(
             self._sweep_job,
             trigger=make_trigger(policy.schedule),
@@ -409,7 +440,25 @@ class Daemon:
             name=f"sweep {policy.name}",
             replace_existing=True,
             misfire_grace_time=misfire_grace(policy.schedule),
+            **first,
         )
+
+    def _first_sweeps(self) -> dict[str, datetime | None]:
+        """Each enabled policy's first sweep: now for an interval, its cron's next time."""
+        now = datetime.now(UTC)
+        found: dict[str, datetime | None] = {}
+        for policy in self.app.policies():
+            job = self.scheduler.get_job(f"policy:{policy.name}")
+            found[policy.name] = (
+                now if policy.schedule.interval is not None else getattr(job, "next_run_time", None)
+            )
+        return found
+
+    def _sweep_at_once(self, first: dict[str, datetime | None]) -> None:
+        """After READY (a reload may follow it at once): the interval policies' first runs."""
+        for policy in self.app.policies():
+            if policy.schedule.interval is not None and first.get(policy.name) is not None:
+                self.scheduler.modify_job(f"policy:{policy.name}", next_run_time=first[policy.name])
 
     def _add_tracker(self, policies: list[Policy]) -> None:
         self.scheduler.add_job(
@@ -665,6 +714,10 @@ class Daemon:
         self._progress = time.monotonic()
         if self._stopping.is_set() and not mutating:
             raise TransientError("the daemon is stopping", code="daemon_stopping")
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
 def _enabled_policy(app: App, name: str) -> Policy | None:

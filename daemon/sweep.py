@@ -407,6 +407,7 @@ def decide_pages(
     settled_seen: Counter[JobState] = Counter()
     now = engine.now()
     writes: list[Job] = []
+    finished: list[tuple[Job, Job]] = []
     for vault, page in pages:
         for index, backup_id in enumerate(page.ids):
             settled = settled_jobs.get(backup_id)
@@ -427,12 +428,15 @@ def decide_pages(
                 sink(resolved.policy, vault, backup, decision)
             if write is not None:
                 writes.append(write)
+                if job is not None:
+                    finished.append((job, write))
     for state, seen in settled_seen.items():
         tally.backups_seen += seen
         assert tally.reasons is not None
         tally.reasons[rules.settled_reason(state)] += seen
     if writes and not dry_run:
-        engine.ledger.save_jobs(writes, now)
+        engine.ledger.save_jobs(writes, now, replicate.finished_attempts(finished, now))
+        replicate.log_finished(finished)
 
 
 def _count(tally: _Tally, decision: Decision) -> None:

@@ -14,14 +14,16 @@ from sqlalchemy import (
     Engine,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
-from daemon.errors import LedgerError
+from daemon.errors import LedgerError, LedgerMissingError
 from daemon.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from daemon.ledger.store import READ_ONLY_OPTION, SqlLedger, cause_of
 
@@ -30,8 +32,10 @@ MIGRATION_LOCK = 0x63627272  # PostgreSQL advisory lock key held while migrating
 
 
 # -- opening -------------------------------------------------------------------------------------
-def open_ledger(url: str) -> SqlLedger:
-    """Open (creating or migrating) the ledger at ``url``. Raises LedgerError with the fix."""
+def open_ledger(url: str, *, create: bool = True) -> SqlLedger:
+    """Open (creating or migrating) the ledger at ``url``. Raises LedgerError with the fix.
+    Without ``create`` (the commands that only read it) a ledger that does not exist yet, a
+    file or a database without its tables, is an error, never made."""
     try:
         parsed = make_url(url)
     except Exception as error:  # SQLAlchemy raises ArgumentError, ValueError and more
@@ -40,7 +44,7 @@ def open_ledger(url: str) -> SqlLedger:
             "postgresql+psycopg://USER@HOST/DB"
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(parsed.database)
+        engine = _sqlite_engine(parsed.database, create=create)
     elif parsed.get_backend_name() == "postgresql":
         engine = create_engine(
             parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, future=True
@@ -54,6 +58,8 @@ def open_ledger(url: str) -> SqlLedger:
     try:
         if ledger.is_sqlite:
             _check_sqlite(engine)
+        if not create:
+            _require_tables(engine)
         _migrate(engine)
     except LedgerError:
         engine.dispose()
@@ -66,14 +72,17 @@ def open_ledger(url: str) -> SqlLedger:
     return ledger
 
 
-def _sqlite_engine(database: str | None) -> Engine:
+def _sqlite_engine(database: str | None, *, create: bool = True) -> Engine:
     if not database or database == ":memory:":
         raise LedgerError(
             "ledger.url: an in-memory SQLite ledger loses every job at exit; "
             "give a file: sqlite:////var/lib/cbr-replicator/ledger.db"
         )
     path = Path(database)
-    _create_private_file(path)
+    if create:
+        _create_private_file(path)
+    elif not path.exists():  # a stat: SQLite would create the file on connecting
+        raise LedgerMissingError(f"{path} does not exist; {_CREATED_BY}")
     engine = create_engine(
         f"sqlite:///{path}",
         connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
@@ -97,6 +106,19 @@ def _sqlite_engine(database: str | None) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def open_scratch_ledger() -> SqlLedger:
+    """An empty ledger in this process's memory: what a dry run decides against before any
+    ledger exists (as the first run would decide); nothing of it outlives the process."""
+    engine = create_engine(
+        "sqlite://",
+        poolclass=StaticPool,
+        connect_args={"check_same_thread": False},
+        future=True,
+    )
+    _migrate(engine)
+    return SqlLedger(engine)
 
 
 def _is_busy(error: BaseException) -> bool:
@@ -148,6 +170,18 @@ def _create_private_file(path: Path) -> None:
             f"ledger {path}: cannot read or set its mode: {error.strerror}; check the file "
             "belongs to the service user"
         ) from None
+
+
+_CREATED_BY = "the daemon or `cbr-replicator --run-once` creates it (or check ledger.url)"
+
+
+def _require_tables(engine: Engine) -> None:
+    """An existing ledger has its schema version row; an empty file or database has not."""
+    with engine.connect() as connection:
+        found = inspect(connection).has_table("schema_version")
+    if not found:
+        where = engine.url.render_as_string(hide_password=True)
+        raise LedgerMissingError(f"{where} holds no ledger yet; {_CREATED_BY}")
 
 
 def _check_sqlite(engine: Engine) -> None:

@@ -441,8 +441,11 @@ class SqlLedger:
         policy: str | None = None,
         destination_region: str | None = None,
         retry_due_by: datetime | None = None,
+        manual: bool = False,
     ) -> int:
         query = select(func.count()).select_from(JobRow)
+        if manual:
+            query = query.where(col(JobRow.policy).is_(None))
         query = query.where(col(JobRow.state).in_([str(state) for state in states]))
         if retry_due_by is not None:
             next_attempt_at = col(JobRow.next_attempt_at)
@@ -462,6 +465,7 @@ class SqlLedger:
         after_id: int = 0,
         policy: str | None = None,
         unchanged_since: datetime | None = None,
+        manual: bool = False,
     ) -> list[Job]:
         table = _JOBS_TABLE
         query = table.select().where(
@@ -469,6 +473,8 @@ class SqlLedger:
         )
         if policy is not None:
             query = query.where(table.c.policy == policy)
+        if manual:
+            query = query.where(table.c.policy.is_(None))
         if unchanged_since is not None:
             query = query.where(table.c.updated_at <= unchanged_since)
         query = query.order_by(table.c.id).limit(limit)
@@ -669,12 +675,19 @@ class SqlLedger:
         return UtcDateTime().process_result_value(_parse_if_text(value), self.engine.dialect)
 
     def history(
-        self, *, source_backup_id: str | None = None, policy: str | None = None, limit: int = 50
+        self,
+        *,
+        source_backup_id: str | None = None,
+        policy: str | None = None,
+        limit: int = 50,
+        manual: bool = False,
     ) -> list[HistoryEntry]:
         query = select(AttemptRow, JobRow).join(JobRow, col(AttemptRow.job_id) == col(JobRow.id))
         if source_backup_id is not None:
             query = query.where(JobRow.source_backup_id == source_backup_id)
-        if policy is not None:
+        if manual:
+            query = query.where(col(JobRow.policy).is_(None))
+        elif policy is not None:
             query = query.where(JobRow.policy == policy)
         query = query.order_by(col(AttemptRow.at).desc(), col(AttemptRow.id).desc()).limit(limit)
         with self._session() as session:
@@ -866,6 +879,12 @@ class SqlLedger:
             )
             for row in rows
         ]
+
+    def forget_instance(self, owner: str) -> None:
+        with self._session() as session:
+            row = session.get(InstanceRow, owner)
+            if row is not None:
+                session.delete(row)
 
     def schema_version(self) -> int:
         with self._session() as session:

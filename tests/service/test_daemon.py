@@ -75,7 +75,8 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_running_and_says_why(
 
 
 def test_sighup_with_a_changed_config_reschedules_the_policy(service: Service) -> None:
-    service.write_config([web_south("1h")])
+    yearly = {**web_south(), "schedule": {"cron": "0 0 1 1 *"}}  # (an interval sweeps at start)
+    service.write_config([yearly])
     daemon, notify = service.start_ready()
     assert service.emulator.requests("list_backups") == []
 
@@ -155,6 +156,11 @@ def test_reload_keeps_the_ledger_open_so_a_reader_beside_it_loses_nothing(
     for _ in range(3):
         swept_after_reload.append(daemon.wait_event("sweep_finished", policy="web-south"))
         notify.drain()  # systemd reads its socket; an unread one would fill up
+    with closing(sqlite3.connect(f"file:{service.ledger}?mode=ro", uri=True)) as connection:
+        instances = connection.execute("SELECT owner FROM instances").fetchall()
+    # One instance row for the one daemon process, however often it reloads.
+    assert len(instances) == 1
+    assert f":{daemon.pid}:" in instances[0][0]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == exitcodes.OK
     with closing(sqlite3.connect(f"file:{service.ledger}?mode=ro", uri=True)) as connection:
@@ -162,9 +168,5 @@ def test_reload_keeps_the_ledger_open_so_a_reader_beside_it_loses_nothing(
         (recorded,) = connection.execute(
             "SELECT COUNT(*) FROM sweeps WHERE finished_at IS NOT NULL"
         ).fetchone()
-        instances = connection.execute("SELECT owner FROM instances").fetchall()
     # Every sweep the daemon logged, the three after the reload among them, is in the ledger.
     assert recorded == len(daemon.events("sweep_finished")) >= len(swept_after_reload) + 1
-    # One instance row for the one daemon process, however often it reloads.
-    assert len(instances) == 1
-    assert f":{daemon.pid}:" in instances[0][0]

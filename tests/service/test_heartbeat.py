@@ -22,10 +22,10 @@ def last_seen(service: Service) -> dict[str, str]:
 
 
 def test_the_daemon_heartbeats_between_sweeps_every_half_lease(service: Service) -> None:
-    # Nothing sweeps during the test (hourly), and the tracker's first round is a minute away.
-    service.write_config(
-        [web_south("1h")], cloud={"lease": "3s", "connect_timeout": "1s", "timeout": "1s"}
-    )
+    # Nothing sweeps during the test (yearly; an interval would sweep at the start), and the
+    # tracker's first round is a minute away.
+    yearly = {**web_south(), "schedule": {"cron": "0 0 1 1 *"}}
+    service.write_config([yearly], cloud={"lease": "3s", "connect_timeout": "1s", "timeout": "1s"})
     daemon, _ = service.start_ready()
     seen: set[str] = set()
     deadline = time.monotonic() + DEADLINE
