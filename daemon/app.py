@@ -21,7 +21,7 @@ from daemon.cloud import ApiCallback, CloudOptions, Credentials, HuaweiCloud
 from daemon.config import LoadedConfig
 from daemon.errors import ConfigError
 from daemon.ledger import SqlLedger, open_ledger
-from daemon.observe import register_secrets
+from daemon.observe import redact_text, register_secrets
 from daemon.policy import Policy, Settings
 from daemon.replicate import Engine
 
@@ -99,6 +99,7 @@ def build_app(
     settings = loaded.settings
     register_secrets(loaded.secrets)
     ledger = open_ledger(settings.ledger.url)
+    ledger.redact = redact_text
     emulator = _start_emulator(settings) if open_cloud else None
     try:
         cloud = HuaweiCloud(

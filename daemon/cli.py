@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from daemon import __version__, exitcodes
 from daemon.errors import (
@@ -212,9 +212,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result.code = run_daemon(config_path, log_format=args.log_format)
             return result.code
         handler = command_run_once
-    with _errors_as_exit_codes() as result:
+    with _redacted_output(), _errors_as_exit_codes() as result:
         result.code = handler(args, config_path)
     return result.code
+
+
+class _Redacting:
+    """A text stream whose writes pass through the secret redaction of the log: what a
+    command prints (a report quoting a ledger error, a message quoting an exception) is
+    masked like a log line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from daemon.observe import redact_text
+
+        self._stream.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _redacted_output() -> Iterator[None]:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacting(stdout), _Redacting(stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 class _Result:

@@ -24,7 +24,14 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
 
 from daemon.errors import ConfigError
-from daemon.policy import Loc, NotifySettings, Policy, Settings, policy_conflicts
+from daemon.policy import (
+    Loc,
+    NotifySettings,
+    Policy,
+    Settings,
+    credential_problem,
+    policy_conflicts,
+)
 
 MAX_FILE_BYTES = 1 << 20  # RELIABILITY.md §5: refuse anything bigger before parsing
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -461,8 +468,19 @@ def _secret_file_problem(path: Path) -> str | None:
 
 
 def _read_secret(path: Path) -> str:
-    text = path.read_text(encoding="utf-8")
-    # Files written by editors or `echo` end with a newline that is not part of the secret.
+    """The secret in ``path``: its text less one trailing line break, which editors and
+    `echo` add and which is not part of the secret. ``ValueError`` names what is wrong."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"secret file {path}: {error.strerror}; check the file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"secret file {path} is not UTF-8 text (byte {error.start + 1}); name the file "
+            "holding the secret as text"
+        ) from None
     return text.removesuffix("\n").removesuffix("\r")
 
 
@@ -503,13 +521,20 @@ class _SecretResolver:
 
     def _read(self, path: Path, loc: Loc) -> str:
         problem = _secret_file_problem(path)
-        if problem is not None:
-            self.problems.at(loc, problem)
-            self.problems.tainted.add(loc)
-            return "unread"
-        secret = _read_secret(path)
-        self.values.append(secret)
-        return secret
+        if problem is None:
+            try:
+                secret = _read_secret(path)
+            except ValueError as error:
+                problem = str(error)
+            else:
+                self.values.append(secret)  # redacted even if refused below
+                found = credential_problem(secret) if loc[-2:-1] == ("credentials",) else None
+                if found is None:
+                    return secret
+                problem = f"secret file {path} {found}"
+        self.problems.at(loc, problem)
+        self.problems.tainted.add(loc)
+        return "unread"
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

@@ -282,6 +282,23 @@ class LedgerSettings(_Model):
         return url
 
 
+_CHARACTER_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
+
+
+def credential_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an access key, secret key or token, or None. Such a key goes
+    into a request header, where a line break or a space is refused, and the refusal quotes
+    the header; the message names the character and its place, never the value."""
+    for position, character in enumerate(value, start=1):
+        if character.isspace() or not character.isprintable():
+            name = _CHARACTER_NAMES.get(character, "a whitespace or control character")
+            return (
+                f"holds {name} at character {position} of {len(value)}; a key is one word "
+                "of printable characters (a *_file may end with one line break): fix the value"
+            )
+    return None
+
+
 class CredentialsSettings(_Model):
     access_key: SecretStr = Field(min_length=1, description="access key id (AK)")
     secret_key: SecretStr = Field(min_length=1, description="secret access key (SK)")
@@ -289,6 +306,14 @@ class CredentialsSettings(_Model):
         default=None, description="security token of temporary credentials"
     )
     domain_id: str | None = Field(default=None, description="account (domain) id, for IAM")
+
+    @field_validator("access_key", "secret_key", "security_token")
+    @classmethod
+    def _printable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = None if value is None else credential_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class EndpointsSettings(_Model):

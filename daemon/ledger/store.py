@@ -164,6 +164,7 @@ def _store_jobs(
     jobs: Sequence[Job],
     stored: Mapping[tuple[str, str], _StoredJob],
     now: datetime,
+    scrub: Callable[[str | None], str | None],
 ) -> list[Job]:
     """Update the stored ones, insert the others; each job as saved, with its id."""
     updates: dict[int, dict[str, Any]] = {}
@@ -171,6 +172,7 @@ def _store_jobs(
     for job in jobs:
         values = _job_values(job)
         values["updated_at"] = now
+        values["last_error"] = scrub(values["last_error"])
         found = stored.get(job.key)
         if found is not None:
             updates[found.id] = {"row_id": found.id} | {
@@ -236,9 +238,16 @@ def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
 class SqlLedger:
     """The ``Ledger`` port on SQLite or PostgreSQL. Safe to share between threads."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, redact: Callable[[str], str] | None = None) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # Every error text goes through it before it is stored (the app sets the log's secret
+        # redaction): an exception quoting a secret must reach neither the ledger nor what
+        # ``status`` and ``history`` read from it.
+        self.redact = redact
+
+    def _scrub(self, text: str | None) -> str | None:
+        return text if text is None or self.redact is None else self.redact(text)
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -303,7 +312,9 @@ class SqlLedger:
         if not jobs and not attempts:
             return []
         with self._session() as session:
-            stored = _store_jobs(session, jobs, self._stored_by_key(session, jobs), now)
+            stored = _store_jobs(
+                session, jobs, self._stored_by_key(session, jobs), now, self._scrub
+            )
             if attempts:
                 session.execute(
                     insert(_ATTEMPTS_TABLE),
@@ -313,7 +324,7 @@ class SqlLedger:
                             "at": attempt.at,
                             "outcome": attempt.outcome,
                             "error_code": attempt.error_code,
-                            "error_message": attempt.error_message,
+                            "error_message": self._scrub(attempt.error_message),
                             "request_id": attempt.request_id,
                         }
                         for position, attempt in enumerate(attempts)
@@ -331,7 +342,7 @@ class SqlLedger:
                 for job in jobs
                 if (found := existing.get(job.key)) is not None and found.lease_owner == owner
             ]
-            return _store_jobs(session, owned, existing, now)
+            return _store_jobs(session, owned, existing, now, self._scrub)
 
     def _stored_by_key(
         self, session: Session, jobs: Sequence[Job], *, lock: bool = False
@@ -596,7 +607,7 @@ class SqlLedger:
             row.enqueued = report.enqueued
             row.adopted = report.adopted
             row.submitted = report.submitted
-            row.error = report.error
+            row.error = self._scrub(report.error)
             row.error_reason = report.error_reason
             session.add(row)
 
@@ -798,7 +809,7 @@ class SqlLedger:
                 return
             row.attempts += 1
             row.status = status
-            row.last_error = error
+            row.last_error = self._scrub(error)
             row.next_attempt_at = next_attempt_at
             row.lease_owner = None
             row.lease_expires_at = None

@@ -1,0 +1,89 @@
+"""Configs an attacker or a bad day writes: keys with stray whitespace, binary secret files,
+durations past any use, URLs that do not parse, files that are not config text. Each is one
+problem line naming the file and the field, exit 78, and never echoes a secret."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+Check = Callable[[Path], tuple[int, str, str]]
+Write = Callable[..., Path]
+
+CANARY = "AKcanary0123456789"
+
+
+def refused(result: tuple[int, str, str], path: Path, *needles: str) -> str:
+    code, out, err = result
+    assert code == 78, (out, err)
+    assert "Traceback" not in out + err
+    assert err.startswith(str(path.parent)), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# -- credentials ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (f"{CANARY}\n\n", "a line break at character 19 of 19"),
+        (f"{CANARY}\r\n\r\n", "a carriage return at character 19 of 20"),
+        (f"{CANARY} \n", "a space at character 19 of 19"),
+        (f"AK\t{CANARY}", "a tab at character 3"),
+        (f"{CANARY}\x00", "a whitespace or control character"),
+    ],
+)
+def test_a_key_file_with_stray_whitespace_is_refused_naming_the_file(
+    base: dict[str, Any], write: Write, check: Check, content: str, what: str
+) -> None:
+    secret = write(content, "ak")
+    base["cloud"]["credentials"] = {"access_key_file": str(secret), "secret_key": "s3cr3t-sk"}
+    path = write(base)
+    err = refused(check(path), path, "cloud.credentials.access_key_file", str(secret), what)
+    assert CANARY not in err
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_one_trailing_line_break_of_a_key_file_is_not_part_of_the_key(
+    base: dict[str, Any], write: Write, ending: str
+) -> None:
+    from daemon.config import load_settings
+
+    secret = write(CANARY + ending, "ak")
+    base["cloud"]["credentials"] = {"access_key_file": str(secret), "secret_key": "s3cr3t-sk"}
+    credentials = load_settings(write(base)).settings.cloud.credentials
+    assert credentials is not None
+    assert credentials.access_key.get_secret_value() == CANARY
+
+
+@pytest.mark.parametrize("key", ["access_key", "secret_key", "security_token"])
+def test_a_key_from_the_environment_with_a_line_break_is_refused(
+    base: dict[str, Any],
+    write: Write,
+    check: Check,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+) -> None:
+    monkeypatch.setenv("CBR_TEST_KEY", CANARY + "\n")
+    base["cloud"]["credentials"] = {"access_key": "AKID", "secret_key": "s3cr3t-sk"}
+    base["cloud"]["credentials"][key] = "${CBR_TEST_KEY}"
+    path = write(base)
+    err = refused(check(path), path, f"cloud.credentials.{key}: holds a line break")
+    assert CANARY not in err
+
+
+def test_a_binary_secret_file_is_refused_naming_the_file(
+    base: dict[str, Any], write: Write, check: Check, config_dir: Path
+) -> None:
+    secret = config_dir / "whsecret"
+    secret.write_bytes(b"\xff\xfe binary")
+    secret.chmod(0o600)
+    base["notify"] = {"webhook": {"url": "https://hooks.example/x", "secret_file": str(secret)}}
+    path = write(base)
+    refused(check(path), path, "notify.webhook.secret_file", str(secret), "not UTF-8 text")
