@@ -32,6 +32,7 @@ from daemon.policy import (
     credential_problem,
     policy_conflicts,
 )
+from daemon.policy import format_duration as _duration_text
 
 MAX_FILE_BYTES = 1 << 20  # RELIABILITY.md §5: refuse anything bigger before parsing
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -768,15 +769,7 @@ def _as_written(definitions: dict[str, Any]) -> None:
 
 def format_duration(value: timedelta) -> str:
     """``timedelta(hours=1, minutes=30)`` -> ``1h30m``."""
-    seconds = int(value.total_seconds())
-    if seconds == 0:
-        return "0s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
+    return _duration_text(value)
 
 
 def format_size(value: int) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 Check = Callable[[Path], tuple[int, str, str]]
 Write = Callable[..., Path]
@@ -87,3 +88,69 @@ def test_a_binary_secret_file_is_refused_naming_the_file(
     base["notify"] = {"webhook": {"url": "https://hooks.example/x", "secret_file": str(secret)}}
     path = write(base)
     refused(check(path), path, "notify.webhook.secret_file", str(secret), "not UTF-8 text")
+
+
+# -- bounds ---------------------------------------------------------------------------------
+
+
+def _set(config: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    for part in path[:-1]:
+        config = config.setdefault(part, {}) if isinstance(part, str) else config[part]
+    config[path[-1]] = value
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "allowed"),
+    [
+        (("policies", 0, "schedule"), {"interval": "99999999d"}, "up to 366d"),
+        (("cloud", "lease"), "99999999d", "up to 1d"),
+        (("cloud", "timeout"), "99999999d", "up to 1h"),
+        (("cloud", "connect_timeout"), "2h", "up to 1h"),
+        (("policies", 0, "schedule", "jitter"), "99999999d", "up to 366d"),
+        (("policies", 0, "rpo"), "99999999d", "up to 3660d"),
+        (("policies", 0, "stuck_after"), "99999999d", "up to 3660d"),
+        (("policies", 0, "retry"), {"initial_backoff": "99999d", "max_backoff": "99999d"}, "30d"),
+        (("notify", "webhook"), {"url": "https://h.example/x", "timeout": "99999999d"}, "1h"),
+        (("policies", 0, "traffic_budget_per_day"), "9999999PiB", "up to 1PiB"),
+        (("cloud", "concurrency"), 10**30, "less than or equal to 256"),
+        (("cloud", "requests_per_second"), ".inf", "less than or equal to 1000000"),
+        (("policies", 0, "retry", "multiplier"), 1e300, "less than or equal to 100"),
+        (("policies", 0, "max_in_flight"), 10**30, "less than or equal to 1000000"),
+    ],
+)
+def test_durations_sizes_and_counts_past_their_range_are_refused_with_the_range(
+    base: dict[str, Any],
+    write: Write,
+    check: Check,
+    *,
+    path: tuple[Any, ...],
+    value: Any,
+    allowed: str,
+) -> None:
+    _set(base, path, value)
+    text = yaml.safe_dump(base, sort_keys=False).replace("'.inf'", ".inf")
+    config = write(text)
+    refused(check(config), config, allowed)
+
+
+def test_every_duration_at_its_maximum_schedules_and_computes_without_overflow(
+    base: dict[str, Any], write: Write
+) -> None:
+    """The ceilings are low enough for what is computed from them: the daemon's trigger,
+    a lease's end, a retry's backoff (each overflowed at 99999999d)."""
+    from datetime import UTC, datetime
+
+    from daemon.config import load_settings
+    from daemon.service import make_trigger
+
+    base["cloud"].update(lease="1d", timeout="1h", connect_timeout="1h")
+    policy = base["policies"][0]
+    policy["schedule"] = {"interval": "366d", "jitter": "365d"}
+    policy["retry"] = {"initial_backoff": "30d", "max_backoff": "30d", "multiplier": 100}
+    policy.update(rpo="3660d", stuck_after="3660d", traffic_budget_per_day="1PiB")
+    settings = load_settings(write(base)).settings
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    fire = make_trigger(settings.policies[0].schedule).get_next_fire_time(None, now)
+    assert fire is not None
+    assert fire > now
+    assert now + settings.cloud.lease + settings.policies[0].rpo > now
