@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -172,6 +173,37 @@ Backoff = Annotated[PositiveDuration, _at_most(timedelta(days=30))]
 Horizon = Annotated[PositiveDuration, _at_most(timedelta(days=3660))]  # rpo, stuck_after
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
+# --- URLs --------------------------------------------------------------------------------
+
+
+def url_problem(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    """Why ``url`` cannot be used, or None: parsed here as the HTTP client will parse it, so
+    a URL that would fail at the first request fails at load. Never quotes the URL (it may
+    hold a password)."""
+    if any(character.isspace() or not character.isprintable() for character in url):
+        return "holds a space or a control character; write the URL without it"
+    try:
+        parts = urlsplit(url)
+        if parts.port == 0:
+            raise ValueError("Port 0")
+    except ValueError as error:
+        if "Port" in str(error):
+            return "its port is not a number from 1 to 65535; fix the port"
+        return "its host is not a valid name or [IPv6] address; fix the host"
+    if parts.scheme.lower() not in schemes:
+        return f"write a {' or '.join(f'{scheme}://' for scheme in schemes)} URL"
+    return None if parts.hostname else "names no host; write SCHEME://HOST[:PORT]/..."
+
+
+def _checked_url(url: str | None) -> str | None:
+    problem = None if url is None else url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(_checked_url)]
+
 # --- cron --------------------------------------------------------------------------------
 
 _MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -327,6 +359,12 @@ class LedgerSettings(_Model):
     def _known_scheme(cls, url: str) -> str:
         if not url.startswith(("sqlite:", "postgresql")):
             raise ValueError("use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+        if url.startswith("postgresql"):
+            # A socket directory (postgresql://user@/db?host=/run/postgresql) names no host.
+            scheme = url.partition("://")[0]
+            problem = url_problem(url, (scheme,))
+            if problem is not None and not problem.startswith("names no host"):
+                raise ValueError(problem)
         return url
 
 
@@ -365,8 +403,8 @@ class CredentialsSettings(_Model):
 
 
 class EndpointsSettings(_Model):
-    iam: str | None = Field(default=None, description="IAM endpoint URL (IAM is global)")
-    cbr: dict[str, str] = Field(default_factory=dict, description="region -> CBR endpoint URL")
+    iam: HttpUrl | None = Field(default=None, description="IAM endpoint URL (IAM is global)")
+    cbr: dict[str, HttpUrl] = Field(default_factory=dict, description="region -> CBR endpoint URL")
 
 
 class EmulatorSettings(_Model):
@@ -397,7 +435,7 @@ class CloudSettings(_Model):
     verify_tls: bool = Field(
         default=True, validate_default=True, description="verify TLS certificates"
     )
-    proxy: str | None = Field(
+    proxy: HttpUrl | None = Field(
         default=None,
         description="HTTP(S) proxy URL (proxy environment variables are not read)",
     )
@@ -552,13 +590,13 @@ class ReplicaTemplate(_Model):
 
 
 class WebhookSettings(_Model):
-    url: str = Field(pattern=r"^https?://", description="URL receiving state-change events")
+    url: HttpUrl = Field(pattern=r"^https?://", description="URL receiving state-change events")
     secret: SecretStr | None = Field(default=None, description="HMAC key signing each event")
     timeout: Timeout = Field(default=timedelta(seconds=10), description="timeout of one delivery")
 
 
 class HeartbeatSettings(_Model):
-    url: str = Field(pattern=r"^https?://", description="URL pinged after each healthy sweep")
+    url: HttpUrl = Field(pattern=r"^https?://", description="URL pinged after each healthy sweep")
 
 
 class NotifySettings(_Model):

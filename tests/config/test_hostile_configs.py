@@ -154,3 +154,54 @@ def test_every_duration_at_its_maximum_schedules_and_computes_without_overflow(
     assert fire is not None
     assert fire > now
     assert now + settings.cloud.lease + settings.policies[0].rpo > now
+
+
+# -- URLs -----------------------------------------------------------------------------------
+
+BAD_URLS = [
+    (("notify", "webhook"), {"url": "http://h:pw-canary-1@[::1/x"}, "notify.webhook.url", "host"),
+    (("notify", "heartbeat"), {"url": "https://[zz::1]/ping"}, "notify.heartbeat.url", "host"),
+    (("cloud", "endpoints"), {"iam": "http://[::1"}, "cloud.endpoints.iam", "host"),
+    (
+        ("cloud", "endpoints"),
+        {"cbr": {"cn-north-4": "ftp://x"}},
+        "endpoints.cbr.cn-north-4",
+        "http",
+    ),
+    (("cloud", "proxy"), "http://u:pw-canary-1@proxy:99999", "cloud.proxy", "port"),
+    (("cloud", "proxy"), "http://proxy :3128", "cloud.proxy", "space"),
+    (("ledger", "url"), "postgresql+psycopg://u:pw-canary-1@db:99999/x", "ledger.url", "port"),
+    (("ledger", "url"), "postgresql://u:pw-canary-1@[::1/x", "ledger.url", "host"),
+]
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["--run-once", "--dry-run"]])
+@pytest.mark.parametrize(("path", "value", "field", "what"), BAD_URLS)
+def test_every_url_is_parsed_at_load_and_never_echoed(
+    base: dict[str, Any],
+    write: Write,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    command: list[str],
+    path: tuple[Any, ...],
+    value: Any,
+    field: str,
+    what: str,
+) -> None:
+    from daemon.cli import main
+
+    _set(base, path, value)
+    config = write(base)
+    code = main(["-c", str(config), *command])
+    captured = capsys.readouterr()
+    err = refused((code, captured.out, captured.err), config, field, what)
+    assert "pw-canary" not in captured.out + err
+
+
+def test_a_postgresql_ledger_through_a_socket_directory_names_no_host_and_is_fine(
+    base: dict[str, Any], write: Write
+) -> None:
+    from daemon.config import load_settings
+
+    base["ledger"] = {"url": "postgresql+psycopg://cbr@/cbr?host=/run/postgresql"}
+    assert load_settings(write(base)).settings.ledger.url.endswith("/run/postgresql")
