@@ -7,6 +7,7 @@ Every problem is collected and reported at once, one line each:
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import stat
@@ -35,6 +36,7 @@ from daemon.policy import (
 from daemon.policy import format_duration as _duration_text
 
 MAX_FILE_BYTES = 1 << 20  # RELIABILITY.md §5: refuse anything bigger before parsing
+MAX_SHOWN_KEY = 40
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SAFE_TAGS = frozenset(
     f"tag:yaml.org,2002:{name}"
@@ -132,6 +134,8 @@ def _dotted(loc: Loc) -> str:
             text += f"[{part}]"
             continue
         name = part if part.isprintable() else repr(part)  # a key may hold a line break
+        if len(name) > MAX_SHOWN_KEY:  # a key is quoted to be found, not read back
+            name = name[: MAX_SHOWN_KEY - 3] + "..."
         text += f".{name}" if text else name
     return text or "(top level)"
 
@@ -161,8 +165,48 @@ def _parent_problem(path: Path) -> str | None:
     return None
 
 
-def _config_file_problems(path: Path, mode: int) -> list[str]:
-    problems = []
+def _owner_problem(path: Path, info: os.stat_result) -> str | None:
+    """Like sshd's StrictModes: a file someone else owns may say anything (or be a file
+    someone else may read, like /etc/shadow through a symlink)."""
+    euid = os.geteuid()
+    if info.st_uid in (0, euid):
+        return None
+    return (
+        f"is owned by uid {info.st_uid}, neither root nor the user running cbr-replicator "
+        f"(uid {euid}); run `chown root {path}` or name another file"
+    )
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a path that is no regular file is (a FIFO or /dev/zero would be read forever)."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file; name the config file"
+
+
+def _read_bounded(path: Path, *, follow: bool = True) -> bytes:
+    """At most ``MAX_FILE_BYTES`` + 1 bytes of a regular file: the check is made on the open
+    file (the path may have been swapped since it was checked), without blocking on a FIFO."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks, left = [], MAX_FILE_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _config_file_problems(path: Path, info: os.stat_result) -> list[str]:
+    mode = info.st_mode
+    owner = _owner_problem(path, info)
+    problems = [owner] if owner else []
     if _writable_by_others(mode):
         problems.append(
             f"is writable by group or others (mode {stat.S_IMODE(mode):04o}); "
@@ -179,13 +223,21 @@ def _read_yaml(path: Path, problems: _Problems) -> _Document | None:
     except OSError as error:
         problems.file(path, f"cannot read: {error.strerror}; check the path")
         return None
-    for problem in _config_file_problems(path, info.st_mode):
+    kind = _not_regular(info.st_mode)
+    if kind is not None:
+        problems.file(path, kind)
+        return None
+    for problem in _config_file_problems(path, info):
         problems.file(path, problem)
     if info.st_size > MAX_FILE_BYTES:
         problems.file(path, f"is {info.st_size} bytes; config files are limited to 1 MiB")
         return None
     try:
-        text = path.read_text(encoding="utf-8")
+        data = _read_bounded(path)
+        if len(data) > MAX_FILE_BYTES:  # it grew since it was checked
+            problems.file(path, "is larger than 1 MiB; config files are limited to 1 MiB")
+            return None
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         problems.file(path, f"cannot read: {error}; save it as UTF-8 text")
         return None
@@ -465,16 +517,19 @@ def _secret_file_problem(path: Path) -> str | None:
         )
     if info.st_size > MAX_FILE_BYTES:
         return f"secret file {path} is larger than 1 MiB; name the right file"
-    return _parent_problem(path)
+    owner = _owner_problem(path, info)
+    return f"secret file {path} {owner}" if owner else _parent_problem(path)
 
 
 def _read_secret(path: Path) -> str:
     """The secret in ``path``: its text less one trailing line break, which editors and
     `echo` add and which is not part of the secret. ``ValueError`` names what is wrong."""
     try:
-        data = path.read_bytes()
+        data = _read_bounded(path, follow=False)
     except OSError as error:
         raise ValueError(f"secret file {path}: {error.strerror}; check the file") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"secret file {path} is larger than 1 MiB; name the right file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -673,6 +728,14 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     main = _read_yaml(path, problems)
     if main is not None and not isinstance(main.data, dict):
         problems.file(path, "must hold a YAML mapping (ledger:, cloud:, policies:, ...)")
+        main = None
+    elif main is not None and main.data and not set(main.data) & set(Settings.model_fields):
+        # Some other file (a config symlinked to /etc/shadow): its lines are not quoted back.
+        problems.file(
+            path,
+            "holds none of the config's sections (ledger:, cloud:, policies:, ...): it is not "
+            "a cbr-replicator config; name the config file",
+        )
         main = None
     if main is None:
         raise ConfigError(problems.unique())

@@ -4,6 +4,9 @@ problem line naming the file and the field, exit 78, and never echoes a secret."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,3 +208,86 @@ def test_a_postgresql_ledger_through_a_socket_directory_names_no_host_and_is_fin
 
     base["ledger"] = {"url": "postgresql+psycopg://cbr@/cbr?host=/run/postgresql"}
     assert load_settings(write(base)).settings.ledger.url.endswith("/run/postgresql")
+
+
+# -- what the config path names ------------------------------------------------------------
+
+SHADOW = (
+    "root:$6$Zsalt9q$Zhash0123456789abcdef:20228:0:99999:7:::\n"
+    "daemon:*:20228:0:99999:7:::\n"
+    "cbr:$6$Zsalt8r$Zhash9876543210fedcba:20228:0:99999:7:::\n"
+)
+
+
+def test_a_config_symlinked_to_a_foreign_file_is_not_quoted_back(
+    write: Write, check: Check, config_dir: Path
+) -> None:
+    shadow = write(SHADOW, "shadow")
+    shadow.chmod(0o640)
+    link = config_dir / "config.yaml"
+    link.symlink_to(shadow)
+    err = refused(check(link), link, "it is not a cbr-replicator config")
+    assert "Zsalt" not in err
+    assert "Zhash" not in err
+    assert "20228" not in err
+
+
+def test_an_unknown_key_is_quoted_at_most_40_characters(
+    base: dict[str, Any], write: Write, check: Check
+) -> None:
+    base["cloud"]["Zsecretish" + "x" * 100] = 1
+    path = write(base)
+    err = refused(check(path), path, "unknown key")
+    assert "Zsecretish" + "x" * 27 + "..." in err
+    assert "x" * 31 not in err
+
+
+def run_check_config(path: Path) -> tuple[int, str, str]:
+    """In a process of its own: a config that hangs the reader must not hang the suite."""
+    cli = str(Path(sys.executable).parent / "cbr-replicator")
+    done = subprocess.run(
+        [cli, "-c", str(path), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/urandom", "directory"])
+def test_a_config_that_is_no_regular_file_is_refused_without_reading_it(
+    config_dir: Path, kind: str
+) -> None:
+    path = config_dir / "config.yaml"
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "directory":
+        path.mkdir(mode=0o700)
+    else:
+        path.symlink_to(kind)
+    what = {"fifo": "a FIFO", "directory": "a directory"}.get(kind, "a device")
+    refused(run_check_config(path), path, f"is {what}, not a regular file")
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+
+
+@needs_root
+def test_a_config_owned_by_another_user_is_refused(
+    base: dict[str, Any], write: Write, check: Check
+) -> None:
+    path = write(base)
+    os.chown(path, 4242, -1)
+    refused(check(path), path, "is owned by uid 4242, neither root nor", "chown root")
+
+
+@needs_root
+def test_a_secret_file_owned_by_another_user_is_refused(
+    base: dict[str, Any], write: Write, check: Check
+) -> None:
+    secret = write("s3cr3t-sk\n", "sk")
+    os.chown(secret, 4242, -1)
+    base["cloud"]["credentials"] = {"access_key": "AKID", "secret_key_file": str(secret)}
+    path = write(base)
+    refused(check(path), path, f"secret file {secret} is owned by uid 4242")
