@@ -21,6 +21,7 @@ from daemon.errors import (
     CloudError,
     ConfigError,
     LedgerError,
+    LedgerUnavailableError,
     PermissionDeniedError,
     RefusedError,
     TransientError,
@@ -259,8 +260,11 @@ def _errors_as_exit_codes() -> Iterator[_Result]:
         for problem in error.problems:
             _err(problem)
         result.code = exitcodes.CONFIG
+    except LedgerUnavailableError as error:
+        _err(str(error))
+        result.code = exitcodes.UNAVAILABLE
     except LedgerError as error:
-        _err(f"ledger: {error}")
+        _err(str(error))  # it names the ledger
         result.code = exitcodes.CONFIG
     except RefusedError as error:
         _err(f"refused: {error}")

@@ -91,3 +91,9 @@ class PermissionDeniedError(CloudError):
 
 class LedgerError(ReplicatorError):
     """The ledger is unusable (corrupt, locked by another daemon, wrong schema)."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The ledger's database does not answer or cannot write for now (down, failing over, a
+    killed connection, locked beyond the busy timeout, a full disk): nothing is wrong with
+    the config or the ledger itself, and a later try may succeed."""

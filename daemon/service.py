@@ -370,7 +370,7 @@ class Daemon:
         except ConfigError as error:
             return None, list(error.problems)
         except LedgerError as error:
-            return None, [f"ledger: {error}"]
+            return None, [str(error)]  # it names the ledger
         except Exception as error:  # an adapter refusing its settings: keep running
             return None, [f"{error.__class__.__name__}: {error}"]
 
