@@ -56,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true")
     history = commands.add_parser("history", help="submission attempts, newest first")
-    history.add_argument("--backup")
+    history.add_argument("--backup", type=_backup_id)
     history.add_argument("--policy")
     history.add_argument("--limit", type=int, default=50)
     history.add_argument("--json", action="store_true")
     _add_replicate_backup(commands)
     _add_replicate_vault(commands)
     retry = commands.add_parser("retry", help="re-queue a failed or given-up job")
-    retry.add_argument("backup_id", metavar="BACKUP_ID")
+    retry.add_argument("backup_id", metavar="BACKUP_ID", type=_backup_id)
     retry.add_argument("--to-region", required=True)
     _add_report(commands)
     schema = commands.add_parser(
@@ -141,6 +141,17 @@ def _add_report(commands: Any) -> None:
     traffic.add_argument("--json", action="store_true")
 
 
+def _backup_id(text: str) -> str:
+    """A backup id goes into a request path: ``.``, ``..``, ``a/b`` or an empty id would
+    name another resource (``..`` the project itself, an empty one every backup)."""
+    odd = any(not c.isprintable() or c.isspace() or c in "/?#%\\" for c in text)
+    if odd or text in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a backup id; give the id CBR shows (e.g. from history or status)"
+        )
+    return text
+
+
 def _since(text: str) -> date | timedelta:
     """``--since``: a calendar date (UTC) or a duration counted back from now."""
     try:
@@ -157,7 +168,7 @@ def _since(text: str) -> date | timedelta:
 
 def _add_replicate_backup(commands: Any) -> None:
     parser = commands.add_parser("replicate-backup", help="replicate one backup now")
-    parser.add_argument("backup_id", metavar="BACKUP_ID")
+    parser.add_argument("backup_id", metavar="BACKUP_ID", type=_backup_id)
     _add_destination(parser)
     parser.add_argument("--name", help="replica name (1-64 of A-Z a-z 0-9 _ -)")
     parser.add_argument("--description", help="replica description (at most 255)")

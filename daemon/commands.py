@@ -15,7 +15,7 @@ from daemon import exitcodes, manual, replicate, watch
 from daemon.app import App
 from daemon.config import format_duration
 from daemon.errors import CloudError, PermissionDeniedError, RefusedError
-from daemon.model import Backup, Decision, Job, JobState, SweepReport, Vault
+from daemon.model import LEASED, Backup, Decision, Job, JobState, SweepReport, Vault
 from daemon.notify import WebhookClient
 from daemon.policy import Policy
 from daemon.ports import Notification
@@ -180,6 +180,9 @@ def _print_run(
         _json(document)
         return
     for report in run.sweeps:
+        if report.error_reason == LEASED:  # exit 0: the other process is doing the work
+            _out(f"policy {report.policy}: skipped: {report.error}")
+            continue
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(report.reasons.items()))
         if report.error:
             print(f"policy {report.policy}: {report.error_reason}: {report.error}", file=sys.stderr)

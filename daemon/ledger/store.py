@@ -583,6 +583,13 @@ class SqlLedger:
         except IntegrityError:  # another host inserted the same lease first
             return False
 
+    def lease_holder(self, name: str, now: datetime) -> str | None:
+        with self._connection() as connection:
+            row = connection.execute(
+                select(LeaseRow.owner).where(LeaseRow.name == name, col(LeaseRow.expires_at) > now)
+            ).first()
+        return None if row is None else str(row[0])
+
     def release_lease(self, name: str, *, owner: str) -> None:
         with self._session() as session:
             row = session.exec(
