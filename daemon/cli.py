@@ -336,6 +336,8 @@ def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
 
     loaded = _load(config_path)
     print(describe_settings(loaded))
+    for warning in loaded.warnings:
+        _err(f"warning: {warning}")
     if not args.cloud:
         return exitcodes.OK
     from daemon.commands import check_cloud

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import ipaddress
 import os
 import re
 import stat
@@ -59,6 +60,7 @@ class LoadedConfig:
     path: Path
     files: tuple[Path, ...]  # the main file and every policies_dir file read
     secrets: tuple[str, ...]  # every secret value loaded, for the log redactor
+    warnings: tuple[str, ...] = ()  # FILE:LINE: field: what is risky; how to avoid it
 
 
 @dataclass
@@ -755,8 +757,34 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         raise ConfigError(problems.unique())
     secrets = [*resolver.values, *_settings_secrets(settings)]
     return LoadedConfig(
-        settings, path, (path, *files), tuple(dict.fromkeys(s for s in secrets if s))
+        settings,
+        path,
+        (path, *files),
+        tuple(dict.fromkeys(s for s in secrets if s)),
+        tuple(_warnings(settings, problems)),
     )
+
+
+def _warnings(settings: Settings, problems: _Problems) -> list[str]:
+    """What is valid but risky, in the form of a problem line."""
+    found = _Problems(problems.locator)
+    listen = settings.metrics.listen
+    if listen is not None and not _loopback(listen.rpartition(":")[0].strip("[]")):
+        found.at(
+            ("metrics", "listen"),
+            "serves the metrics beyond this host, to anyone who reaches it (no authentication); "
+            "listen on 127.0.0.1:PORT unless a firewall keeps others out",
+        )
+    return found.lines
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
 
 
 class _SchemaGenerator(GenerateJsonSchema):

@@ -116,6 +116,8 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
     loaded = load_settings(config_path)
     log_settings = loaded.settings.log
     configure_logging(log_format or log_settings.format, log_settings.level, stream=sys.stdout)
+    for warning in loaded.warnings:
+        log.warning("config_warning", problem=warning)
     notifier = Notifier()
     lock = None
     try:

@@ -291,3 +291,32 @@ def test_a_secret_file_owned_by_another_user_is_refused(
     base["cloud"]["credentials"] = {"access_key": "AKID", "secret_key_file": str(secret)}
     path = write(base)
     refused(check(path), path, f"secret file {secret} is owned by uid 4242")
+
+
+# -- warnings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "warned"),
+    [
+        ("0.0.0.0:9687", True),
+        ("[::]:9687", True),
+        ("10.1.2.3:9687", True),
+        ("metrics.example:9687", True),
+        ("127.0.0.1:9687", False),
+        ("[::1]:9687", False),
+        ("localhost:9687", False),
+    ],
+)
+def test_metrics_listening_beyond_this_host_is_warned_about(
+    base: dict[str, Any], write: Write, check: Check, listen: str, warned: bool
+) -> None:
+    base["metrics"] = {"listen": listen}
+    path = write(base)
+    code, _out, err = check(path)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert bool(warnings) is warned, err
+    if warned:
+        assert warnings[0].startswith(f"warning: {path}:")
+        assert "metrics.listen: serves the metrics beyond this host" in warnings[0]
