@@ -47,7 +47,7 @@ from daemon.model import (
     JobState,
     SweepReport,
 )
-from daemon.observe import bound_context, configure_logging
+from daemon.observe import bound_context, configure_logging, redact_text
 from daemon.policy import Policy, ScheduleSettings, Settings, apscheduler_crontab
 from daemon.ports import Cloud
 from daemon.retrying import RetryPolicy
@@ -133,6 +133,8 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
 
 
 def _notify_quietly(notifier: Notifier, **fields: str | int) -> None:
+    # STATUS= is shown by systemctl status to anyone: it may quote an error.
+    fields = {k: redact_text(v) if isinstance(v, str) else v for k, v in fields.items()}
     try:
         notifier.notify(**fields)
     except OSError as error:

@@ -124,3 +124,23 @@ def test_a_secret_canary_reaches_no_sink(deploy: Callable[..., Deployment]) -> N
     assert "vault ''****'' not found" in dump  # as SQL quotes it: in sweeps, notifications
     for sink in (run.stdout, run.stderr, dump, *bodies, status.stdout, status_json.stdout):
         assert CANARY_CORE not in sink
+
+
+def test_the_systemd_status_line_masks_a_secret() -> None:
+    """STATUS= is shown by ``systemctl status`` to any user: it may quote an error."""
+    from daemon.service import _notify_quietly
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.sent: list[dict[str, str | int]] = []
+
+        def notify(self, **fields: str | int) -> None:
+            self.sent.append(fields)
+
+    recorder = Recorder()
+    observe.register_secrets([CANARY])
+    try:
+        _notify_quietly(recorder, STATUS=f"failed to start: {CANARY!r}", READY=1)
+    finally:
+        observe.clear_registered_secrets()
+    assert recorder.sent == [{"STATUS": "failed to start: '****'", "READY": 1}]
