@@ -731,7 +731,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
     if main is not None and not isinstance(main.data, dict):
         problems.file(path, "must hold a YAML mapping (ledger:, cloud:, policies:, ...)")
         main = None
-    elif main is not None and main.data and not set(main.data) & set(Settings.model_fields):
+    elif main is not None and _foreign(main.data):
         # Some other file (a config symlinked to /etc/shadow): its lines are not quoted back.
         problems.file(
             path,
@@ -762,6 +762,14 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Loade
         (path, *files),
         tuple(dict.fromkeys(s for s in secrets if s)),
         tuple(_warnings(settings, problems)),
+    )
+
+
+def _foreign(data: Mapping[Any, Any]) -> bool:
+    """Keys but none of the config's sections, not even misspelt: not a config at all."""
+    sections = list(Settings.model_fields)
+    return bool(data) and not any(
+        str(key) in sections or difflib.get_close_matches(str(key), sections, n=1) for key in data
     )
 
 

@@ -320,3 +320,10 @@ def test_metrics_listening_beyond_this_host_is_warned_about(
     if warned:
         assert warnings[0].startswith(f"warning: {path}:")
         assert "metrics.listen: serves the metrics beyond this host" in warnings[0]
+
+
+def test_a_config_with_misspelt_sections_only_still_gets_its_suggestions(
+    write: Write, check: Check
+) -> None:
+    path = write("clod: {provider: emulator}\npolices: []\n")
+    refused(check(path), path, "did you mean cloud?", "did you mean policies?")
