@@ -136,7 +136,7 @@ def format_duration(value: timedelta) -> str:
     return "".join(parts)
 
 
-def _at_most(limit: timedelta) -> AfterValidator:
+def _at_most(limit: timedelta, lowest: str = "1s") -> AfterValidator:
     """Every duration has a ceiling: past it, a time computed from it (a next run, a lease's
     end, a socket timeout) overflows, or waits for years, which nobody means."""
 
@@ -144,7 +144,7 @@ def _at_most(limit: timedelta) -> AfterValidator:
         if value > limit:
             shown = format_duration(limit)
             raise ValueError(
-                f"is longer than the {shown} allowed (from 1s up to {shown}); shorten it"
+                f"is longer than the {shown} allowed (from {lowest} up to {shown}); shorten it"
             )
         return value
 
@@ -168,7 +168,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Timeout = Annotated[PositiveDuration, _at_most(timedelta(hours=1))]
 LeaseLength = Annotated[PositiveDuration, _at_most(timedelta(days=1))]
 Period = Annotated[PositiveDuration, _at_most(timedelta(days=366))]
-Jitter = Annotated[NonNegativeDuration, _at_most(timedelta(days=366))]
+Jitter = Annotated[NonNegativeDuration, _at_most(timedelta(days=366), lowest="0s")]
 Backoff = Annotated[PositiveDuration, _at_most(timedelta(days=30))]
 Horizon = Annotated[PositiveDuration, _at_most(timedelta(days=3660))]  # rpo, stuck_after
 NonEmptyStr = Annotated[str, Field(min_length=1)]

@@ -109,7 +109,7 @@ def _set(config: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
         (("cloud", "lease"), "99999999d", "up to 1d"),
         (("cloud", "timeout"), "99999999d", "up to 1h"),
         (("cloud", "connect_timeout"), "2h", "up to 1h"),
-        (("policies", 0, "schedule", "jitter"), "99999999d", "up to 366d"),
+        (("policies", 0, "schedule", "jitter"), "99999999d", "from 0s up to 366d"),
         (("policies", 0, "rpo"), "99999999d", "up to 3660d"),
         (("policies", 0, "stuck_after"), "99999999d", "up to 3660d"),
         (("policies", 0, "retry"), {"initial_backoff": "99999d", "max_backoff": "99999d"}, "30d"),
