@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
 
-from daemon import exitcodes
+from daemon import exitcodes, observe
 from daemon.cli import main
 from daemon.errors import LedgerError, LedgerUnavailableError
 from daemon.ledger import open_ledger
@@ -26,6 +26,13 @@ from tests.postgres_support import POSTGRES_ADMIN, dsn
 from tests.service.support import Service, service, web_south
 
 __all__ = ["deploy", "service"]  # fixtures
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """``main`` configures logging onto this test's captured stderr: undo it after."""
+    yield
+    observe.reset_logging()
 
 
 def closed_port() -> int:
