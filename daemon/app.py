@@ -21,7 +21,7 @@ from daemon.cloud import ApiCallback, CloudOptions, Credentials, HuaweiCloud
 from daemon.config import LoadedConfig
 from daemon.errors import ConfigError
 from daemon.ledger import SqlLedger, open_ledger
-from daemon.observe import register_secrets
+from daemon.observe import redact_text, register_secrets
 from daemon.policy import CloudSettings, Policy, Settings
 from daemon.ports import Cloud
 from daemon.replicate import Engine, ambiguous_recheck
@@ -133,6 +133,7 @@ def build_app(
         ledger = reuse.ledger
     elif ledger is None:
         ledger = open_ledger(settings.ledger.url, create=create_ledger)
+    ledger.redact = redact_text
     emulator = _start_emulator(settings) if open_cloud else None
     try:
         cloud: Cloud

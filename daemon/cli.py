@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from daemon import __version__, exitcodes
 from daemon.errors import (
@@ -27,6 +27,7 @@ from daemon.errors import (
     EndpointError,
     Interrupted,
     LedgerError,
+    LedgerUnavailableError,
     PermissionDeniedError,
     RefusedError,
     TransientError,
@@ -80,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true")
     history = commands.add_parser("history", help="submission attempts, newest first")
-    history.add_argument("--backup")
+    history.add_argument("--backup", type=_backup_id)
     history.add_argument("--policy")
     history.add_argument("--limit", type=_limit, default=50, help="at most this many (1-100000)")
     history.add_argument("--json", action="store_true")
     _add_replicate_backup(commands)
     _add_replicate_vault(commands)
     retry = commands.add_parser("retry", help="re-queue a failed or given-up job")
-    retry.add_argument("backup_id", metavar="BACKUP_ID")
+    retry.add_argument("backup_id", metavar="BACKUP_ID", type=_backup_id)
     retry.add_argument("--to-region", required=True)
     _add_report(commands)
     schema = commands.add_parser(
@@ -206,6 +207,17 @@ def _add_report(commands: Any) -> None:
     traffic.add_argument("--json", action="store_true")
 
 
+def _backup_id(text: str) -> str:
+    """A backup id goes into a request path: ``.``, ``..``, ``a/b`` or an empty id would
+    name another resource (``..`` the project itself, an empty one every backup)."""
+    odd = any(not c.isprintable() or c.isspace() or c in "/?#%\\" for c in text)
+    if odd or text in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a backup id; give the id CBR shows (e.g. from history or status)"
+        )
+    return text
+
+
 def _since(text: str) -> date | timedelta:
     """``--since``: a calendar date (UTC) or a duration counted back from now (``0d``: now)."""
     try:
@@ -222,7 +234,7 @@ def _since(text: str) -> date | timedelta:
 
 def _add_replicate_backup(commands: Any) -> None:
     parser = commands.add_parser("replicate-backup", help="replicate one backup now")
-    parser.add_argument("backup_id", metavar="BACKUP_ID")
+    parser.add_argument("backup_id", metavar="BACKUP_ID", type=_backup_id)
     _add_destination(parser)
     parser.add_argument("--name", help="replica name (1-64 of A-Z a-z 0-9 _ -)")
     parser.add_argument("--description", help="replica description (at most 255)")
@@ -298,7 +310,10 @@ def _main(argv: Sequence[str] | None, previous_signals: dict[int, Any]) -> int:
                 return exitcodes.USAGE
             return _daemon(config_path, args.log_format, previous_signals)
         handler = command_run_once
-    with _errors_as_exit_codes(as_json=bool(getattr(args, "json", False))) as result:
+    with (
+        _redacted_output(),
+        _errors_as_exit_codes(as_json=bool(getattr(args, "json", False))) as result,
+    ):
         result.code = handler(args, config_path)
     return result.code
 
@@ -366,6 +381,34 @@ def _err_quietly(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+class _Redacting:
+    """A text stream whose writes pass through the secret redaction of the log: what a
+    command prints (a report quoting a ledger error, a message quoting an exception) is
+    masked like a log line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from daemon.observe import redact_text
+
+        self._stream.write(redact_text(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _redacted_output() -> Iterator[None]:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Redacting(stdout), _Redacting(stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
 class _Result:
     code: int = exitcodes.OK
 
@@ -381,8 +424,10 @@ def _errors_as_exit_codes(*, as_json: bool = False) -> Iterator[_Result]:
         yield result
     except ConfigError as error:
         failure, result.code = ("config", list(error.problems)), exitcodes.CONFIG
-    except LedgerError as error:
-        failure, result.code = ("ledger", [f"ledger: {error}"]), exitcodes.CONFIG
+    except LedgerUnavailableError as error:  # the database did not answer: retried later
+        failure, result.code = ("ledger_unavailable", [str(error)]), exitcodes.UNAVAILABLE
+    except LedgerError as error:  # its message names the ledger
+        failure, result.code = ("ledger", [str(error)]), exitcodes.CONFIG
     except RefusedError as error:
         failure, result.code = (error.reason, [f"refused: {error}"]), exitcodes.REFUSED
     except EndpointError as error:
@@ -477,6 +522,8 @@ def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
     print(describe_settings(loaded))
     if not any(policy.enabled for policy in loaded.settings.policies):
         _err(f"warning: {NO_POLICIES.format(path=loaded.path)}")
+    for warning in loaded.warnings:
+        _err(f"warning: {warning}")
     if not args.cloud:
         return exitcodes.OK
     from daemon.commands import check_cloud

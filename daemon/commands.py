@@ -23,6 +23,7 @@ from daemon.errors import (
     RefusedError,
 )
 from daemon.model import (
+    LEASED,
     TERMINAL_STATES,
     Backup,
     Decision,
@@ -291,6 +292,9 @@ def _print_run(
         _json(document)
         return
     for report in run.sweeps:
+        if report.error_reason == LEASED:  # exit 0: the other process is doing the work
+            _out(f"policy {report.policy}: skipped: {report.error}")
+            continue
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(report.reasons.items()))
         if report.error:
             print(f"policy {report.policy}: {report.error_reason}: {report.error}", file=sys.stderr)

@@ -7,6 +7,8 @@ Every problem is collected and reported at once, one line each:
 from __future__ import annotations
 
 import difflib
+import errno
+import ipaddress
 import os
 import re
 import stat
@@ -30,10 +32,13 @@ from daemon.policy import (
     NotifySettings,
     Policy,
     Settings,
+    credential_problem,
     policy_conflicts,
 )
+from daemon.policy import format_duration as _duration_text
 
 MAX_FILE_BYTES = 1 << 20  # RELIABILITY.md §5: refuse anything bigger before parsing
+MAX_SHOWN_KEY = 40
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SAFE_TAGS = frozenset(
     f"tag:yaml.org,2002:{name}"
@@ -59,6 +64,7 @@ class LoadedConfig:
     # Why ``cloud.credentials`` could not be read, when the caller did not need them (then
     # ``settings.cloud.credentials`` is None): what a command calling the cloud reports.
     credential_problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # FILE:LINE: field: what is risky; how to avoid it
 
 
 @dataclass
@@ -140,6 +146,8 @@ def _dotted(loc: Loc) -> str:
             text += f"[{part}]"
             continue
         name = part if part.isprintable() else repr(part)  # a key may hold a line break
+        if len(name) > MAX_SHOWN_KEY:  # a key is quoted to be found, not read back
+            name = name[: MAX_SHOWN_KEY - 3] + "..."
         text += f".{name}" if text else name
     return text or "(top level)"
 
@@ -169,8 +177,48 @@ def _parent_problem(path: Path) -> str | None:
     return None
 
 
-def _config_file_problems(path: Path, mode: int) -> list[str]:
-    problems = []
+def _owner_problem(path: Path, info: os.stat_result) -> str | None:
+    """Like sshd's StrictModes: a file someone else owns may say anything (or be a file
+    someone else may read, like /etc/shadow through a symlink)."""
+    euid = os.geteuid()
+    if info.st_uid in (0, euid):
+        return None
+    return (
+        f"is owned by uid {info.st_uid}, neither root nor the user running cbr-replicator "
+        f"(uid {euid}); run `chown root {path}` or name another file"
+    )
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a path that is no regular file is (a FIFO or /dev/zero would be read forever)."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file; name the config file"
+
+
+def _read_bounded(path: Path, *, follow: bool = True) -> bytes:
+    """At most ``MAX_FILE_BYTES`` + 1 bytes of a regular file: the check is made on the open
+    file (the path may have been swapped since it was checked), without blocking on a FIFO."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks, left = [], MAX_FILE_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _config_file_problems(path: Path, info: os.stat_result) -> list[str]:
+    mode = info.st_mode
+    owner = _owner_problem(path, info)
+    problems = [owner] if owner else []
     if _writable_by_others(mode):
         problems.append(
             f"is writable by group or others (mode {stat.S_IMODE(mode):04o}); "
@@ -187,22 +235,35 @@ def _read_yaml(path: Path, problems: _Problems) -> _Document | None:
     except OSError as error:
         problems.file(path, f"cannot read: {error.strerror}; check the path")
         return None
-    for problem in _config_file_problems(path, info.st_mode):
+    kind = _not_regular(info.st_mode)
+    if kind is not None:
+        problems.file(path, kind)
+        return None
+    for problem in _config_file_problems(path, info):
         problems.file(path, problem)
     if info.st_size > MAX_FILE_BYTES:
         problems.file(path, f"is {info.st_size} bytes; config files are limited to 1 MiB")
         return None
+    text = _read_text(path, problems)
+    return None if text is None else _parse_yaml(path, text, problems)
+
+
+def _read_text(path: Path, problems: _Problems) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = _read_bounded(path)
     except OSError as error:
         problems.file(path, _unreadable(path, error))
         return None
+    if len(data) > MAX_FILE_BYTES:  # it grew since it was checked
+        problems.file(path, "is larger than 1 MiB; config files are limited to 1 MiB")
+        return None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         problems.file(
             path, f"is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
         )
         return None
-    return _parse_yaml(path, text, problems)
 
 
 def _unreadable(path: Path, error: OSError) -> str:
@@ -496,12 +557,26 @@ def _secret_file_problem(path: Path) -> str | None:
         )
     if info.st_size > MAX_FILE_BYTES:
         return f"secret file {path} is larger than 1 MiB; name the right file"
-    return _parent_problem(path)
+    owner = _owner_problem(path, info)
+    return f"secret file {path} {owner}" if owner else _parent_problem(path)
 
 
 def _read_secret(path: Path) -> str:
-    text = path.read_text(encoding="utf-8")
-    # Files written by editors or `echo` end with a newline that is not part of the secret.
+    """The secret in ``path``: its text less one trailing line break, which editors and
+    `echo` add and which is not part of the secret. ``ValueError`` names what is wrong."""
+    try:
+        data = _read_bounded(path, follow=False)
+    except OSError as error:
+        raise ValueError(f"secret file {path}: {error.strerror}; check the file") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"secret file {path} is larger than 1 MiB; name the right file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"secret file {path} is not UTF-8 text (byte {error.start + 1}); name the file "
+            "holding the secret as text"
+        ) from None
     return text.removesuffix("\n").removesuffix("\r")
 
 
@@ -547,13 +622,20 @@ class _SecretResolver:
 
     def _read(self, path: Path, loc: Loc) -> str:
         problem = _secret_file_problem(path)
-        if problem is not None:
-            self.problems.at(loc, problem)
-            self.problems.tainted.add(loc)
-            return "unread"
-        secret = _read_secret(path)
-        self.values.append(secret)
-        return secret
+        if problem is None:
+            try:
+                secret = _read_secret(path)
+            except ValueError as error:
+                problem = str(error)
+            else:
+                self.values.append(secret)  # redacted even if refused below
+                found = credential_problem(secret) if loc[-2:-1] == ("credentials",) else None
+                if found is None:
+                    return secret
+                problem = f"secret file {path} {found}"
+        self.problems.at(loc, problem)
+        self.problems.tainted.add(loc)
+        return "unread"
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
@@ -735,6 +817,14 @@ def load_settings(
     if main is not None and not isinstance(main.data, dict):
         problems.file(path, "must hold a YAML mapping (ledger:, cloud:, policies:, ...)")
         main = None
+    elif main is not None and _foreign(main.data):
+        # Some other file (a config symlinked to /etc/shadow): its lines are not quoted back.
+        problems.file(
+            path,
+            "holds none of the config's sections (ledger:, cloud:, policies:, ...): it is not "
+            "a cbr-replicator config; name the config file",
+        )
+        main = None
     if main is None:
         raise ConfigError(problems.unique())
     problems.locator = _Locator(main)
@@ -760,7 +850,38 @@ def load_settings(
         (path, *files),
         tuple(dict.fromkeys(s for s in secrets if s)),
         credential_problems=tuple(deferred),
+        warnings=tuple(_warnings(settings, problems)),
     )
+
+
+def _foreign(data: Mapping[Any, Any]) -> bool:
+    """Keys but none of the config's sections, not even misspelt: not a config at all."""
+    sections = list(Settings.model_fields)
+    return bool(data) and not any(
+        str(key) in sections or difflib.get_close_matches(str(key), sections, n=1) for key in data
+    )
+
+
+def _warnings(settings: Settings, problems: _Problems) -> list[str]:
+    """What is valid but risky, in the form of a problem line."""
+    found = _Problems(problems.locator)
+    listen = settings.metrics.listen
+    if listen is not None and not _loopback(listen.rpartition(":")[0].strip("[]")):
+        found.at(
+            ("metrics", "listen"),
+            "serves the metrics beyond this host, to anyone who reaches it (no authentication); "
+            "listen on 127.0.0.1:PORT unless a firewall keeps others out",
+        )
+    return found.lines
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
 
 
 class _SchemaGenerator(GenerateJsonSchema):
@@ -836,15 +957,7 @@ def _as_written(definitions: dict[str, Any]) -> None:
 
 def format_duration(value: timedelta) -> str:
     """``timedelta(hours=1, minutes=30)`` -> ``1h30m``."""
-    seconds = int(value.total_seconds())
-    if seconds == 0:
-        return "0s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
+    return _duration_text(value)
 
 
 def format_size(value: int) -> str:

@@ -119,3 +119,9 @@ class Interrupted(KeyboardInterrupt):
 
 class LedgerMissingError(LedgerError):
     """No ledger at the configured place yet, and the command may not create one."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The ledger's database does not answer or cannot write for now (down, failing over, a
+    killed connection, locked beyond the busy timeout, a full disk): nothing is wrong with
+    the config or the ledger itself, and a later try may succeed."""

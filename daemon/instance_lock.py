@@ -36,7 +36,7 @@ class InstanceLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise LedgerError(
-                f"{match[1]} is in use by another cbr-replicator daemon (pid {holder}, lock "
+                f"ledger {match[1]} is in use by another cbr-replicator daemon (pid {holder}, lock "
                 f"{path}); stop that one first (systemctl stop cbr-replicator), or give this "
                 "one another ledger.url. --run-once and the manual commands may run beside it"
             ) from None

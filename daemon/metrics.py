@@ -8,12 +8,15 @@ touches the database and never waits for a sweep.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,7 +25,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -32,6 +35,7 @@ from daemon.alerts import ReplicationWindow
 from daemon.model import Job, JobState, SweepReport
 
 PREFIX = "cbr_replicator"
+PATH = "/metrics"
 MANUAL = "manual"  # the policy label of jobs made by replicate-backup/replicate-vault
 SWEEP_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -258,8 +262,39 @@ class Metrics:
     def serve(self, listen: str) -> MetricsServer:
         """Listen on ``HOST:PORT`` (``[::1]:9687`` for IPv6; port 0 picks a free one)."""
         host, port = parse_listen(listen)
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        server_class = _IPv6Server if ":" in host else _ThreadingServer
+        server: WSGIServer = make_server(
+            host, port, _only_metrics(make_wsgi_app(self.registry)), server_class, _QuietHandler
+        )
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
         return MetricsServer(server, thread)
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape never holds up the daemon's exit
+
+
+class _IPv6Server(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every 15 s is no news
+
+
+def _only_metrics(app: Any) -> Any:
+    """The endpoint is ``/metrics``; any other path is not found (the library's server
+    answers the metrics on every path)."""
+
+    def serve(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == PATH:
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"not found; the metrics are at {PATH}\n".encode()]
+
+    return serve
 
 
 @dataclass

@@ -373,6 +373,11 @@ class Decision(NamedTuple):  # one per backup listed: a named tuple, like Backup
     detail: str = ""
 
 
+# The error_reason of a sweep skipped because another process holds the policy's lease: the
+# policy is being swept, by the other process; nothing failed.
+LEASED = "leased"
+
+
 @dataclass(frozen=True, slots=True)
 class SweepReport:
     """What one sweep of one policy saw and did."""

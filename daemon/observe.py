@@ -9,6 +9,7 @@ included, at WARNING and above only.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -16,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -30,25 +32,66 @@ ROUTED_LOGGERS = (*SDK_LOGGERS, "HuaweiCloud-SDK", "apscheduler")
 FORMATS = ("auto", "json", "console")
 CLEAR_LINE = "\r\x1b[K"  # carriage return, erase to the end of the line
 
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
+
+class _Secrets:
+    """The registered values; ``by_length`` is replaced whole (readers take no lock)."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self.by_length: tuple[str, ...] = ()  # longest first: a form inside another goes last
+        self.lock = threading.Lock()
+
+    def update(self, values: set[str]) -> None:
+        with self.lock:
+            self.values |= values
+            self.by_length = tuple(sorted(self.values, key=len, reverse=True))
+
+    def clear(self) -> None:
+        with self.lock:
+            self.values.clear()
+            self.by_length = ()
+
+
+_secrets = _Secrets()
 
 
 def register_secrets(values: Iterable[str]) -> None:
-    """Values that must never appear in a log line, whatever key carries them."""
-    with _secrets_lock:
-        _secrets.update(value for value in values if value and len(value) >= 4)
+    """Values that must never appear in a log line, whatever key carries them, nor in any of
+    the forms a message may quote them in."""
+    forms = {form for value in values if value for form in secret_forms(value)}
+    _secrets.update({form for form in forms if len(form) >= 4})
+
+
+def secret_forms(secret: str) -> set[str]:
+    """``secret`` as the messages that quote it spell it: as it is or without the whitespace
+    around it; escaped by ``repr`` (an exception quoting a header value: ``AK\\n``) or by
+    JSON (the ledger, a webhook body), once or twice (a JSON document quoting such a message);
+    URL-encoded (a query string, a proxy URL)."""
+    forms = set()
+    for text in {secret, secret.strip()}:
+        for once in _escaped(text):
+            forms |= _escaped(once)
+        forms |= {quote(text, safe=""), quote(text), quote_plus(text)}
+    return forms
+
+
+def _escaped(text: str) -> set[str]:
+    return {
+        text,
+        repr(text)[1:-1],
+        ascii(text)[1:-1],
+        text.encode("unicode_escape").decode("ascii"),
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+    }
 
 
 def clear_registered_secrets() -> None:
-    with _secrets_lock:
-        _secrets.clear()
+    _secrets.clear()
 
 
 def redact_text(text: str) -> str:
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _secrets.by_length:
         text = text.replace(secret, MASK)
     return text
 

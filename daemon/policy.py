@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -120,9 +121,88 @@ PositiveDuration = Annotated[
 NonNegativeDuration = Annotated[
     timedelta, BeforeValidator(parse_duration), AfterValidator(_not_negative), _DURATION_SCHEMA
 ]
-ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0), _SIZE_SCHEMA]
+
+
+def format_duration(value: timedelta) -> str:
+    """``timedelta(hours=1, minutes=30)`` -> ``1h30m``."""
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def _at_most(limit: timedelta, lowest: str = "1s") -> AfterValidator:
+    """Every duration has a ceiling: past it, a time computed from it (a next run, a lease's
+    end, a socket timeout) overflows, or waits for years, which nobody means."""
+
+    def check(value: timedelta) -> timedelta:
+        if value > limit:
+            shown = format_duration(limit)
+            raise ValueError(
+                f"is longer than the {shown} allowed (from {lowest} up to {shown}); shorten it"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+MAX_SIZE = 1 << 50  # 1 PiB: a day's traffic budget beyond it is no budget
+
+
+def _size_at_most(value: int) -> int:
+    if value > MAX_SIZE:
+        raise ValueError("is larger than the 1PiB allowed (from 1B up to 1PiB); lower it")
+    return value
+
+
+ByteSize = Annotated[
+    int, BeforeValidator(parse_size), Field(gt=0), AfterValidator(_size_at_most), _SIZE_SCHEMA
+]
 PositiveInt = Annotated[int, Field(gt=0)]
+# The ranges of the durations of each kind.
+Timeout = Annotated[PositiveDuration, _at_most(timedelta(hours=1))]
+LeaseLength = Annotated[PositiveDuration, _at_most(timedelta(days=1))]
+Period = Annotated[PositiveDuration, _at_most(timedelta(days=366))]
+Jitter = Annotated[NonNegativeDuration, _at_most(timedelta(days=366), lowest="0s")]
+Backoff = Annotated[PositiveDuration, _at_most(timedelta(days=30))]
+Horizon = Annotated[PositiveDuration, _at_most(timedelta(days=3660))]  # rpo, stuck_after
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+# --- URLs --------------------------------------------------------------------------------
+
+
+def url_problem(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
+    """Why ``url`` cannot be used, or None: parsed here as the HTTP client will parse it, so
+    a URL that would fail at the first request fails at load. Never quotes the URL (it may
+    hold a password)."""
+    if any(character.isspace() or not character.isprintable() for character in url):
+        return "holds a space or a control character; write the URL without it"
+    try:
+        parts = urlsplit(url)
+        if parts.port == 0:
+            raise ValueError("Port 0")
+    except ValueError as error:
+        if "Port" in str(error):
+            return "its port is not a number from 1 to 65535; fix the port"
+        return "its host is not a valid name or [IPv6] address; fix the host"
+    if parts.scheme.lower() not in schemes:
+        return f"write a {' or '.join(f'{scheme}://' for scheme in schemes)} URL"
+    return None if parts.hostname else "names no host; write SCHEME://HOST[:PORT]/..."
+
+
+def _checked_url(url: str | None) -> str | None:
+    problem = None if url is None else url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(_checked_url)]
 
 # --- cron --------------------------------------------------------------------------------
 
@@ -279,7 +359,30 @@ class LedgerSettings(_Model):
     def _known_scheme(cls, url: str) -> str:
         if not url.startswith(("sqlite:", "postgresql")):
             raise ValueError("use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+        if url.startswith("postgresql"):
+            # A socket directory (postgresql://user@/db?host=/run/postgresql) names no host.
+            scheme = url.partition("://")[0]
+            problem = url_problem(url, (scheme,))
+            if problem is not None and not problem.startswith("names no host"):
+                raise ValueError(problem)
         return url
+
+
+_CHARACTER_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
+
+
+def credential_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an access key, secret key or token, or None. Such a key goes
+    into a request header, where a line break or a space is refused, and the refusal quotes
+    the header; the message names the character and its place, never the value."""
+    for position, character in enumerate(value, start=1):
+        if character.isspace() or not character.isprintable():
+            name = _CHARACTER_NAMES.get(character, "a whitespace or control character")
+            return (
+                f"holds {name} at character {position} of {len(value)}; a key is one word "
+                "of printable characters (a *_file may end with one line break): fix the value"
+            )
+    return None
 
 
 class CredentialsSettings(_Model):
@@ -290,17 +393,27 @@ class CredentialsSettings(_Model):
     )
     domain_id: str | None = Field(default=None, description="account (domain) id, for IAM")
 
+    @field_validator("access_key", "secret_key", "security_token")
+    @classmethod
+    def _printable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = None if value is None else credential_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
 
 class EndpointsSettings(_Model):
-    iam: str | None = Field(default=None, description="IAM endpoint URL (IAM is global)")
-    cbr: dict[str, str] = Field(default_factory=dict, description="region -> CBR endpoint URL")
+    iam: HttpUrl | None = Field(default=None, description="IAM endpoint URL (IAM is global)")
+    cbr: dict[str, HttpUrl] = Field(default_factory=dict, description="region -> CBR endpoint URL")
 
 
 class EmulatorSettings(_Model):
     scenario: Path | None = Field(default=None, description="scenario YAML seeding the emulator")
     state: Path | None = Field(default=None, description="JSON file persisting emulator state")
     permissive: bool = Field(default=False, description="accept any credentials and projects")
-    time_scale: float = Field(default=1.0, gt=0, description="emulator clock speed vs real time")
+    time_scale: float = Field(
+        default=1.0, gt=0, le=1e6, description="emulator clock speed vs real time"
+    )
 
 
 # Validation context key: the credentials were left unread (a command that never calls the
@@ -332,29 +445,34 @@ class CloudSettings(_Model):
     verify_tls: bool = Field(
         default=True, validate_default=True, description="verify TLS certificates"
     )
-    proxy: str | None = Field(
+    proxy: HttpUrl | None = Field(
         default=None,
         description="HTTP(S) proxy URL (proxy environment variables are not read)",
     )
-    connect_timeout: PositiveDuration = Field(
+    connect_timeout: Timeout = Field(
         default=timedelta(seconds=10), description="TCP/TLS connect timeout"
     )
-    timeout: PositiveDuration = Field(
+    timeout: Timeout = Field(
         default=timedelta(seconds=30), description="read timeout of one API request"
     )
     requests_per_second: float = Field(
-        default=10, gt=0, description="client-side API rate limit (halved on 429, then raised)"
+        default=10,
+        gt=0,
+        le=1_000_000,
+        description="client-side API rate limit (halved on 429, then raised)",
     )
-    throttle_budget: PositiveDuration = Field(
+    throttle_budget: Annotated[PositiveDuration, _at_most(timedelta(days=1))] = Field(
         default=timedelta(minutes=10),
         description="how long the gateway may throttle (429) without a success before the "
         "run gives up (exit 75)",
     )
-    concurrency: PositiveInt = Field(default=8, description="API requests in flight at once")
-    max_in_flight_per_region: PositiveInt | None = Field(
+    concurrency: PositiveInt = Field(
+        default=8, le=256, description="API requests in flight at once"
+    )
+    max_in_flight_per_region: Annotated[PositiveInt, Field(le=1_000_000)] | None = Field(
         default=None, description="replications running at once in one destination region"
     )
-    lease: PositiveDuration = Field(
+    lease: LeaseLength = Field(
         default=timedelta(minutes=2),
         validate_default=True,
         description="claim/lease length; must exceed connect_timeout + timeout",
@@ -401,11 +519,9 @@ class CloudSettings(_Model):
 
 class ScheduleSettings(_Model):
     cron: str | None = Field(default=None, description='5-field cron, e.g. "30 */6 * * *"')
-    interval: PositiveDuration | None = Field(default=None, description="fixed interval, e.g. 6h")
+    interval: Period | None = Field(default=None, description="fixed interval, e.g. 6h")
     timezone: str = Field(default="UTC", description="IANA time zone of the cron expression")
-    jitter: NonNegativeDuration = Field(
-        default=timedelta(0), description="random delay added to each run"
-    )
+    jitter: Jitter = Field(default=timedelta(0), description="random delay added to each run")
 
     @field_validator("cron")
     @classmethod
@@ -444,14 +560,16 @@ class ScheduleSettings(_Model):
 
 
 class RetrySettings(_Model):
-    max_attempts: PositiveInt = Field(default=6, description="attempts before a job is given up")
-    initial_backoff: PositiveDuration = Field(
+    max_attempts: PositiveInt = Field(
+        default=6, le=1000, description="attempts before a job is given up"
+    )
+    initial_backoff: Backoff = Field(
         default=timedelta(minutes=5), description="wait after the first failure"
     )
-    max_backoff: PositiveDuration = Field(
+    max_backoff: Backoff = Field(
         default=timedelta(hours=6), validate_default=True, description="longest wait"
     )
-    multiplier: float = Field(default=2.0, ge=1, description="backoff growth per attempt")
+    multiplier: float = Field(default=2.0, ge=1, le=100, description="backoff growth per attempt")
     jitter: float = Field(default=0.1, ge=0, le=1, description="random fraction of each wait")
 
     @field_validator("max_backoff")
@@ -492,15 +610,13 @@ class ReplicaTemplate(_Model):
 
 
 class WebhookSettings(_Model):
-    url: str = Field(pattern=r"^https?://", description="URL receiving state-change events")
+    url: HttpUrl = Field(pattern=r"^https?://", description="URL receiving state-change events")
     secret: SecretStr | None = Field(default=None, description="HMAC key signing each event")
-    timeout: PositiveDuration = Field(
-        default=timedelta(seconds=10), description="timeout of one delivery"
-    )
+    timeout: Timeout = Field(default=timedelta(seconds=10), description="timeout of one delivery")
 
 
 class HeartbeatSettings(_Model):
-    url: str = Field(pattern=r"^https?://", description="URL pinged after each healthy sweep")
+    url: HttpUrl = Field(pattern=r"^https?://", description="URL pinged after each healthy sweep")
 
 
 class NotifySettings(_Model):
@@ -563,17 +679,19 @@ class DestinationSettings(_Model):
 class PolicyDefaults(_Model):
     schedule: ScheduleSettings | None = Field(default=None, description="default schedule")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="retry and backoff")
-    max_in_flight: PositiveInt = Field(default=10, description="replications running at once")
+    max_in_flight: PositiveInt = Field(
+        default=10, le=1_000_000, description="replications running at once"
+    )
     replica: ReplicaTemplate = Field(default_factory=ReplicaTemplate, description="naming")
     enable_acceleration: bool = Field(default=False, description="accelerated replication")
     traffic_budget_per_day: ByteSize | None = Field(
         default=None, description="bytes submitted per day (schedule timezone) at most, e.g. 2TiB"
     )
-    rpo: PositiveDuration | None = Field(
+    rpo: Horizon | None = Field(
         default=None,
         description="longest a backup may wait for its replica; default 2x the schedule's period",
     )
-    stuck_after: PositiveDuration = Field(
+    stuck_after: Horizon = Field(
         default=timedelta(hours=6),
         description="a replication whose record has not moved for this long is stuck",
     )
@@ -588,15 +706,17 @@ class Policy(_Model):
     retry: RetrySettings = Field(default_factory=RetrySettings, description="retry and backoff")
     replica: ReplicaTemplate = Field(default_factory=ReplicaTemplate, description="naming")
     enable_acceleration: bool = Field(default=False, description="accelerated replication")
-    max_in_flight: PositiveInt = Field(default=10, description="replications running at once")
+    max_in_flight: PositiveInt = Field(
+        default=10, le=1_000_000, description="replications running at once"
+    )
     traffic_budget_per_day: ByteSize | None = Field(
         default=None, description="bytes submitted per day (schedule timezone) at most, e.g. 2TiB"
     )
-    rpo: PositiveDuration = Field(
+    rpo: Horizon = Field(
         default=timedelta(0),
         description="longest a backup may wait for its replica; default 2x the schedule's period",
     )
-    stuck_after: PositiveDuration = Field(
+    stuck_after: Horizon = Field(
         default=timedelta(hours=6),
         description="a replication whose record has not moved for this long is stuck",
     )

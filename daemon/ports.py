@@ -275,6 +275,10 @@ class Ledger(Protocol):
 
     def release_lease(self, name: str, *, owner: str) -> None: ...
 
+    def lease_holder(self, name: str, now: datetime) -> str | None:
+        """Who holds the named lease past ``now``, if anyone."""
+        ...
+
     # -- sweeps and reports --------------------------------------------------------------------
     def start_sweep(self, policy: str, now: datetime) -> int: ...
 

@@ -17,10 +17,13 @@ test fails when this file and the models disagree). `config/cbr-replicator.yaml`
 option in context; `cbr-replicator schema` gives the same as a JSON Schema for editors.
 
 Durations are written `30s`, `5m`, `6h`, `1d`, `1h30m` or as a number of seconds; sizes
-`500GiB`, `2TiB`, `1TB` or a number of bytes. `${NAME}` in any string reads the environment;
-a secret `X` may instead be read from a file named by `X_file`. A policy's keys (in
-`policies`, or in the `policies_dir` files, each a list of policies) override those of
-`defaults`.
+`500GiB`, `2TiB`, `1TB` or a number of bytes. Each has a ceiling: timeouts 1h, `cloud.lease`
+1d, a schedule's interval and jitter 366d, backoffs 30d, `rpo` and `stuck_after` 3660d, sizes
+1PiB (`check-config` names the range of a value outside it). `${NAME}` in any string reads
+the environment; a secret `X` may instead be read from a file named by `X_file` (one line
+break at its end is not part of the secret; an access key, secret key or token holding any
+other whitespace or control character is refused). A policy's keys (in `policies`, or in the
+`policies_dir` files, each a list of policies) override those of `defaults`.
 """
 
 

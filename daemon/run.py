@@ -12,7 +12,7 @@ import structlog
 
 from daemon import replicate, watch
 from daemon.errors import CloudError, EndpointError, LedgerError, PermissionDeniedError
-from daemon.model import TERMINAL_STATES, JobState, SweepReport
+from daemon.model import LEASED, TERMINAL_STATES, JobState, SweepReport
 from daemon.policy import Policy
 from daemon.replicate import Engine
 from daemon.retrying import RetryPolicy
@@ -46,7 +46,8 @@ class RunReport:
 
     @property
     def policy_errors(self) -> list[SweepReport]:
-        return [report for report in self.sweeps if report.error]
+        """Sweeps that failed; one skipped because another process sweeps it did not."""
+        return [r for r in self.sweeps if r.error and r.error_reason != LEASED]
 
 
 def run_policies(

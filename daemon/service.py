@@ -47,7 +47,7 @@ from daemon.model import (
     JobState,
     SweepReport,
 )
-from daemon.observe import bound_context, configure_logging
+from daemon.observe import bound_context, configure_logging, redact_text
 from daemon.policy import Policy, ScheduleSettings, Settings, apscheduler_crontab
 from daemon.ports import Cloud
 from daemon.retrying import RetryPolicy
@@ -129,6 +129,8 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
     loaded = load_settings(config_path)
     log_settings = loaded.settings.log
     configure_logging(log_format or log_settings.format, log_settings.level, stream=sys.stdout)
+    for warning in loaded.warnings:
+        log.warning("config_warning", problem=warning)
     notifier = Notifier()
     lock = None
     try:
@@ -144,6 +146,8 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
 
 
 def _notify_quietly(notifier: Notifier, **fields: str | int) -> None:
+    # STATUS= is shown by systemctl status to anyone: it may quote an error.
+    fields = {k: redact_text(v) if isinstance(v, str) else v for k, v in fields.items()}
     try:
         notifier.notify(**fields)
     except OSError as error:
@@ -396,7 +400,7 @@ class Daemon:
         except ConfigError as error:
             return None, list(error.problems)
         except LedgerError as error:
-            return None, [f"ledger: {error}"]
+            return None, [str(error)]  # it names the ledger
         except Exception as error:  # an adapter refusing its settings: keep running
             return None, [f"{error.__class__.__name__}: {error}"]
 

@@ -36,6 +36,7 @@ from daemon.errors import (
     RefusedError,
 )
 from daemon.model import (
+    LEASED,
     Action,
     Backup,
     BackupPage,
@@ -599,10 +600,10 @@ def sweep_policy(
         until=started + lease_length,
         holder_gone=engine.owner_gone,
     ):
+        holder = engine.ledger.lease_holder(lease_name, started) or "another process"
         report = SweepReport(policy=policy.name, started_at=started, finished_at=engine.now())
-        return replace(
-            report, error="another process is sweeping this policy", error_reason="leased"
-        ), None
+        skipped = f"held by {holder}: another process is sweeping this policy"
+        return replace(report, error=skipped, error_reason=LEASED), None
 
     keeper = None if dry_run else LeaseKeeper(engine, lease_name, lease_length)
     renew = keeper.check if keeper is not None else _nothing

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -18,6 +18,9 @@ from daemon.errors import MalformedAnswerError
 from daemon.model import Backup, BackupPage, ReplicationRecord, Vault
 
 JsonObject = Mapping[str, Any]
+# A backup's size in GB, as CBR gives it. The ledger stores it in bytes as a 64-bit integer,
+# and sums those: past 1 PiB a size is no size (1e300, 10**30 overflowed the ledger).
+MAX_RESOURCE_SIZE_GB = 1 << 20
 
 
 def parse_body(raw: bytes | str | None, operation: str) -> JsonObject:
@@ -76,7 +79,14 @@ def parse_timestamp(value: object) -> datetime | None:
             # every zoneless CBR timestamp needs (issue 7).
             return datetime.fromisoformat(value + "+00:00")
         return parsed.replace(tzinfo=UTC)  # a date alone
-    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+    return parsed if parsed.tzinfo is UTC else _in_utc(parsed)
+
+
+def _in_utc(moment: datetime) -> datetime | None:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 moved past the calendar's ends by its offset
+        return None
 
 
 _RECORD_TEXTS = (
@@ -139,7 +149,7 @@ def parse_backup(obj: object, where: str) -> Backup:
     extend = optional(obj, "extend_info", dict, where) or {}
     children = optional(obj, "children", list, where) or []
     records = optional(obj, "replication_records", list, where) or []
-    size = optional(obj, "resource_size", (int, float), where) or 0
+    size = _resource_size(optional(obj, "resource_size", (int, float), where), where)
     system_disk = extend.get("contain_system_disk")
     return Backup(
         id=backup_id,
@@ -148,12 +158,22 @@ def parse_backup(obj: object, where: str) -> Backup:
         resource_type=require(obj, "resource_type", str, where),
         image_type=require(obj, "image_type", str, where),
         status=require(obj, "status", str, where),
-        resource_size_gb=int(size),
+        resource_size_gb=size,
         contain_system_disk=system_disk if isinstance(system_disk, bool) else None,
         children_bootable=tuple(_child_bootable(child) for child in children),
         created_at=parse_timestamp(obj.get("created_at")),
         replication_records=tuple(parse_record(record, where) for record in records),
     )
+
+
+def _resource_size(value: float | None, where: str) -> int:
+    if value is None:
+        return 0
+    if not 0 <= value <= MAX_RESOURCE_SIZE_GB:  # NaN included
+        raise MalformedAnswerError(
+            f"{where}: field 'resource_size' is not a size from 0 to {MAX_RESOURCE_SIZE_GB} GB"
+        )
+    return int(value)
 
 
 def _child_bootable(child: object) -> bool | None:
@@ -223,6 +243,10 @@ class _Child(msgspec.Struct, gc=False):
     extend_info: _ChildExtend | None = None
 
 
+_SizeInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_RESOURCE_SIZE_GB)]
+_SizeFloat = Annotated[float, msgspec.Meta(ge=0, le=MAX_RESOURCE_SIZE_GB)]
+
+
 class _Backup(msgspec.Struct, gc=False):
     id: str
     vault_id: str
@@ -230,7 +254,7 @@ class _Backup(msgspec.Struct, gc=False):
     image_type: str
     status: str
     name: str | None = None
-    resource_size: int | float | None = None
+    resource_size: _SizeInt | _SizeFloat | None = None
     created_at: Any = None
     extend_info: _Extend | None = None
     children: list[_Child] | None = None

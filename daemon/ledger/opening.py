@@ -23,9 +23,9 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
-from daemon.errors import LedgerError, LedgerMissingError
+from daemon.errors import LedgerError, LedgerMissingError, LedgerUnavailableError
 from daemon.ledger.schema import MIGRATIONS, SCHEMA_VERSION
-from daemon.ledger.store import READ_ONLY_OPTION, SqlLedger, cause_of
+from daemon.ledger.store import READ_ONLY_OPTION, SqlLedger, cause_of, ledger_error
 
 BUSY_TIMEOUT_MS = 10_000
 MIGRATION_LOCK = 0x63627272  # PostgreSQL advisory lock key held while migrating ("cbrr")
@@ -66,9 +66,8 @@ def open_ledger(url: str, *, create: bool = True) -> SqlLedger:
         raise
     except SQLAlchemyError as error:
         engine.dispose()
-        raise LedgerError(
-            f"ledger {parsed.render_as_string(hide_password=True)}: cannot open: {cause_of(error)}"
-        ) from None
+        place = f"ledger {parsed.render_as_string(hide_password=True)}: cannot open"
+        raise ledger_error(error, engine, place) from None
     return ledger
 
 
@@ -189,6 +188,9 @@ def _check_sqlite(engine: Engine) -> None:
         with engine.connect() as connection:
             result = connection.exec_driver_sql("PRAGMA quick_check").scalar()
     except SQLAlchemyError as error:
+        found = ledger_error(error, engine, f"ledger {engine.url.database}: cannot open")
+        if isinstance(found, LedgerUnavailableError):  # full disk, locked: the file is fine
+            raise found from None
         raise LedgerError(
             f"ledger {engine.url.database}: not a readable SQLite database ({cause_of(error)}); "
             "restore it from a backup or move it away to start an empty ledger"

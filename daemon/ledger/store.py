@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -19,12 +22,13 @@ from sqlalchemy import (
     or_,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, select
 
 from daemon import alerts
 from daemon.alerts import AlertChange, AlertKind, ReplicationWindow, StoredAlert
-from daemon.errors import LedgerError
+from daemon.errors import LedgerError, LedgerUnavailableError
 from daemon.ledger.schema import (
     AlertRow,
     AttemptRow,
@@ -164,6 +168,7 @@ def _store_jobs(
     jobs: Sequence[Job],
     stored: Mapping[tuple[str, str], _StoredJob],
     now: datetime,
+    scrub: Callable[[str | None], str | None],
 ) -> list[Job]:
     """Update the stored ones, insert the others; each job as saved, with its id."""
     updates: dict[int, dict[str, Any]] = {}
@@ -171,6 +176,7 @@ def _store_jobs(
     for job in jobs:
         values = _job_values(job)
         values["updated_at"] = now
+        values["last_error"] = scrub(values["last_error"])
         found = stored.get(job.key)
         if found is not None:
             updates[found.id] = {"row_id": found.id} | {
@@ -236,9 +242,16 @@ def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
 class SqlLedger:
     """The ``Ledger`` port on SQLite or PostgreSQL. Safe to share between threads."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, redact: Callable[[str], str] | None = None) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # Every error text goes through it before it is stored (the app sets the log's secret
+        # redaction): an exception quoting a secret must reach neither the ledger nor what
+        # ``status`` and ``history`` read from it.
+        self.redact = redact
+
+    def _scrub(self, text: str | None) -> str | None:
+        return text if text is None or self.redact is None else self.redact(text)
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -251,7 +264,7 @@ class SqlLedger:
                 with connection.begin():
                     yield connection
         except SQLAlchemyError as error:
-            raise LedgerError(f"ledger: {error.__class__.__name__}: {cause_of(error)}") from error
+            raise ledger_error(error, self.engine) from error
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -261,7 +274,7 @@ class SqlLedger:
         except IntegrityError:
             raise
         except SQLAlchemyError as error:
-            raise LedgerError(f"ledger: {error.__class__.__name__}: {cause_of(error)}") from error
+            raise ledger_error(error, self.engine) from error
 
     # -- jobs ----------------------------------------------------------------------------------
     def get_jobs(self, destination_region: str, backup_ids: Collection[str]) -> dict[str, Job]:
@@ -303,7 +316,9 @@ class SqlLedger:
         if not jobs and not attempts:
             return []
         with self._session() as session:
-            stored = _store_jobs(session, jobs, self._stored_by_key(session, jobs), now)
+            stored = _store_jobs(
+                session, jobs, self._stored_by_key(session, jobs), now, self._scrub
+            )
             if attempts:
                 session.execute(
                     insert(_ATTEMPTS_TABLE),
@@ -313,7 +328,7 @@ class SqlLedger:
                             "at": attempt.at,
                             "outcome": attempt.outcome,
                             "error_code": attempt.error_code,
-                            "error_message": attempt.error_message,
+                            "error_message": self._scrub(attempt.error_message),
                             "request_id": attempt.request_id,
                         }
                         for position, attempt in enumerate(attempts)
@@ -331,7 +346,7 @@ class SqlLedger:
                 for job in jobs
                 if (found := existing.get(job.key)) is not None and found.lease_owner == owner
             ]
-            return _store_jobs(session, owned, existing, now)
+            return _store_jobs(session, owned, existing, now, self._scrub)
 
     def _stored_by_key(
         self, session: Session, jobs: Sequence[Job], *, lock: bool = False
@@ -586,6 +601,13 @@ class SqlLedger:
         except IntegrityError:  # another host inserted the same lease first
             return False
 
+    def lease_holder(self, name: str, now: datetime) -> str | None:
+        with self._connection() as connection:
+            row = connection.execute(
+                select(LeaseRow.owner).where(LeaseRow.name == name, col(LeaseRow.expires_at) > now)
+            ).first()
+        return None if row is None else str(row[0])
+
     def release_lease(self, name: str, *, owner: str) -> None:
         with self._session() as session:
             row = session.exec(
@@ -614,7 +636,7 @@ class SqlLedger:
             row.enqueued = report.enqueued
             row.adopted = report.adopted
             row.submitted = report.submitted
-            row.error = report.error
+            row.error = self._scrub(report.error)
             row.error_reason = report.error_reason
             session.add(row)
 
@@ -823,7 +845,7 @@ class SqlLedger:
                 return
             row.attempts += 1
             row.status = status
-            row.last_error = error
+            row.last_error = self._scrub(error)
             row.next_attempt_at = next_attempt_at
             row.lease_owner = None
             row.lease_expires_at = None
@@ -898,6 +920,82 @@ class SqlLedger:
 def cause_of(error: SQLAlchemyError) -> object:
     """The driver's own message when there is one (it names the file or the constraint)."""
     return getattr(error, "orig", None) or error
+
+
+def ledger_error(error: SQLAlchemyError, engine: Engine, place: str = "ledger") -> LedgerError:
+    """``error`` as what it means: ``LedgerUnavailableError`` when the database did not
+    answer or cannot write for now (the CLI exits 75, systemd restarts the daemon), a plain
+    ``LedgerError`` when the ledger or its config must be fixed (78)."""
+    if isinstance(cause_of(error), sqlite3.OperationalError):
+        space = no_space_problem(engine.url.database)
+        if space is not None:
+            return LedgerUnavailableError(f"{place}: {space}")
+    cause = " ".join(str(cause_of(error)).split())  # libpq's messages span lines
+    text = f"{place}: {error.__class__.__name__}: {cause}"
+    if database_unavailable(error):
+        return LedgerUnavailableError(f"{text}; the database did not answer: retried later")
+    return LedgerError(text)
+
+
+# PostgreSQL error classes that say "not now" rather than "wrong": connection exceptions,
+# transaction rollbacks (serialization, deadlock), insufficient resources, operator
+# intervention (shutdown, cancelled statement), system errors; and a lock not available.
+_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_STATES = frozenset({"55P03"})
+# The server refused the connection (FATAL), but only for now.
+_TRANSIENT_REFUSALS = (
+    "starting up",
+    "shutting down",
+    "in recovery",
+    "too many",
+    "connection slots",
+    "terminating connection",
+)
+
+
+def database_unavailable(error: SQLAlchemyError) -> bool:
+    """Did the database fail to answer (rather than refuse)? True for a dropped, refused or
+    timed-out connection, a server starting, stopping or full, a lock wait given up."""
+    if getattr(error, "connection_invalidated", False) or isinstance(error, PoolTimeout):
+        return True
+    cause = getattr(error, "orig", None)
+    if isinstance(cause, sqlite3.Error):
+        return "locked" in str(cause) or "busy" in str(cause)
+    state = getattr(cause, "sqlstate", None)
+    if state:
+        return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+    if not isinstance(error, OperationalError | InterfaceError):
+        return False
+    # psycopg reports failed connections without a state: refused, timed out or
+    # unresolved (no answer), or a FATAL from the server (an answer: wrong database, user).
+    message = str(cause)
+    return "FATAL" not in message or any(marker in message for marker in _TRANSIENT_REFUSALS)
+
+
+MIN_FREE_BYTES = 1 << 20
+
+
+def no_space_problem(database: str | None) -> str | None:
+    """What to say when the SQLite file's filesystem is full: SQLite then reports a write
+    it could not make ("disk I/O error", "database or disk is full") while the file itself
+    is as it was before the write, and must not be thrown away."""
+    if not database or database == ":memory:":
+        return None
+    directory = Path(database).parent
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return None
+    free = info.f_bavail * info.f_frsize
+    no_inode = info.f_files > 0 and info.f_favail == 0  # 0 files: it has no inode count
+    if free >= MIN_FREE_BYTES and not no_inode:
+        return None
+    what = "no space" if free < MIN_FREE_BYTES else "no free inode"
+    return (
+        f"{database}: {what} left on the device holding {directory} ({free} bytes free); "
+        "free space and start again. The ledger file is intact (SQLite did not apply the "
+        "write it could not make): keep it"
+    )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

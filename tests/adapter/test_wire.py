@@ -94,6 +94,9 @@ def test_bodies_that_are_not_a_json_object_are_malformed(raw: bytes | None) -> N
         ("2026-11-01 10:00:00Z", datetime(2026, 11, 1, 10, tzinfo=UTC)),
         ("yesterday", None),
         (None, None),
+        # Moved past the calendar's ends by the offset: OverflowError (a traceback) before.
+        ("9999-12-31T23:00:00-05:00", None),
+        ("0001-01-01T00:30:00+05:00", None),
     ],
 )
 def test_timestamps_are_parsed_leniently_as_utc(
@@ -111,7 +114,10 @@ def _reference_timestamp(value: object) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # a moment beyond the calendar in UTC: none (as parse_timestamp)
+        return None
 
 
 _ZONES = st.sampled_from(["", "Z", "+00:00", "+08:00", "-03:30"])

@@ -135,6 +135,12 @@ NASTY_STRINGS = st.sampled_from(
         "postgresql+psycopg://user:hunter2pass@db/cbr",
         "http://",
         "::1:99999",
+        "http://h:hunter2pass@[::1/x",
+        "https://[zz::1]/ping",
+        "http://proxy:99999",
+        "https://host:0/",
+        "99999999d",
+        "367d",
         "a\x00b",
         "/",
         ".",
@@ -311,7 +317,7 @@ class Case:
     policy_mode: int = 0o600
     secret_mode: int = 0o600
     directory_mode: int = 0o700
-    secret_kind: str = "file"  # file, symlink, directory, missing
+    secret_kind: str = "file"  # file, symlink, directory, missing, binary, stray_newline
     main_is_symlink: bool = False
     oversize: bool = False
     notes: list[str] = field(default_factory=list)
@@ -337,7 +343,9 @@ def cases(draw: st.DrawFn) -> Case:
         case.secret_mode = draw(FILE_MODES)
         case.directory_mode = draw(DIRECTORY_MODES)
         case.secret_kind = draw(
-            st.sampled_from(["file", "file", "symlink", "directory", "missing"])
+            st.sampled_from(
+                ["file", "file", "symlink", "directory", "missing", "binary", "stray_newline"]
+            )
         )
         case.main_is_symlink = draw(st.booleans())
         case.oversize = draw(st.integers(0, 9)) == 0
@@ -391,7 +399,8 @@ def _write_secret(directory: Path, case: Case) -> None:
         secret.mkdir(mode=0o700)
         return
     target = directory / ("sk-target" if case.secret_kind == "symlink" else "sk")
-    target.write_text(SECRET + "\n")
+    content = {"binary": b"\xff\xfe" + SECRET.encode(), "stray_newline": SECRET.encode() + b"\n\n"}
+    target.write_bytes(content.get(case.secret_kind, SECRET.encode() + b"\n"))
     target.chmod(case.secret_mode)
     if case.secret_kind == "symlink":
         secret.symlink_to(target)
@@ -577,6 +586,14 @@ REGRESSIONS = {
     ),
     "a recursive alias": yaml.safe_dump(valid_config()) + "loop: &loop [*loop]\n",
     "a complex key": yaml.safe_dump(valid_config()) + "? [a, b]\n: complex key\n",
+    # Loaded, then crashed the daemon or the run: refused at load now.
+    "an interval past any use": spoil(("policies", 0, "schedule"), {"interval": "99999999d"}),
+    "a lease past any use": spoil(("cloud", "lease"), "99999999d"),
+    "a heartbeat URL that does not parse": spoil(
+        ("notify",), {"heartbeat": {"url": "https://[zz::1]/"}}
+    ),
+    "a proxy port past 65535": spoil(("cloud", "proxy"), "http://proxy:99999"),
+    "an IAM endpoint that does not parse": spoil(("cloud", "endpoints", "iam"), "http://[::1"),
 }
 
 

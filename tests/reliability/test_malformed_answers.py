@@ -212,6 +212,10 @@ BACKUP_SHAPES: dict[str, Callable[[Payload], Any]] = {
     "resource_type a list": set_in(("resource_type",), ["OS::Nova::Server"]),
     "image_type a bool": set_in(("image_type",), True),
     "resource_size a string": set_in(("resource_size",), "10GB"),
+    # Past a 64-bit integer once in bytes: the ledger overflowed (OverflowError, exit 1).
+    "resource_size 1e300": set_in(("resource_size",), 1e300),
+    "resource_size 10**30": set_in(("resource_size",), 10**30),
+    "resource_size negative": set_in(("resource_size",), -40),
     "extend_info a list": set_in(("extend_info",), []),
     "children a string": set_in(("children",), "none"),
     "replication_records an object": set_in(("replication_records",), {"id": "r"}),

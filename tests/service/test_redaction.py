@@ -3,16 +3,23 @@ not in a field, not in an exception's text or traceback, not from the SDK's own 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
+from urllib.parse import quote, quote_plus
 
 import pytest
 import structlog
 
 from daemon import observe
-from tests.engine.harness import policy
+from tests.engine.harness import Deployment, deploy, policy
+from tests.engine.webhooks import receiving
 from tests.service.support import Service
+
+__all__ = ["deploy"]  # the fixture
 
 ACCESS_KEY = "AKTESTACCESSKEY0001"
 SECRET_KEY = "sk-test-Secret/Key+0123456789"
@@ -71,3 +78,69 @@ def test_the_daemon_masks_keys_that_reach_its_error_messages(service: Service, f
         assert "vault '****' not found" in line
     assert access_key not in daemon.output
     assert secret_key not in daemon.output
+
+
+# A registered secret with a line break, a tab and a trailing space: messages quote such a
+# value escaped (repr, JSON), so the raw value alone is not enough to find it.
+CANARY = "Zq7canary\tWEBHOOK\n secret "
+CANARY_CORE = "Zq7canary"
+
+
+def test_a_secret_with_whitespace_is_masked_in_every_form() -> None:
+    observe.register_secrets([CANARY])
+    try:
+        for form in (CANARY, repr(CANARY), json.dumps(CANARY), json.dumps(repr(CANARY))):
+            assert CANARY_CORE not in observe.redact_text(f"error: {form}!"), form
+        assert CANARY_CORE not in observe.redact_text(quote(CANARY, safe=""))
+        assert CANARY_CORE not in observe.redact_text(quote_plus(CANARY))
+        assert observe.redact_text(f"vault {CANARY!r} not found") == "vault '****' not found"
+    finally:
+        observe.clear_registered_secrets()
+
+
+@pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)  # the dump reads SQLite
+def test_a_secret_canary_reaches_no_sink(deploy: Callable[..., Deployment]) -> None:
+    """The canary is the webhook's key and, as an attacker could arrange, the name of a vault:
+    the sweep fails with "vault '<canary, escaped>' not found". Neither the log, nor the
+    ledger (sweeps.error, notifications), nor the webhook body, nor ``status`` holds it."""
+    with contextlib.ExitStack() as stack:
+        receiver = stack.enter_context(contextlib.contextmanager(receiving)())
+        hook = {"url": f"{receiver.url}/hook", "secret": CANARY}
+        deployment = deploy(
+            [policy("leaky", [CANARY], "cn-south-1", "web-dr")], notify={"webhook": hook}
+        )
+        run = deployment.cli("--run-once")
+        status = deployment.cli("status")
+        status_json = deployment.cli("status", "--json")
+        bodies = [post.body.decode() for post in receiver.posts()]
+    assert run.returncode != 0
+    assert "vault '****' not found" in run.stderr, run.stderr
+    assert len(bodies) == 1
+    assert "vault '****' not found" in bodies[0]
+    with contextlib.closing(
+        sqlite3.connect(deployment.workdir / "state" / "ledger.db")
+    ) as database:
+        dump = "\n".join(database.iterdump())
+    assert "vault ''****'' not found" in dump  # as SQL quotes it: in sweeps, notifications
+    for sink in (run.stdout, run.stderr, dump, *bodies, status.stdout, status_json.stdout):
+        assert CANARY_CORE not in sink
+
+
+def test_the_systemd_status_line_masks_a_secret() -> None:
+    """STATUS= is shown by ``systemctl status`` to any user: it may quote an error."""
+    from daemon.service import _notify_quietly
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.sent: list[dict[str, str | int]] = []
+
+        def notify(self, **fields: str | int) -> None:
+            self.sent.append(fields)
+
+    recorder = Recorder()
+    observe.register_secrets([CANARY])
+    try:
+        _notify_quietly(recorder, STATUS=f"failed to start: {CANARY!r}", READY=1)
+    finally:
+        observe.clear_registered_secrets()
+    assert recorder.sent == [{"STATUS": "failed to start: '****'", "READY": 1}]
