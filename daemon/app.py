@@ -58,6 +58,9 @@ class App:
     engine: Engine
     ledger: SqlLedger
     emulator: Any = None
+    # False for an App built on a ledger that another App opened (the daemon's reload): its
+    # close() leaves that ledger, and the jobs claimed under the shared owner, to the owner.
+    owns_ledger: bool = True
     closed: bool = field(default=False)
 
     @property
@@ -81,8 +84,9 @@ class App:
         if self.closed:
             return
         self.closed = True
-        self.ledger.release_jobs(self.engine.owner)
-        self.ledger.close()
+        if self.owns_ledger:
+            self.ledger.release_jobs(self.engine.owner)
+            self.ledger.close()
         if self.emulator is not None:
             self.emulator.stop()
 
@@ -93,12 +97,15 @@ def build_app(
     open_cloud: bool = True,
     on_api_call: ApiCallback | None = None,
     on_retry: Callable[[str], None] | None = None,
+    reuse: App | None = None,
 ) -> App:
     """``on_api_call(operation, outcome)`` and ``on_retry(operation)`` observe every API
-    call of the adapter (the daemon's metrics)."""
+    call of the adapter (the daemon's metrics). ``reuse``: a running App whose ledger and
+    identity the new one shares (a reload): the ledger is not opened again, because opening
+    the file anew beside live connections is how SQLite's locks get lost."""
     settings = loaded.settings
     register_secrets(loaded.secrets)
-    ledger = open_ledger(settings.ledger.url)
+    ledger = reuse.ledger if reuse is not None else open_ledger(settings.ledger.url)
     emulator = _start_emulator(settings) if open_cloud else None
     try:
         cloud = HuaweiCloud(
@@ -108,7 +115,8 @@ def build_app(
             on_retry=on_retry,
         )
     except BaseException:
-        ledger.close()
+        if reuse is None:
+            ledger.close()
         if emulator is not None:
             emulator.stop()
         raise
@@ -116,14 +124,16 @@ def build_app(
         cloud=cloud,
         ledger=ledger,
         clock=utc_now,
-        owner=instance_id(),
+        owner=reuse.engine.owner if reuse is not None else instance_id(),
         lease=settings.cloud.lease,
         max_in_flight_per_region=settings.cloud.max_in_flight_per_region,
         rng=random.Random(),
         concurrency=settings.cloud.concurrency,
         owner_gone=owner_gone,
     )
-    return App(loaded=loaded, engine=engine, ledger=ledger, emulator=emulator)
+    return App(
+        loaded=loaded, engine=engine, ledger=ledger, emulator=emulator, owns_ledger=reuse is None
+    )
 
 
 def _start_emulator(settings: Settings) -> Any:

@@ -178,10 +178,24 @@ def _read_yaml(path: Path, problems: _Problems) -> _Document | None:
         return None
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        problems.file(path, f"cannot read: {error}; save it as UTF-8 text")
+    except OSError as error:
+        problems.file(path, _unreadable(path, error))
+        return None
+    except UnicodeDecodeError as error:
+        problems.file(
+            path, f"is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        )
         return None
     return _parse_yaml(path, text, problems)
+
+
+def _unreadable(path: Path, error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return (
+            f"cannot read: permission denied for uid {os.geteuid()}; let the service's user "
+            f"read it, e.g. `chgrp cbr-replicator {path} && chmod 640 {path}`"
+        )
+    return f"cannot read: {error.strerror}; check the path"
 
 
 # libyaml's parser when PyYAML was built with it: ten times faster (a config naming 1,000

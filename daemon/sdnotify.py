@@ -16,15 +16,21 @@ from datetime import timedelta
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 WATCHDOG_USEC = "WATCHDOG_USEC"
 WATCHDOG_PID = "WATCHDOG_PID"
+# A datagram to a socket whose queue is full waits for room: bounded, so that a service
+# manager that stopped reading (or a test's socket) never freezes the thread that reports.
+SEND_TIMEOUT = 2.0
 
 
 class Notifier:
     """Sends state changes to the service manager; ``enabled`` is False outside systemd."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, environ: Mapping[str, str] | None = None, *, send_timeout: float = SEND_TIMEOUT
+    ) -> None:
         environment = os.environ if environ is None else environ
         self.address = _socket_address(environment.get(NOTIFY_SOCKET, ""))
         self.watchdog_interval = _watchdog_interval(environment)
+        self.send_timeout = send_timeout
 
     @property
     def enabled(self) -> bool:
@@ -36,6 +42,7 @@ class Notifier:
             return
         message = "\n".join(f"{key}={_one_line(value)}" for key, value in fields.items())
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(self.send_timeout)
             sock.connect(self.address)
             sock.sendall(message.encode())
 

@@ -160,6 +160,7 @@ class Daemon:
         self._reload_requested = False
         self._wake_read = -1  # the pipe's end the main loop waits on; made by serve()
         self._work_lock = threading.Lock()
+        self._track_wanted = False  # the tracker found the work lock taken: its round is due
         self._progress = time.monotonic()
         self._working = False
         self._targets: dict[str, ResolvedPolicy] = {}
@@ -366,7 +367,7 @@ class Daemon:
                     "ledger.url changed: a running daemon keeps its ledger; restart the "
                     "service (systemctl restart cbr-replicator) to use another one"
                 ]
-            return self._build_app(loaded), []
+            return self._build_app(loaded, reuse=self.app), []
         except ConfigError as error:
             return None, list(error.problems)
         except LedgerError as error:
@@ -377,6 +378,8 @@ class Daemon:
     def _swap(self, new_app: App) -> dict[str, object]:
         """Under the work lock: the new objects replace the old, jobs follow the policies."""
         old_settings = self.settings
+        # The ledger passes to the new App; closing the old one leaves it open.
+        self.app.owns_ledger, new_app.owns_ledger = False, True
         self.app = new_app
         self.engine = self._watched_engine(new_app)
         self._targets.clear()
@@ -498,7 +501,7 @@ class Daemon:
     def _sweep_job(self, name: str) -> None:
         with self._work(f"sweeping {name}") as app:
             policy = _enabled_policy(app, name) if app is not None else None
-            if policy is None:
+            if app is None or policy is None:
                 return
             with bound_context(policy=name):
                 run = run_policies(self.engine, [policy], role="daemon")
@@ -507,6 +510,8 @@ class Daemon:
                 if report.error is None:
                     self.courier.ping_after(policy.name)
             self._targets.update(run.resolved)
+            if self._track_wanted:
+                self._track_round(app)
             self.courier.wake()
 
     def _record_sweep(self, report: SweepReport, policy: Policy) -> None:
@@ -549,24 +554,33 @@ class Daemon:
         self._sweep_job(name)  # skipped again (and followed) while the holder's lease is live
 
     def _track_job(self) -> None:
-        """Follow running replications to their end; submit what is due (retries whose
-        backoff ended, jobs waiting for a free slot) for the policies swept so far."""
+        """The tracker's round. Its trigger fires when the sweeps' do (a policy swept every
+        minute sweeps at the same moments as a 60 s tracker), so a busy work lock would make
+        it skip forever: the round is then left to the work item holding the lock, which runs
+        it before letting go."""
         with self._work("tracking replications", wait=False) as app:
             if app is None:
+                self._track_wanted = True
                 return
-            # Seen alive by the other instances sharing the ledger (``status``).
-            app.ledger.heartbeat(self.engine.owner, role="daemon", now=self.engine.now())
-            self._track_replicating(app)
-            for name, resolved in list(self._targets.items()):
-                if _enabled_policy(app, name) is None:
-                    continue
-                with bound_context(policy=name):
-                    report = replicate.submit_due(self.engine, resolved.target)
-                region = resolved.target.destination.region
-                self.metrics.count_replications(name, region, "submitted", report.submitted)
-                self.metrics.count_replications(name, region, "failed", report.failed)
-                evaluate_alerts(self.engine, resolved.policy)  # stuck, given up, rpo recovered
-            self.courier.wake()
+            self._track_round(app)
+
+    def _track_round(self, app: App) -> None:
+        """Follow running replications to their end; submit what is due (retries whose
+        backoff ended, jobs waiting for a free slot) for the policies swept so far."""
+        self._track_wanted = False
+        # Seen alive by the other instances sharing the ledger (``status``).
+        app.ledger.heartbeat(self.engine.owner, role="daemon", now=self.engine.now())
+        self._track_replicating(app)
+        for name, resolved in list(self._targets.items()):
+            if _enabled_policy(app, name) is None:
+                continue
+            with bound_context(policy=name):
+                report = replicate.submit_due(self.engine, resolved.target)
+            region = resolved.target.destination.region
+            self.metrics.count_replications(name, region, "submitted", report.submitted)
+            self.metrics.count_replications(name, region, "failed", report.failed)
+            evaluate_alerts(self.engine, resolved.policy)  # stuck, given up, rpo recovered
+        self.courier.wake()
 
     def _track_replicating(self, app: App) -> None:
         retries = {policy.name: retry_policy(policy) for policy in app.settings.policies}
@@ -632,9 +646,12 @@ class Daemon:
         _notify_quietly(self.notifier, **fields)
 
     # -- cloud -----------------------------------------------------------------------------
-    def _build_app(self, loaded: LoadedConfig) -> App:
+    def _build_app(self, loaded: LoadedConfig, reuse: App | None = None) -> App:
         return build_app(
-            loaded, on_api_call=self.metrics.on_api_call, on_retry=self.metrics.on_retry
+            loaded,
+            on_api_call=self.metrics.on_api_call,
+            on_retry=self.metrics.on_retry,
+            reuse=reuse,
         )
 
     def _watched_engine(self, app: App) -> replicate.Engine:

@@ -119,20 +119,35 @@ def _use_wal(cursor: sqlite3.Cursor) -> None:
 
 
 def _create_private_file(path: Path) -> None:
-    """The ledger holds project and vault ids: 0600 in a 0700 directory when we create them."""
+    """The ledger holds project and vault ids: 0600 in a 0700 directory when we create them.
+
+    An existing file is never opened here. Closing any descriptor of a file drops every POSIX
+    lock this process holds on it, SQLite's included: an open and close beside a live
+    connection let another process delete the WAL under it. A new file (O_EXCL) has no
+    connection yet, in this process or any other."""
     try:
         # exist_ok: several instances may create it at the same moment.
         path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
     except OSError as error:
         raise LedgerError(
             f"ledger {path}: cannot create or open: {error.strerror}; check the directory "
             "exists and is writable by the service user"
         ) from None
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(path, 0o600)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError as error:
+        raise LedgerError(
+            f"ledger {path}: cannot read or set its mode: {error.strerror}; check the file "
+            "belongs to the service user"
+        ) from None
 
 
 def _check_sqlite(engine: Engine) -> None:

@@ -425,3 +425,20 @@ def test_secret_file_key_must_be_a_path(base: dict[str, Any], write: Write, chec
         check(path), path, "cloud.credentials.access_key_file: write the path"
     )
     assert "missing" not in err
+
+
+def test_a_config_the_service_user_cannot_read_says_so_and_how_to_let_it(
+    write: Write, check: Check, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root reads any file, so the refusal an operator meets as the service's user is made here.
+    path = write({"cloud": {"provider": "emulator"}, "policies": []})
+    real_read_text = Path.read_text
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    err = assert_config_error(check(path), path, "permission denied", f"chmod 640 {path}")
+    assert "UTF-8" not in err

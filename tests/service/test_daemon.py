@@ -4,7 +4,10 @@ and the single-instance guard of a SQLite ledger."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
+from contextlib import closing
+from pathlib import Path
 
 from daemon import exitcodes
 from tests.service.support import Service, web_south
@@ -115,3 +118,54 @@ def test_a_second_daemon_on_the_same_sqlite_ledger_refuses_to_start(service: Ser
     once = service.start("--run-once")
     assert once.wait() == exitcodes.OK
     assert len(service.emulator.requests("replicate_backup")) == ELIGIBLE_WEB_BACKUPS
+
+
+def _locks_held(pid: int, path: Path) -> int:
+    """POSIX and flock locks that ``pid`` holds on ``path`` (``/proc/locks``, by inode)."""
+    inode = path.stat().st_ino
+    held = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        owner = fields[4] if fields[1] != "->" else fields[5]
+        device_inode = fields[5] if fields[1] != "->" else fields[6]
+        if owner == str(pid) and device_inode.rsplit(":", 1)[-1] == str(inode):
+            held += 1
+    return held
+
+
+def test_reload_keeps_the_ledger_open_so_a_reader_beside_it_loses_nothing(
+    service: Service,
+) -> None:
+    service.write_config([web_south("1s")])
+    daemon, notify = service.start_ready()
+    daemon.wait_event("sweep_finished", policy="web-south")
+    locks_before = _locks_held(daemon.pid, service.ledger)
+    assert locks_before > 0
+
+    service.write_config([web_south("1s")], defaults={"max_in_flight": 9})
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("reload_finished")
+    # The daemon still holds SQLite's locks on its ledger: nothing opened and closed the file.
+    assert _locks_held(daemon.pid, service.ledger) == locks_before
+    # Another process (status, a --run-once) opens and closes the ledger. Had the daemon lost
+    # its locks, this close would checkpoint and delete the WAL the daemon still writes to.
+    with closing(sqlite3.connect(service.ledger)) as reader:
+        reader.execute("SELECT COUNT(*) FROM sweeps").fetchone()
+
+    swept_after_reload = []
+    for _ in range(3):
+        swept_after_reload.append(daemon.wait_event("sweep_finished", policy="web-south"))
+        notify.drain()  # systemd reads its socket; an unread one would fill up
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == exitcodes.OK
+    with closing(sqlite3.connect(f"file:{service.ledger}?mode=ro", uri=True)) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (recorded,) = connection.execute(
+            "SELECT COUNT(*) FROM sweeps WHERE finished_at IS NOT NULL"
+        ).fetchone()
+        instances = connection.execute("SELECT owner FROM instances").fetchall()
+    # Every sweep the daemon logged, the three after the reload among them, is in the ledger.
+    assert recorded == len(daemon.events("sweep_finished")) >= len(swept_after_reload) + 1
+    # One instance row for the one daemon process, however often it reloads.
+    assert len(instances) == 1
+    assert f":{daemon.pid}:" in instances[0][0]
