@@ -111,9 +111,17 @@ class Container:
         return str(json.loads(out.splitlines()[-1])["__CURSOR"])
 
     def entries(self, unit: str, after: str | None = None) -> list[dict[str, Any]]:
-        since = f" --after-cursor={shlex.quote(after)}" if after else ""
-        out = self.ok(f"journalctl -u {unit} -o json --no-pager{since}")
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        """What `journalctl -u UNIT` shows, after a cursor. Not `-u` with --after-cursor:
+        systemd 252 then drops the first matching entry when the cursor's own entry does not
+        match (it skips one entry past the seek), so the unit's fields are matched here."""
+        if after is None:
+            out = self.ok(f"journalctl -u {unit} -o json --no-pager")
+            return [json.loads(line) for line in out.splitlines() if line.strip()]
+        out = self.ok(f"journalctl -o json --no-pager --after-cursor={shlex.quote(after)}")
+        name = f"{unit}.service" if "." not in unit else unit
+        fields = ("_SYSTEMD_UNIT", "UNIT", "OBJECT_SYSTEMD_UNIT")
+        entries = (json.loads(line) for line in out.splitlines() if line.strip())
+        return [e for e in entries if any(e.get(f) == name for f in fields)]
 
     def events(self, unit: str, after: str | None = None) -> list[dict[str, Any]]:
         """The daemon's JSON log lines among the unit's journal entries."""
@@ -355,6 +363,10 @@ class Run:
     def check(self, name: str, step: Callable[[], str]) -> bool:
         started = time.monotonic()
         try:
+            since: str | None = self.box.cursor()
+        except CheckFailed:
+            since = None
+        try:
             detail, ok = step(), True
         except CheckFailed as error:
             detail, ok = str(error), False
@@ -363,7 +375,31 @@ class Run:
         seconds = time.monotonic() - started
         self.results.append((name, ok, detail, seconds))
         print(f"{'PASS' if ok else 'FAIL'} {name}: {detail} ({seconds:.1f}s)", flush=True)
+        if not ok:
+            self.show_journal(since)
         return ok
+
+    def show_journal(self, since: str | None, most: int = 60) -> None:
+        """Under a failure, for its reason: the daemon's journal since the check began, less
+        the sweeps that found nothing to do (counted)."""
+        try:
+            entries = self.box.entries(UNIT, since)
+        except CheckFailed as error:
+            print(f"    | (no journal: {error})")
+            return
+        idle = 0
+        shown = []
+        for entry in entries:
+            event = parsed(entry) or {}
+            quiet = not any(event.get(k) for k in ("enqueued", "adopted", "submitted", "error"))
+            if event.get("event") == "sweep_finished" and quiet:
+                idle += 1
+                continue
+            shown.append(message(entry))
+        for line in shown[-most:]:
+            print(f"    | {line[:400]}")
+        older = max(0, len(shown) - most)
+        print(f"    | ({idle} sweeps with nothing to do left out, {older} older lines)")
 
     def install(self) -> str:
         """The README's install and config steps, as written, minus sudo."""

@@ -76,7 +76,7 @@ key=$(printf '%s\n' "$suite" "$variant" "$packages" "$(dpkg --print-architecture
 tree=$cache/debian-$suite-$key
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
-flock 9 # one builder at a time; a second run waits, then finds the tree
+flock 9 # one builder of the tree and wheelhouse at a time: a second run waits, then uses them
 tree_seconds=0
 if [ -f "$tree/.cbr-tree-complete" ]; then
   say "Debian tree: cached ($tree)"
@@ -103,7 +103,6 @@ else
   tree_seconds=$((SECONDS - tree_started))
   say "Debian tree: built in ${tree_seconds}s"
 fi
-flock -u 9
 
 tree_python=$(cd "$tree/usr/bin" && ls python3.* | grep -E '^python3\.[0-9]+$' | head -n 1)
 host_python=python$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -115,6 +114,31 @@ fi
 
 # -- the wheelhouse ------------------------------------------------------------------------
 run=$(mktemp -d /var/tmp/cbr-system-test.XXXXXX)
+root=$run/root
+overlay=0
+nspawn_pid=
+teardown() {
+  local status=$?
+  trap - EXIT INT TERM
+  if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+    kill -TERM "$nspawn_pid" 2>/dev/null || true # nspawn powers the container off
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$nspawn_pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    kill -KILL "$nspawn_pid" 2>/dev/null || true
+    wait "$nspawn_pid" 2>/dev/null || true
+  fi
+  if [ "$overlay" -eq 1 ]; then umount "$root" 2>/dev/null || umount -l "$root" 2>/dev/null || true; fi
+  if [ -n "${KEEP:-}" ]; then
+    say "kept $run"
+  elif mountpoint -q "$root" 2>/dev/null; then
+    say "$root is still mounted: left $run in place"
+  else
+    rm -rf "$run"
+  fi
+  exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
 source_copy=$run/source
 mkdir -p "$source_copy"
 # The work tree as git sees it (tracked and new files, not ignored ones: no .venv, no build).
@@ -140,38 +164,16 @@ else
   rm -rf "$wheelhouse"
   mv "$wheelhouse.tmp" "$wheelhouse"
 fi
+flock -u 9
 
 # -- a throwaway root over the cached tree, booted -------------------------------------------
-root=$run/root
 mkdir -p "$run/upper" "$run/work" "$root"
-overlay=0
 if mount -t overlay overlay -o "lowerdir=$tree,upperdir=$run/upper,workdir=$run/work" "$root" 2>/dev/null; then
   overlay=1
 else
   say "no overlayfs here: copying the tree"
   cp -a --reflink=auto "$tree/." "$root/"
 fi
-nspawn_pid=
-teardown() {
-  local status=$?
-  trap - EXIT INT TERM
-  if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
-    kill -TERM "$nspawn_pid" 2>/dev/null || true # nspawn powers the container off
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$nspawn_pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
-    kill -KILL "$nspawn_pid" 2>/dev/null || true
-    wait "$nspawn_pid" 2>/dev/null || true
-  fi
-  if [ "$overlay" -eq 1 ]; then umount "$root" 2>/dev/null || umount -l "$root" 2>/dev/null || true; fi
-  if [ -n "${KEEP:-}" ]; then
-    say "kept $run"
-  else
-    rm -rf "$run"
-  fi
-  exit "$status"
-}
-trap teardown EXIT
-trap 'exit 130' INT TERM
 
 mkdir -p "$root/root/cbr-replicator" "$root/root/wheelhouse"
 cp -a "$source_copy/." "$root/root/cbr-replicator/"
