@@ -804,9 +804,21 @@ class Run:
         details = []
         for pipeline in self.readme.pipelines():
             wanted = wanted_by(pipeline)
-            before = sum(1 for e in map(parsed, self.box.entries(UNIT)) if e and wanted(e))
+            # --since today: from the container's midnight (a run may straddle one).
+            since = 0
+            if "--since today" in pipeline:
+                since = int(self.box.ok("date -d 'today 00:00' +%s")) * 1_000_000
+
+            def count(wanted: Callable[[dict[str, Any]], bool] = wanted, since: int = since) -> int:
+                return sum(
+                    1
+                    for e in self.box.entries(UNIT)
+                    if int(e["__REALTIME_TIMESTAMP"]) >= since and wanted(parsed(e) or {})
+                )
+
+            before = count()
             done = self.box.sh(without_sudo(pipeline))
-            after = sum(1 for e in map(parsed, self.box.entries(UNIT)) if e and wanted(e))
+            after = count()
             lines = [line for line in done.stdout.splitlines() if line.strip()]
             expect(
                 done.returncode == 0, f"`{pipeline}` exited {done.returncode}: {done.stderr[:200]}"

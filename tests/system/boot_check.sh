@@ -135,6 +135,8 @@ teardown() {
   else
     rm -rf "$run"
   fi
+  if [ "$tree_seconds" -gt 0 ]; then cache_state="cold cache: tree built in ${tree_seconds}s"; else cache_state="warm cache"; fi
+  say "total $((SECONDS - started))s ($cache_state)"
   exit "$status"
 }
 trap teardown EXIT
@@ -222,5 +224,4 @@ esac
 status=0
 "$python" "$repo/tests/system/boot_check.py" --leader "$leader" \
   --source /root/cbr-replicator --wheelhouse /root/wheelhouse || status=$?
-say "total ${SECONDS}s (Debian tree: $([ "$tree_seconds" -gt 0 ] && echo "built in ${tree_seconds}s, cold cache" || echo "cached, warm cache"))"
-exit "$status"
+exit "$status" # the teardown prints the total time
