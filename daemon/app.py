@@ -177,5 +177,6 @@ def _options(settings: Settings, emulator: Any) -> CloudOptions:
         read_timeout=cloud.timeout,
         requests_per_second=cloud.requests_per_second,
         concurrency=cloud.concurrency,
+        max_listing_pages=cloud.max_listing_pages,
         all_regions_endpoint=emulator.url if emulator is not None else None,
     )

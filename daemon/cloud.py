@@ -13,7 +13,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -81,6 +81,11 @@ from daemon.ratelimit import TokenBucket
 log = structlog.get_logger("cbr_replicator")
 
 PAGE_SIZE = 1000  # the API's maximum ``limit``
+# Newest first, ties by id: an explicit, total order, so offset paging is stable (the
+# default order is undocumented). Backups made during a listing shift it down (a page may
+# repeat the end of the last one, dropped); retention deletes the oldest, past the pages read.
+LISTING_SORT = "created_at:desc,id:desc"
+MAX_LISTING_PAGES = 1000  # pages one listing may take in one sweep (cloud.max_listing_pages)
 LISTING_WINDOW = 4  # pages of one vault read at once when it holds more
 PROJECT_LISTING_WINDOW = 8  # pages of a whole project's listing read at once
 _VaultIndex: TypeAlias = Mapping[str, tuple[Vault, ...]]
@@ -121,6 +126,7 @@ class CloudOptions:
     concurrency: int = 8
     read_attempts: int = 5
     read_retry_budget: timedelta = timedelta(seconds=120)
+    max_listing_pages: int = MAX_LISTING_PAGES
     all_regions_endpoint: str | None = None  # the emulator serves every region and IAM
 
 
@@ -226,6 +232,7 @@ class HuaweiCloud:
         self._iam: Any = None
         self._vault_listings: dict[tuple[str, str], tuple[float, _VaultIndex]] = {}
         self._lock = threading.Lock()
+        self._max_pages = options.max_listing_pages
 
     # -- resolution ------------------------------------------------------------------------
     def resolve_project(self, region: str, project: str | None = None) -> str:
@@ -310,14 +317,16 @@ class HuaweiCloud:
             return cached[1]
         client = self._cbr(region, project_id)
         vaults: list[Vault] = []
+        bound = _ListingBound(f"the vault listing of project {project_id}", self._max_pages)
         while True:
             request = ListVaultRequest(limit=PAGE_SIZE, offset=len(vaults))
             body = self._read("list_vaults", functools.partial(client.list_vault, request))
             items = wire.require(body, "vaults", list, "ListVault")
-            vaults.extend(wire.parse_vault(item, region, "ListVault") for item in items)
-            count = wire.optional(body, "count", int, "ListVault")
-            if len(items) < PAGE_SIZE or (count is not None and len(vaults) >= count):
+            page = [wire.parse_vault(item, region, "ListVault") for item in items]
+            vaults.extend(page)
+            if len(items) < PAGE_SIZE:  # a short page ends it; ``count`` alone never does
                 break
+            bound.check([vault.id for vault in page], None)
         index: dict[str, tuple[Vault, ...]] = {}
         for vault in vaults:
             index[vault.name] = (*index.get(vault.name, ()), vault)
@@ -373,6 +382,7 @@ class HuaweiCloud:
                 vault_id=vault_id,
                 limit=PAGE_SIZE,
                 offset=offset,
+                sort=LISTING_SORT,
                 show_replication=True,
                 resource_type=resource_type,
             )
@@ -394,6 +404,8 @@ class HuaweiCloud:
         ahead: deque[Future[tuple[BackupPage, int | None, int]]] = deque()
         pool: ThreadPoolExecutor | None = None
         offset = requested = 0  # offset of the page read next; first offset not yet asked for
+        listing = f"vault {vault_id}" if vault_id else f"the backups of project {project_id}"
+        bound = _ListingBound(listing, self._max_pages)
         try:
             while True:
                 if ahead:
@@ -402,7 +414,12 @@ class HuaweiCloud:
                     page, count, size = fetch(offset)
                     requested = offset + PAGE_SIZE
                 offset += PAGE_SIZE
-                last = size < PAGE_SIZE or (count is not None and offset >= count)
+                # A short (or empty) page ends the listing. ``count`` is only "number of
+                # backups": a full page is followed by another even when ``count`` says
+                # that was all (a server may count the page, not the listing).
+                last = size < PAGE_SIZE
+                if not last:
+                    bound.check(page.ids, count)
                 if not last and count is not None and count > window * PAGE_SIZE > PAGE_SIZE:
                     pool = pool or ThreadPoolExecutor(window, thread_name_prefix="listing")
                     while len(ahead) < window and requested < count:
@@ -685,6 +702,37 @@ class HuaweiCloud:
         adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
+
+
+class _ListingBound:
+    """Ends a listing that would never end: a full page with the same ids as an earlier one
+    (a server ignoring ``offset``), more full pages than ``most`` (endless fresh pages), or a
+    ``count`` promising more than that. Keeps one hash per page read."""
+
+    def __init__(self, listing: str, most: int) -> None:
+        self._listing = listing
+        self._most = most
+        self._pages = 0
+        self._seen: set[int] = set()
+
+    def check(self, ids: Sequence[str], count: int | None) -> None:
+        """After each full page; raises for the listing (its vault fails, the rest go on)."""
+        self._pages += 1
+        fingerprint = hash(tuple(ids))
+        if fingerprint in self._seen:
+            raise MalformedAnswerError(
+                f"{self._listing}: page {self._pages} repeats an earlier page (same ids); the "
+                "server seems to ignore offset, so the listing would never end",
+                code="listing_repeats",
+            )
+        self._seen.add(fingerprint)
+        if self._pages > self._most or (count is not None and count > self._most * PAGE_SIZE):
+            raise PermanentError(
+                f"{self._listing}: more than {self._most} pages of {PAGE_SIZE} "
+                f"(cloud.max_listing_pages){f'; count says {count}' if count else ''}; "
+                "stopped there. Raise cloud.max_listing_pages if it is really that long",
+                code="listing_too_long",
+            )
 
 
 def _keep_raw_body(client: Any) -> None:

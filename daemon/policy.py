@@ -334,6 +334,18 @@ class CloudSettings(_Model):
     )
     requests_per_second: float = Field(default=10, gt=0, description="client-side API rate limit")
     concurrency: PositiveInt = Field(default=8, description="API requests in flight at once")
+    max_listing_pages: PositiveInt = Field(
+        default=1000,
+        le=1_000_000,
+        description="pages of 1,000 one listing (a vault's, or a project's) may take in one "
+        "sweep; a longer one (or one repeating a page) fails that vault, the others go on",
+    )
+    sweep_deadline: PositiveDuration = Field(
+        default=timedelta(hours=1),
+        le=timedelta(days=7),
+        description="longest a daemon's sweep (or tracking round) reads from the cloud; past "
+        "it, it stops at its next read and the other policies' work goes on",
+    )
     max_in_flight_per_region: PositiveInt | None = Field(
         default=None, description="replications running at once in one destination region"
     )
