@@ -59,7 +59,9 @@ from daemon.watched import WatchedCloud
 log = structlog.get_logger("cbr_replicator")
 
 STOP_TIMEOUT = timedelta(seconds=90)  # in-flight work may finish; below TimeoutStopSec
-HANG_AFTER = timedelta(minutes=15)  # a work item without a cloud call this long is hung
+# A work item that made no cloud call this long (stuck in one), or that is still calling this
+# long after its cloud.sweep_deadline (calls refused, no progress), is hung.
+HANG_AFTER = timedelta(minutes=15)
 HEARTBEAT_EVERY_AT_MOST = timedelta(seconds=30)  # "last seen" of this instance (``status``)
 TRACK_EVERY_AT_MOST = timedelta(minutes=1)
 IDLE_TICK = 5.0  # seconds between main-loop rounds when there is no watchdog
@@ -93,6 +95,13 @@ def track_interval(policies: list[Policy]) -> timedelta:
     """Track as often as the most frequent policy sweeps, and at least every minute."""
     periods = [policy.schedule.period for policy in policies]
     return max(timedelta(seconds=1), min([TRACK_EVERY_AT_MOST, *periods]))
+
+
+def is_hung(now: float, progress: float, deadline: float) -> bool:
+    """Whether a running work item is hung (monotonic seconds): no progress for HANG_AFTER.
+    Past its deadline its calls no longer count as progress, so one that goes on calling
+    (a listing that never ends) is hung HANG_AFTER after its deadline at the latest."""
+    return now - min(progress, deadline) > HANG_AFTER.total_seconds()
 
 
 def status_line(activity: str, snapshot: LedgerSnapshot, last: SweepReport | None) -> str:
@@ -161,6 +170,7 @@ class Daemon:
         self._wake_read = -1  # the pipe's end the main loop waits on; made by serve()
         self._work_lock = threading.Lock()
         self._progress = time.monotonic()
+        self._deadline = float("inf")  # monotonic time the running work item's reads end
         self._working = False
         self._targets: dict[str, ResolvedPolicy] = {}
         self._snapshot = LedgerSnapshot()
@@ -257,7 +267,7 @@ class Daemon:
         restarts us after WatchdogSec."""
         if self.notifier.watchdog_interval is None:
             return
-        hung = self._working and time.monotonic() - self._progress > HANG_AFTER.total_seconds()
+        hung = self._working and is_hung(time.monotonic(), self._progress, self._deadline)
         if not self.scheduler.running or hung:
             log.error("watchdog_withheld", scheduler_running=self.scheduler.running, hung=hung)
             return
@@ -468,6 +478,7 @@ class Daemon:
             return
         try:
             self._working, self._progress = True, time.monotonic()
+            self._deadline = self._progress + self.settings.cloud.sweep_deadline.total_seconds()
             self._notify(STATUS=self._status(activity))
             try:
                 yield self.app
@@ -645,9 +656,20 @@ class Daemon:
         return dataclasses.replace(app.engine, cloud=watched)
 
     def _on_cloud_call(self, mutating: bool) -> None:
-        self._progress = time.monotonic()
+        """A call is progress while the work item is within its deadline; past it, reads are
+        refused (the item ends at its next page and the work lock is free for the others),
+        and calls made anyway count for nothing: the hang watch sees no progress."""
         if self._stopping.is_set() and not mutating:
             raise TransientError("the daemon is stopping", code="daemon_stopping")
+        now = time.monotonic()
+        if now > self._deadline and not mutating:
+            seconds = int(self.settings.cloud.sweep_deadline.total_seconds())
+            raise TransientError(
+                f"this work item ran past cloud.sweep_deadline ({seconds}s); it stops here and "
+                "goes on at its next run, so the daemon's other work is not held up",
+                code="sweep_deadline",
+            )
+        self._progress = now
 
 
 def _enabled_policy(app: App, name: str) -> Policy | None:
