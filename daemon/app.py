@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from daemon.cloud import ApiCallback, CloudOptions, Credentials, HuaweiCloud
 from daemon.config import LoadedConfig
 from daemon.errors import ConfigError
-from daemon.ledger import SqlLedger, open_ledger
+from daemon.ledger import DatabaseTimeouts, SqlLedger, open_ledger
 from daemon.observe import register_secrets
 from daemon.policy import Policy, Settings
 from daemon.replicate import Engine
@@ -98,7 +98,7 @@ def build_app(
     call of the adapter (the daemon's metrics)."""
     settings = loaded.settings
     register_secrets(loaded.secrets)
-    ledger = open_ledger(settings.ledger.url)
+    ledger = open_ledger(settings.ledger.url, _database_timeouts(settings))
     emulator = _start_emulator(settings) if open_cloud else None
     try:
         cloud = HuaweiCloud(
@@ -161,6 +161,16 @@ def _credentials(settings: Settings, emulator: Any) -> Credentials:
         access_key=SecretStr(emulator.access_key),
         secret_key=SecretStr(emulator.secret_key),
         domain_id=emulator.domain_id,
+    )
+
+
+def _database_timeouts(settings: Settings) -> DatabaseTimeouts:
+    ledger = settings.ledger
+    return DatabaseTimeouts(
+        connect=ledger.connect_timeout,
+        statement=ledger.statement_timeout,
+        lock=ledger.lock_timeout,
+        keepalive=ledger.keepalive,
     )
 
 

@@ -21,6 +21,7 @@ from daemon.errors import (
     CloudError,
     ConfigError,
     LedgerError,
+    LedgerUnavailableError,
     PermissionDeniedError,
     RefusedError,
     TransientError,
@@ -231,6 +232,9 @@ def _errors_as_exit_codes() -> Iterator[_Result]:
         for problem in error.problems:
             _err(problem)
         result.code = exitcodes.CONFIG
+    except LedgerUnavailableError as error:  # a database that does not answer: retried later
+        _err(f"ledger: {error}")
+        result.code = exitcodes.UNAVAILABLE
     except LedgerError as error:
         _err(f"ledger: {error}")
         result.code = exitcodes.CONFIG

@@ -91,3 +91,8 @@ class PermissionDeniedError(CloudError):
 
 class LedgerError(ReplicatorError):
     """The ledger is unusable (corrupt, locked by another daemon, wrong schema)."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The database did not answer in time (a lock held too long, a statement timed out, a
+    connection that stalled): nothing is wrong with the configuration; try again later."""
