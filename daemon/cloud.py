@@ -54,9 +54,12 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from daemon import __version__, wire
+from daemon.deadlines import GUARD
 from daemon.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
@@ -233,6 +236,9 @@ class HuaweiCloud:
         self._vault_listings: dict[tuple[str, str], tuple[float, _VaultIndex]] = {}
         self._lock = threading.Lock()
         self._max_pages = options.max_listing_pages
+        # The whole of one request, connect to the last byte of the answer (a slow drip
+        # never trips the per-read timeout); the lease outlasts it (config check).
+        self._request_budget = (options.connect_timeout + options.read_timeout).total_seconds()
 
     # -- resolution ------------------------------------------------------------------------
     def resolve_project(self, region: str, project: str | None = None) -> str:
@@ -552,8 +558,21 @@ class HuaweiCloud:
         last = self._last
         last.retry_after = None
         last.request_id = None
+        budget = self._request_budget
         try:
-            response = call()
+            with GUARD.bound(budget) as ticket:
+                try:
+                    response = call()
+                except Exception:
+                    if not ticket.expired:
+                        raise
+                    # Its sockets were shut down at the deadline: a read timeout, however
+                    # the interrupted read failed (sent, maybe applied, for a POST).
+                    raise requests.ReadTimeout(
+                        f"no whole answer within {budget:g}s "
+                        "(cloud.connect_timeout + cloud.timeout)"
+                    ) from None
+            _refuse_redirect(response)
             body = parse(getattr(response, "raw_content", None), operation)
         except Exception as error:
             classified = classify_error(error, mutating=mutating, retry_after=last.retry_after)
@@ -699,9 +718,66 @@ class HuaweiCloud:
             return
         session.trust_env = False
         size = max(10, self._options.concurrency)
-        adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
+        adapter = _DeadlineAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
+        if self._options.proxy:
+            # The SDK hands requests its proxy for https:// only; an http:// endpoint (a
+            # private cloud, a test) would bypass it. The config names one proxy for both.
+            proxy = client.get_http_client().config.get_proxy().get("https")
+            session.proxies = {"http": proxy, "https": proxy}
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    """Attaches itself to the calling thread's request deadline (``daemon.deadlines``)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        GUARD.attach(self)
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        GUARD.attach(self)
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+_DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose connections (direct or through the proxy) take part in each
+    request's total deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _DEADLINE_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _DEADLINE_POOLS
+        return manager
+
+
+def _refuse_redirect(response: Any) -> None:
+    """The SDK raises for 4xx and 5xx only: a 3xx (a captive portal, a wrong endpoint) would
+    pass as the API's answer, its body read as a listing. It is no answer of the API."""
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int) and not 200 <= status < 300:
+        raise MalformedAnswerError(
+            f"HTTP {status} instead of the API's answer (a redirect: check the endpoint and "
+            "any proxy in between)",
+            code="unexpected_status",
+            status=status,
+        )
 
 
 class _ListingBound:
