@@ -64,6 +64,7 @@ from daemon.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
     CloudError,
+    ConfigError,
     MalformedAnswerError,
     NotFoundError,
     PermanentError,
@@ -160,14 +161,42 @@ def classify_error(
         return error
     if isinstance(error, sdk_errors.ServiceResponseException):
         return _classify_service_error(error, mutating=mutating, retry_after=retry_after)
-    if isinstance(error, sdk_errors.SslHandShakeException):
-        return PermanentError(f"TLS handshake failed: {error.error_msg}", code="TLSError")
+    if isinstance(error, RecursionError):  # JSON nested too deeply for a parser (the SDK's)
+        return classify_error(
+            MalformedAnswerError("answer nested too deeply to parse", code="too_deep"),
+            mutating=mutating,
+        )
     if isinstance(error, sdk_errors.SdkException | requests.RequestException):
+        # A TLS failure that is not a certificate problem (those are ConfigError, see
+        # untrusted_endpoint) is the network path's (a reset, a protocol error): it passes;
+        # for a POST on a kept-alive connection, the request may have left.
         return _classify_transport_error(error, mutating=mutating)
     return (
         AmbiguousError(f"unexpected {error.__class__.__name__}")
         if mutating
         else TransientError(f"unexpected {error.__class__.__name__}")
+    )
+
+
+_CERTIFICATE_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "doesn't match")
+
+
+def untrusted_endpoint(error: Exception) -> ConfigError | None:
+    """A certificate the endpoint presented and we do not trust (unknown CA, expired, another
+    host's name). Nothing was sent; retrying cannot help: what fixes it is in the config
+    (``cloud.ca_bundle``, the endpoint's URL) or in the network path (a proxy intercepting
+    TLS), so it is a configuration error (exit 78), not a passing one."""
+    if not isinstance(error, sdk_errors.SslHandShakeException | requests.exceptions.SSLError):
+        return None
+    text = str(getattr(error, "error_msg", None) or error)
+    if not any(marker in text for marker in _CERTIFICATE_MARKERS):
+        return None
+    return ConfigError(
+        [
+            f"cloud: the endpoint's TLS certificate is not trusted ({text}); set "
+            "cloud.ca_bundle to the PEM file of the CA that signs it, check the endpoint URL "
+            "(cloud.endpoints), or a proxy in between that intercepts TLS"
+        ]
     )
 
 
@@ -575,6 +604,10 @@ class HuaweiCloud:
             _refuse_redirect(response)
             body = parse(getattr(response, "raw_content", None), operation)
         except Exception as error:
+            untrusted = untrusted_endpoint(error)
+            if untrusted is not None:
+                self._report(operation, "ConfigError")
+                raise untrusted from None
             classified = classify_error(error, mutating=mutating, retry_after=last.retry_after)
             self._report(operation, classified.__class__.__name__)
             raise classified from None

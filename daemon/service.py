@@ -484,6 +484,8 @@ class Daemon:
                 yield self.app
             except CloudError as error:  # permission denied, cloud down: next run retries
                 log.error("work_failed", work=activity, error=str(error), code=error.code)
+            except ConfigError as error:  # e.g. an endpoint's certificate is not trusted
+                log.error("work_failed", work=activity, error=str(error), code="config")
             except Exception:
                 log.exception("work_crashed", work=activity)
             finally:
