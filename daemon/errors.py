@@ -96,3 +96,8 @@ class LedgerError(ReplicatorError):
 class LedgerUnavailableError(LedgerError):
     """The database did not answer in time (a lock held too long, a statement timed out, a
     connection that stalled): nothing is wrong with the configuration; try again later."""
+
+
+class LedgerGoneError(LedgerError):
+    """The ledger's file was deleted or replaced under a running process: stop, never go on
+    with an empty ledger (its vault bindings and job history would be lost)."""

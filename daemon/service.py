@@ -38,7 +38,7 @@ from daemon import exitcodes, replicate, watch
 from daemon.app import App, build_app
 from daemon.config import LoadedConfig, load_settings
 from daemon.courier import Courier
-from daemon.errors import CloudError, ConfigError, LedgerError, TransientError
+from daemon.errors import CloudError, ConfigError, LedgerError, LedgerGoneError, TransientError
 from daemon.instance_lock import InstanceLock
 from daemon.metrics import AlertFacts, LedgerSnapshot, Metrics, MetricsServer
 from daemon.model import (
@@ -129,7 +129,7 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
     lock = None
     try:
         lock = InstanceLock.acquire(loaded.settings.ledger.url)
-        daemon = Daemon(config_path, loaded, notifier, log_format=log_format)
+        daemon = Daemon(config_path, loaded, notifier, log_format=log_format, instance_lock=lock)
         return daemon.serve()
     except (ConfigError, LedgerError) as error:
         _notify_quietly(notifier, STATUS=f"failed to start: {error}")
@@ -154,10 +154,13 @@ class Daemon:
         notifier: Notifier,
         *,
         log_format: str | None = None,
+        instance_lock: InstanceLock | None = None,
     ) -> None:
         self.config_path = config_path
         self.log_format = log_format
         self.notifier = notifier
+        self.instance_lock = instance_lock
+        self._exit_code = exitcodes.OK  # not OK once a fatal problem stopped the daemon
         self.metrics = Metrics()
         self._stopping = threading.Event()  # set on SIGTERM: no new work, reads refused
         # Signal handlers only set these flags. A handler runs in the main thread between
@@ -246,6 +249,7 @@ class Daemon:
         """Signals only set flags; everything they ask for happens here."""
         tick = min(self._watchdog_seconds() or IDLE_TICK, IDLE_TICK)
         while not self._stop_asked():
+            self._check_instance_lock()
             self._keep_alive()
             self._sleep_until_signal(tick)
             if self._reload_requested and not self._stop_asked():
@@ -261,6 +265,28 @@ class Daemon:
             with suppress(BlockingIOError):  # raised once drained
                 while os.read(self._wake_read, 512):
                     pass
+
+    def _check_instance_lock(self) -> None:
+        if self.instance_lock is None:
+            return
+        try:
+            restored = self.instance_lock.check()
+        except (LedgerError, OSError) as error:
+            self._fatal("instance_lock_lost", str(error))
+            return
+        if restored:
+            log.warning(
+                "instance_lock_restored",
+                lock=str(self.instance_lock.path),
+                detail="the lock file was deleted while the daemon ran; made and locked again",
+            )
+
+    def _fatal(self, event: str, error: str) -> None:
+        """Stop the daemon with exit 78 (systemd does not restart it: it needs an operator).
+        From any thread: the main loop sees the flag at its next round."""
+        log.error(event, error=error)
+        self._exit_code = exitcodes.CONFIG
+        self._stop_signal = self._stop_signal or event
 
     def _keep_alive(self) -> None:
         """WATCHDOG=1, unless APScheduler's thread died or a work item hangs: then systemd
@@ -288,13 +314,13 @@ class Daemon:
             # (intent committed, lease expiring). A normal exit would wait for that thread.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(exitcodes.OK)
+            os._exit(self._exit_code)
         try:
             self._close()
         finally:
             self._work_lock.release()
         log.info("daemon_stopped")
-        return exitcodes.OK
+        return self._exit_code
 
     def _close(self) -> None:
         if self.scheduler.running:
@@ -486,6 +512,8 @@ class Daemon:
                 log.error("work_failed", work=activity, error=str(error), code=error.code)
             except ConfigError as error:  # e.g. an endpoint's certificate is not trusted
                 log.error("work_failed", work=activity, error=str(error), code="config")
+            except LedgerGoneError as error:  # never go on with an empty ledger
+                self._fatal("ledger_gone", str(error))
             except Exception:
                 log.exception("work_crashed", work=activity)
             finally:

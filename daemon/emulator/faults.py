@@ -115,15 +115,17 @@ class FaultInjector:
             settings = self._settings_for(operation)
             latency = float(settings.get("latency_ms", 0)) / 1000.0
             slow = float(settings.get("slow_seconds", 30.0))
-            modes = {
-                "drip_bytes_per_second": float(settings.get("drip_bytes_per_second", 100.0)),
-                "listing": settings.get("listing"),
-                "listing_deletes": int(settings.get("listing_deletes", 0)),
-                "listing_vaults": _vaults(settings.get("listing_vaults")),
-            }
-            if is_iam and not settings.get("iam", False):
-                return Decision(None, latency, slow, **modes)
-            return Decision(self._pick(settings, method), latency, slow, **modes)
+            spared = is_iam and not settings.get("iam", False)
+            kind = None if spared else self._pick(settings, method)
+            return Decision(
+                kind,
+                latency,
+                slow,
+                drip_bytes_per_second=float(settings.get("drip_bytes_per_second", 100.0)),
+                listing=settings.get("listing"),
+                listing_deletes=int(settings.get("listing_deletes", 0)),
+                listing_vaults=_vaults(settings.get("listing_vaults")),
+            )
 
     def _settings_for(self, operation: str) -> dict[str, Any]:
         overrides = (self._config.get("operations") or {}).get(operation) or {}

@@ -110,8 +110,13 @@ def sort_order(value: str | None) -> list[tuple[str, bool]] | None:
 def sorted_by(ids: list[str], backups: Payload, order: list[tuple[str, bool]]) -> list[str]:
     ordered = list(ids)
     for key, descending in reversed(order):  # stable sorts, the last key first
-        ordered.sort(key=lambda i, k=key: str(backups[i].get(k) or ""), reverse=descending)
+        values = {backup_id: _sort_value(backups[backup_id], key) for backup_id in ordered}
+        ordered.sort(key=values.__getitem__, reverse=descending)
     return ordered
+
+
+def _sort_value(backup: Payload, key: str) -> str:
+    return str(backup.get(key) or "")
 
 
 def _backup_filters(query: Query) -> list[Any]:

@@ -201,7 +201,7 @@ def misbehave_listing(
     deleted meanwhile (`listing_deletes`). Runs with the world lock held."""
     operation, params = found
     key = _LISTED.get(operation)
-    listed_vault = (query.get("vault_id") or [None])[0]
+    listed_vault = next(iter(query.get("vault_id") or []), None)
     if key is None or (
         decision.listing_vaults is not None and (listed_vault not in decision.listing_vaults)
     ):
@@ -242,7 +242,7 @@ def _fresh_backup(items: list[Payload], query: Query) -> Payload:
             "extend_info": {"contain_system_disk": True},
         }
     )
-    vault_id = (query.get("vault_id") or [template.get("vault_id", "")])[0]
+    vault_id = next(iter(query.get("vault_id") or []), str(template.get("vault_id", "")))
     return {
         **template,
         "id": backup_id,
@@ -253,7 +253,7 @@ def _fresh_backup(items: list[Payload], query: Query) -> Payload:
 
 
 def _delete_oldest(world: World, project_id: str, query: Query, count: int) -> None:
-    vault_id = (query.get("vault_id") or [None])[0]
+    vault_id = next(iter(query.get("vault_id") or []), None)
     for backup_id in list(world.sorted_ids(project_id, vault_id))[-count:]:
         world.delete_backup(backup_id)
 

@@ -28,7 +28,7 @@ from sqlmodel import SQLModel
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from daemon.deadlines import shut_down
-from daemon.errors import LedgerError, LedgerUnavailableError
+from daemon.errors import LedgerError, LedgerGoneError, LedgerUnavailableError
 from daemon.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from daemon.ledger.store import READ_ONLY_OPTION, SqlLedger, cause_of
 
@@ -64,9 +64,12 @@ def open_ledger(url: str, timeouts: DatabaseTimeouts | None = None) -> SqlLedger
             "postgresql+psycopg://USER@HOST/DB"
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(parsed.database)
+        engine, ready = _sqlite_engine(parsed.database)
     elif parsed.get_backend_name() == "postgresql":
-        engine = _postgresql_engine(parsed, timeouts or DatabaseTimeouts())
+        engine, ready = (
+            _postgresql_engine(parsed, timeouts or DatabaseTimeouts()),
+            threading.Event(),
+        )
     else:
         raise LedgerError(
             f"ledger.url: unsupported database {parsed.get_backend_name()!r}; "
@@ -77,6 +80,7 @@ def open_ledger(url: str, timeouts: DatabaseTimeouts | None = None) -> SqlLedger
         if ledger.is_sqlite:
             _check_sqlite(engine)
         _migrate(engine)
+        ready.set()  # from now on, a new connection must find the ledger's tables
     except LedgerError:
         engine.dispose()
         raise
@@ -235,7 +239,8 @@ class _Watched:
     closed: bool = False
 
 
-def _sqlite_engine(database: str | None) -> Engine:
+def _sqlite_engine(database: str | None) -> tuple[Engine, threading.Event]:
+    """The engine, and the event to set once the ledger is opened and migrated."""
     if not database or database == ":memory:":
         raise LedgerError(
             "ledger.url: an in-memory SQLite ledger loses every job at exit; "
@@ -243,11 +248,36 @@ def _sqlite_engine(database: str | None) -> Engine:
         )
     path = Path(database)
     _create_private_file(path)
+    opened = _identity(path)
+    ready = threading.Event()
     engine = create_engine(
         f"sqlite:///{path}",
         connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
         future=True,
     )
+
+    # A ledger deleted (or replaced) under a running process: a pooled connection would go on
+    # writing to the deleted file, a new one would open an empty database ("no such table"
+    # on every sweep, forever). Each use checks that the path is still the file opened (its
+    # inode cannot be reused while a connection holds it open), and each new connection, once
+    # the ledger is set up, that it found the ledger's tables (a reused inode, a new file).
+    gone = (
+        f"ledger {path}: the file was deleted or replaced while this process used it; "
+        "stopping. Restore it from a backup (an empty file SQLite may have made there since "
+        "is not it), then start the service again"
+    )
+
+    @event.listens_for(engine, "engine_connect")
+    def _still_there(connection: Connection) -> None:
+        if _identity(path) != opened:
+            connection.invalidate()
+            raise LedgerGoneError(gone)
+
+    @event.listens_for(engine, "connect")
+    def _not_empty(dbapi_connection: Any, _record: Any) -> None:
+        if ready.is_set() and not _has_tables(dbapi_connection):
+            dbapi_connection.close()
+            raise LedgerGoneError(gone)
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -265,7 +295,26 @@ def _sqlite_engine(database: str | None) -> Engine:
         read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
-    return engine
+    return engine, ready
+
+
+def _has_tables(dbapi_connection: Any) -> bool:
+    cursor = dbapi_connection.cursor()
+    try:
+        found = cursor.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+    finally:
+        cursor.close()
+    return found is not None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _is_busy(error: BaseException) -> bool:

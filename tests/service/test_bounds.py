@@ -1,9 +1,18 @@
-"""A policy whose listing never ends holds the daemon's work lock only until
-``cloud.sweep_deadline``: its sweep stops with a clear error and the other policies are swept;
-a work item that goes on calling the cloud past its deadline counts as hung (no watchdog)."""
+"""Bounds of the daemon: a policy whose listing never ends holds the work lock only until
+``cloud.sweep_deadline`` (its sweep stops with a clear error, the other policies are swept); a
+work item that goes on calling the cloud past its deadline counts as hung (no watchdog); a
+ledger deleted under the daemon stops it (exit 78) instead of failing every sweep forever; a
+deleted lock file never lets a second daemon run beside the first."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from daemon import exitcodes
+from daemon.errors import LedgerError
+from daemon.instance_lock import InstanceLock
 from daemon.service import HANG_AFTER, is_hung
 from tests.engine.harness import policy
 from tests.service.support import Service, web_south
@@ -40,3 +49,43 @@ def test_calls_past_the_deadline_are_no_progress() -> None:
     assert not is_hung(deadline + HANG - 1, progress=deadline + HANG - 2, deadline=deadline)
     # No call at all for HANG_AFTER (stuck in one, or in the ledger): hung as before.
     assert is_hung(start + HANG + 1, progress=start, deadline=float("inf"))
+
+
+def test_a_ledger_deleted_under_the_daemon_stops_it_with_a_clear_error(
+    service: Service,
+) -> None:
+    service.write_config([web_south("1s")])
+    daemon = service.start()  # no notify socket: nobody would read its messages here
+    daemon.wait_event("sweep_finished", policy="web-south")
+    service.ledger.unlink()  # what a careless cleanup does; SQLite keeps the old inode open
+    gone = daemon.wait_event("ledger_gone")
+    assert "deleted or replaced" in gone["error"]
+    assert daemon.wait() == exitcodes.CONFIG
+    assert not daemon.events("work_crashed")
+
+
+def test_a_deleted_lock_file_is_made_again_and_a_second_daemon_still_refuses(
+    service: Service,
+) -> None:
+    service.write_config([web_south("1h")])
+    first, _ = service.start_ready()
+    lock = service.ledger.with_name(service.ledger.name + ".lock")
+    lock.unlink()
+    first.wait_event("instance_lock_restored")
+    second = service.start()
+    assert second.wait() == exitcodes.CONFIG
+    assert "in use by another cbr-replicator daemon" in second.output
+    assert first.process.poll() is None
+
+
+def test_a_daemon_whose_lock_another_daemon_took_stops(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    first = InstanceLock.acquire(url)
+    assert first is not None
+    first.path.unlink()
+    second = InstanceLock.acquire(url)  # the deleted file no longer guards anything
+    assert second is not None
+    with pytest.raises(LedgerError, match="two daemons on one SQLite ledger"):
+        first.check()
+    second.release()
+    first.release()
