@@ -352,7 +352,9 @@ class CloudSettings(_Model):
         default=timedelta(seconds=10), description="TCP/TLS connect timeout"
     )
     timeout: PositiveDuration = Field(
-        default=timedelta(seconds=30), description="read timeout of one API request"
+        default=timedelta(seconds=30),
+        description="read timeout of one API request; with connect_timeout, the whole "
+        "request's budget (a slowly dripped answer included)",
     )
     requests_per_second: float = Field(default=10, gt=0, description="client-side API rate limit")
     concurrency: PositiveInt = Field(default=8, description="API requests in flight at once")
@@ -510,7 +512,8 @@ class WebhookSettings(_Model):
     url: str = Field(pattern=r"^https?://", description="URL receiving state-change events")
     secret: SecretStr | None = Field(default=None, description="HMAC key signing each event")
     timeout: PositiveDuration = Field(
-        default=timedelta(seconds=10), description="timeout of one delivery"
+        default=timedelta(seconds=10),
+        description="timeout of one delivery try, the whole of it (a slow drip included)",
     )
 
 
