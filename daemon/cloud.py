@@ -814,24 +814,33 @@ def _refuse_redirect(response: Any) -> None:
 
 
 class _ListingBound:
-    """Ends a listing that would never end: a full page with the same ids as an earlier one
-    (a server ignoring ``offset``), more full pages than ``most`` (endless fresh pages), or a
-    ``count`` promising more than that. Keeps one hash per page read."""
+    """Ends a listing that would never end: full pages repeating earlier ones (a server
+    ignoring ``offset``), more full pages than ``most`` (endless fresh pages), or a ``count``
+    promising more than that. Keeps one hash per page read.
+
+    A page may repeat an earlier one legitimately, once in a while: exactly a page of new
+    backups made between two reads shifts the listing by a whole page. A server ignoring
+    ``offset`` repeats it every time: the third repeat ends the listing."""
+
+    REPEATS_TOLERATED = 2
 
     def __init__(self, listing: str, most: int) -> None:
         self._listing = listing
         self._most = most
         self._pages = 0
+        self._repeats = 0
         self._seen: set[int] = set()
 
     def check(self, ids: Sequence[str], count: int | None) -> None:
         """After each full page; raises for the listing (its vault fails, the rest go on)."""
         self._pages += 1
         fingerprint = hash(tuple(ids))
-        if fingerprint in self._seen:
+        self._repeats += fingerprint in self._seen
+        if self._repeats > self.REPEATS_TOLERATED:
             raise MalformedAnswerError(
-                f"{self._listing}: page {self._pages} repeats an earlier page (same ids); the "
-                "server seems to ignore offset, so the listing would never end",
+                f"{self._listing}: page {self._pages} repeats an earlier page (same ids), "
+                f"{self._repeats} pages did; the server seems to ignore offset, so the listing "
+                "would never end",
                 code="listing_repeats",
             )
         self._seen.add(fingerprint)

@@ -137,7 +137,9 @@ def test_a_server_ignoring_offset_ends_the_listing_at_the_repeated_page(
     with pytest.raises(MalformedAnswerError, match="repeats an earlier page") as raised:
         within_deadline(lambda: listed(cloud_on(emulator), emulator))
     assert raised.value.code == "listing_repeats"
-    assert len(emulator.requests("list_backups")) == 2
+    # Two repeats are tolerated (a burst of exactly a page of new backups shifts a listing by
+    # a page); the third ends it.
+    assert len(emulator.requests("list_backups")) == 4
 
 
 @pytest.mark.parametrize("mode", ["endless", "endless_count"])
