@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from daemon.cloud import ApiCallback, CloudOptions, Credentials, HuaweiCloud
 from daemon.config import LoadedConfig
 from daemon.errors import ConfigError
-from daemon.ledger import SqlLedger, open_ledger
+from daemon.ledger import DatabaseTimeouts, SqlLedger, open_ledger
 from daemon.observe import redact_text, register_secrets
 from daemon.policy import CloudSettings, Policy, Settings
 from daemon.ports import Cloud
@@ -132,7 +132,9 @@ def build_app(
     if reuse is not None:
         ledger = reuse.ledger
     elif ledger is None:
-        ledger = open_ledger(settings.ledger.url, create=create_ledger)
+        ledger = open_ledger(
+            settings.ledger.url, _database_timeouts(settings), create=create_ledger
+        )
     ledger.redact = redact_text
     emulator = _start_emulator(settings) if open_cloud else None
     try:
@@ -207,6 +209,16 @@ def _credentials(settings: Settings, emulator: Any) -> Credentials:
     )
 
 
+def _database_timeouts(settings: Settings) -> DatabaseTimeouts:
+    ledger = settings.ledger
+    return DatabaseTimeouts(
+        connect=ledger.connect_timeout,
+        statement=ledger.statement_timeout,
+        lock=ledger.lock_timeout,
+        keepalive=ledger.keepalive,
+    )
+
+
 def _options(settings: Settings, emulator: Any) -> CloudOptions:
     cloud = settings.cloud
     return CloudOptions(
@@ -220,6 +232,7 @@ def _options(settings: Settings, emulator: Any) -> CloudOptions:
         read_timeout=cloud.timeout,
         requests_per_second=cloud.requests_per_second,
         concurrency=cloud.concurrency,
+        max_listing_pages=cloud.max_listing_pages,
         all_regions_endpoint=emulator.url if emulator is not None else None,
         site=cloud.site,
         throttle_budget=cloud.throttle_budget,

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,14 +57,18 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from daemon import __version__, wire
+from daemon.deadlines import GUARD
 from daemon.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
     BusyError,
     CloudError,
+    ConfigError,
     EndpointError,
     MalformedAnswerError,
     NotFoundError,
@@ -87,6 +91,11 @@ from daemon.ratelimit import AdaptiveRate, ThrottleGate, TokenBucket
 log = structlog.get_logger("cbr_replicator")
 
 PAGE_SIZE = 1000  # the API's maximum ``limit``
+# Newest first, ties by id: an explicit, total order, so offset paging is stable (the
+# default order is undocumented). Backups made during a listing shift it down (a page may
+# repeat the end of the last one, dropped); retention deletes the oldest, past the pages read.
+LISTING_SORT = "created_at:desc,id:desc"
+MAX_LISTING_PAGES = 1000  # pages one listing may take in one sweep (cloud.max_listing_pages)
 LISTING_WINDOW = 4  # pages of one vault read at once when it holds more
 PROJECT_LISTING_WINDOW = 8  # pages of a whole project's listing read at once
 _VaultIndex: TypeAlias = Mapping[str, tuple[Vault, ...]]
@@ -153,6 +162,7 @@ class CloudOptions:
     concurrency: int = 8
     read_attempts: int = 5
     read_retry_budget: timedelta = timedelta(seconds=120)
+    max_listing_pages: int = MAX_LISTING_PAGES
     all_regions_endpoint: str | None = None  # the emulator serves every region and IAM
     site: str = "international"  # a key of SITES: the endpoint patterns
     throttle_budget: timedelta = timedelta(minutes=10)  # throttled this long: give up
@@ -187,14 +197,42 @@ def classify_error(
         return error
     if isinstance(error, sdk_errors.ServiceResponseException):
         return _classify_service_error(error, mutating=mutating, retry_after=retry_after)
-    if isinstance(error, sdk_errors.SslHandShakeException):
-        return PermanentError(f"TLS handshake failed: {error.error_msg}", code="TLSError")
+    if isinstance(error, RecursionError):  # JSON nested too deeply for a parser (the SDK's)
+        return classify_error(
+            MalformedAnswerError("answer nested too deeply to parse", code="too_deep"),
+            mutating=mutating,
+        )
     if isinstance(error, sdk_errors.SdkException | requests.RequestException):
+        # A TLS failure that is not a certificate problem (those are ConfigError, see
+        # untrusted_endpoint) is the network path's (a reset, a protocol error): it passes;
+        # for a POST on a kept-alive connection, the request may have left.
         return _classify_transport_error(error, mutating=mutating)
     return (
         AmbiguousError(f"unexpected {error.__class__.__name__}")
         if mutating
         else TransientError(f"unexpected {error.__class__.__name__}")
+    )
+
+
+_CERTIFICATE_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "doesn't match")
+
+
+def untrusted_endpoint(error: Exception) -> ConfigError | None:
+    """A certificate the endpoint presented and we do not trust (unknown CA, expired, another
+    host's name). Nothing was sent; retrying cannot help: what fixes it is in the config
+    (``cloud.ca_bundle``, the endpoint's URL) or in the network path (a proxy intercepting
+    TLS), so it is a configuration error (exit 78), not a passing one."""
+    if not isinstance(error, sdk_errors.SslHandShakeException | requests.exceptions.SSLError):
+        return None
+    text = str(getattr(error, "error_msg", None) or error)
+    if not any(marker in text for marker in _CERTIFICATE_MARKERS):
+        return None
+    return ConfigError(
+        [
+            f"cloud: the endpoint's TLS certificate is not trusted ({text}); set "
+            "cloud.ca_bundle to the PEM file of the CA that signs it, check the endpoint URL "
+            "(cloud.endpoints), or a proxy in between that intercepts TLS"
+        ]
     )
 
 
@@ -296,6 +334,10 @@ class HuaweiCloud:
         self._iam: Any = None
         self._vault_listings: dict[tuple[str, str], tuple[float, _VaultIndex]] = {}
         self._lock = threading.Lock()
+        self._max_pages = options.max_listing_pages
+        # The whole of one request, connect to the last byte of the answer (a slow drip
+        # never trips the per-read timeout); the lease outlasts it (config check).
+        self._request_budget = (options.connect_timeout + options.read_timeout).total_seconds()
 
     # -- resolution ------------------------------------------------------------------------
     def resolve_project(self, region: str, project: str | None = None) -> str:
@@ -384,16 +426,18 @@ class HuaweiCloud:
             return cached[1]
         client = self._cbr(region, project_id)
         vaults: list[Vault] = []
+        bound = _ListingBound(f"the vault listing of project {project_id}", self._max_pages)
         while True:
             request = ListVaultRequest(limit=PAGE_SIZE, offset=len(vaults))
             body = self._read(
                 "list_vaults", functools.partial(client.list_vault, request), scope=region
             )
             items = wire.require(body, "vaults", list, "ListVault")
-            vaults.extend(wire.parse_vault(item, region, "ListVault") for item in items)
-            count = wire.optional(body, "count", int, "ListVault")
-            if len(items) < PAGE_SIZE or (count is not None and len(vaults) >= count):
+            page = [wire.parse_vault(item, region, "ListVault") for item in items]
+            vaults.extend(page)
+            if len(items) < PAGE_SIZE:  # a short page ends it; ``count`` alone never does
                 break
+            bound.check([vault.id for vault in page], None)
         index: dict[str, tuple[Vault, ...]] = {}
         for vault in vaults:
             index[vault.name] = (*index.get(vault.name, ()), vault)
@@ -451,6 +495,7 @@ class HuaweiCloud:
                 vault_id=vault_id,
                 limit=PAGE_SIZE,
                 offset=offset,
+                sort=LISTING_SORT,
                 show_replication=True,
                 resource_type=resource_type,
             )
@@ -473,6 +518,8 @@ class HuaweiCloud:
         ahead: deque[Future[tuple[BackupPage, int | None, int]]] = deque()
         pool: ThreadPoolExecutor | None = None
         offset = requested = 0  # offset of the page read next; first offset not yet asked for
+        listing = f"vault {vault_id}" if vault_id else f"the backups of project {project_id}"
+        bound = _ListingBound(listing, self._max_pages)
         try:
             while True:
                 if ahead:
@@ -481,7 +528,12 @@ class HuaweiCloud:
                     page, count, size = fetch(offset)
                     requested = offset + PAGE_SIZE
                 offset += PAGE_SIZE
-                last = size < PAGE_SIZE or (count is not None and offset >= count)
+                # A short (or empty) page ends the listing. ``count`` is only "number of
+                # backups": a full page is followed by another even when ``count`` says
+                # that was all (a server may count the page, not the listing).
+                last = size < PAGE_SIZE
+                if not last:
+                    bound.check(page.ids, count)
                 if not last and count is not None and count > window * PAGE_SIZE > PAGE_SIZE:
                     pool = pool or ThreadPoolExecutor(window, thread_name_prefix="listing")
                     while len(ahead) < window and requested < count:
@@ -696,10 +748,27 @@ class HuaweiCloud:
         last.retry_after = None
         last.request_id = None
         last.server_date = None
+        budget = self._request_budget
         try:
-            response = call()
+            with GUARD.bound(budget) as ticket:
+                try:
+                    response = call()
+                except Exception:
+                    if not ticket.expired:
+                        raise
+                    # Its sockets were shut down at the deadline: a read timeout, however
+                    # the interrupted read failed (sent, maybe applied, for a POST).
+                    raise requests.ReadTimeout(
+                        f"no whole answer within {budget:g}s "
+                        "(cloud.connect_timeout + cloud.timeout)"
+                    ) from None
+            _refuse_redirect(response)
             body = parse(getattr(response, "raw_content", None), operation)
         except Exception as error:
+            untrusted = untrusted_endpoint(error)
+            if untrusted is not None:
+                self._report(operation, "ConfigError")
+                raise untrusted from None
             classified = classify_error(error, mutating=mutating, retry_after=last.retry_after)
             classified = self._explain(classified, scope, last.server_date)
             self._report(operation, classified.__class__.__name__)
@@ -890,9 +959,106 @@ class HuaweiCloud:
             return
         session.trust_env = False
         size = max(10, self._options.concurrency)
-        adapter = HTTPAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
+        adapter = _DeadlineAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
+        if self._options.proxy:
+            # The SDK hands requests its proxy for https:// only; an http:// endpoint (a
+            # private cloud, a test) would bypass it. The config names one proxy for both.
+            proxy = client.get_http_client().config.get_proxy().get("https")
+            session.proxies = {"http": proxy, "https": proxy}
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    """Attaches itself to the calling thread's request deadline (``daemon.deadlines``)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        GUARD.attach(self)
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        GUARD.attach(self)
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+_DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose connections (direct or through the proxy) take part in each
+    request's total deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _DEADLINE_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _DEADLINE_POOLS
+        return manager
+
+
+def _refuse_redirect(response: Any) -> None:
+    """The SDK raises for 4xx and 5xx only: a 3xx (a captive portal, a wrong endpoint) would
+    pass as the API's answer, its body read as a listing. It is no answer of the API."""
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int) and not 200 <= status < 300:
+        raise MalformedAnswerError(
+            f"HTTP {status} instead of the API's answer (a redirect: check the endpoint and "
+            "any proxy in between)",
+            code="unexpected_status",
+            status=status,
+        )
+
+
+class _ListingBound:
+    """Ends a listing that would never end: full pages repeating earlier ones (a server
+    ignoring ``offset``), more full pages than ``most`` (endless fresh pages), or a ``count``
+    promising more than that. Keeps one hash per page read.
+
+    A page may repeat an earlier one legitimately, once in a while: exactly a page of new
+    backups made between two reads shifts the listing by a whole page. A server ignoring
+    ``offset`` repeats it every time: the third repeat ends the listing."""
+
+    REPEATS_TOLERATED = 2
+
+    def __init__(self, listing: str, most: int) -> None:
+        self._listing = listing
+        self._most = most
+        self._pages = 0
+        self._repeats = 0
+        self._seen: set[int] = set()
+
+    def check(self, ids: Sequence[str], count: int | None) -> None:
+        """After each full page; raises for the listing (its vault fails, the rest go on)."""
+        self._pages += 1
+        fingerprint = hash(tuple(ids))
+        self._repeats += fingerprint in self._seen
+        if self._repeats > self.REPEATS_TOLERATED:
+            raise MalformedAnswerError(
+                f"{self._listing}: page {self._pages} repeats an earlier page (same ids), "
+                f"{self._repeats} pages did; the server seems to ignore offset, so the listing "
+                "would never end",
+                code="listing_repeats",
+            )
+        self._seen.add(fingerprint)
+        if self._pages > self._most or (count is not None and count > self._most * PAGE_SIZE):
+            raise PermanentError(
+                f"{self._listing}: more than {self._most} pages of {PAGE_SIZE} "
+                f"(cloud.max_listing_pages){f'; count says {count}' if count else ''}; "
+                "stopped there. Raise cloud.max_listing_pages if it is really that long",
+                code="listing_too_long",
+            )
 
 
 def _keep_raw_body(client: Any) -> None:

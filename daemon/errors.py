@@ -123,5 +123,11 @@ class LedgerMissingError(LedgerError):
 
 class LedgerUnavailableError(LedgerError):
     """The ledger's database does not answer or cannot write for now (down, failing over, a
-    killed connection, locked beyond the busy timeout, a full disk): nothing is wrong with
-    the config or the ledger itself, and a later try may succeed."""
+    killed or stalled connection, a statement or lock wait timed out, locked beyond the busy
+    timeout, a full disk): nothing is wrong with the config or the ledger itself, and a later
+    try may succeed."""
+
+
+class LedgerGoneError(LedgerError):
+    """The ledger's file was deleted or replaced under a running process: stop, never go on
+    with an empty ledger (its vault bindings and job history would be lost)."""

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from daemon import __version__
+from daemon.deadlines import GUARD
 
 SIGNATURE_HEADER = "X-CBR-Replicator-Signature"
 TIMESTAMP_HEADER = "X-CBR-Replicator-Timestamp"
@@ -68,7 +71,9 @@ class WebhookClient:
         self._clock = clock
         self._tries = tries
         self._first_backoff = first_backoff
-        self._opener = urllib.request.build_opener(_NoRedirect())
+        self._opener = urllib.request.build_opener(
+            _NoRedirect(), _DeadlineHTTPHandler(), _DeadlineHTTPSHandler()
+        )
 
     def post_event(
         self,
@@ -126,11 +131,20 @@ class WebhookClient:
     def _try_once(
         self, request: urllib.request.Request, timeout: float, attempt: int
     ) -> tuple[Delivery, float | None]:
-        """One request: its outcome, and how long to wait before the next try (None: don't)."""
+        """One request: its outcome, and how long to wait before the next try (None: don't).
+        ``timeout`` bounds the whole try (a receiver dripping its answer included)."""
         try:
-            with self._opener.open(request, timeout=timeout) as answer:
-                answer.read(65536)
-                return Delivery(ok=True, tries=attempt, status=answer.status), None
+            with GUARD.bound(timeout) as ticket:
+                try:
+                    with self._opener.open(request, timeout=timeout) as answer:
+                        answer.read(65536)
+                        return Delivery(ok=True, tries=attempt, status=answer.status), None
+                except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+                    if not ticket.expired:
+                        raise
+                    # The guard shut its socket down at the deadline: retried like a timeout.
+                    timed_out = f"TimeoutError: no whole answer within {timeout:g}s"
+                    return Delivery(False, attempt, None, timed_out), 0.0
         except urllib.error.HTTPError as error:
             status = error.code
             retry_after = _retry_after(error.headers.get("Retry-After"))
@@ -143,6 +157,32 @@ class WebhookClient:
         except (urllib.error.URLError, OSError, ValueError) as error:
             reason = getattr(error, "reason", error)
             return Delivery(False, attempt, None, f"{type(reason).__name__}: {reason}"), 0.0
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    """Attaches its socket, once connected, to the calling thread's deadline (``deadlines``).
+    The socket itself: urllib drops the connection's reference once the headers are in, the
+    body is read through the response."""
+
+    def connect(self) -> None:
+        super().connect()
+        GUARD.attach(SimpleNamespace(sock=self.sock))
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        GUARD.attach(SimpleNamespace(sock=self.sock))
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_DeadlineHTTPConnection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_DeadlineHTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

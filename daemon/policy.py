@@ -353,6 +353,28 @@ class LedgerSettings(_Model):
         default="sqlite:////var/lib/cbr-replicator/ledger.db",
         description="SQLAlchemy URL of the ledger: sqlite:///PATH or postgresql+psycopg://...",
     )
+    connect_timeout: PositiveDuration = Field(
+        default=timedelta(seconds=10),
+        le=timedelta(minutes=10),
+        description="PostgreSQL: connecting to the server, at most",
+    )
+    statement_timeout: PositiveDuration = Field(
+        default=timedelta(seconds=60),
+        le=timedelta(hours=1),
+        description="PostgreSQL: one statement, at most; no answer by this plus connect_timeout "
+        "closes the connection (a stalled server or network)",
+    )
+    lock_timeout: PositiveDuration = Field(
+        default=timedelta(seconds=20),
+        le=timedelta(hours=1),
+        description="PostgreSQL: waiting for a lock another session holds, at most",
+    )
+    keepalive: PositiveDuration = Field(
+        default=timedelta(seconds=30),
+        le=timedelta(hours=1),
+        description="PostgreSQL: TCP keepalive idle time (3 probes, a third of it apart); "
+        "unacknowledged data is given up after twice this",
+    )
 
     @field_validator("url")
     @classmethod
@@ -453,7 +475,9 @@ class CloudSettings(_Model):
         default=timedelta(seconds=10), description="TCP/TLS connect timeout"
     )
     timeout: Timeout = Field(
-        default=timedelta(seconds=30), description="read timeout of one API request"
+        default=timedelta(seconds=30),
+        description="read timeout of one API request; with connect_timeout, the whole "
+        "request's budget (a slowly dripped answer included)",
     )
     requests_per_second: float = Field(
         default=10,
@@ -468,6 +492,17 @@ class CloudSettings(_Model):
     )
     concurrency: PositiveInt = Field(
         default=8, le=256, description="API requests in flight at once"
+    )
+    max_listing_pages: PositiveInt = Field(
+        default=1000,
+        le=1_000_000,
+        description="pages of 1,000 one listing (a vault's, or a project's) may take in one "
+        "sweep; a longer one (or one repeating a page) fails that vault, the others go on",
+    )
+    sweep_deadline: Annotated[PositiveDuration, _at_most(timedelta(days=7))] = Field(
+        default=timedelta(hours=1),
+        description="longest a daemon's sweep (or tracking round) reads from the cloud; past "
+        "it, it stops at its next read and the other policies' work goes on",
     )
     max_in_flight_per_region: Annotated[PositiveInt, Field(le=1_000_000)] | None = Field(
         default=None, description="replications running at once in one destination region"
@@ -612,7 +647,10 @@ class ReplicaTemplate(_Model):
 class WebhookSettings(_Model):
     url: HttpUrl = Field(pattern=r"^https?://", description="URL receiving state-change events")
     secret: SecretStr | None = Field(default=None, description="HMAC key signing each event")
-    timeout: Timeout = Field(default=timedelta(seconds=10), description="timeout of one delivery")
+    timeout: Timeout = Field(
+        default=timedelta(seconds=10),
+        description="timeout of one delivery try, the whole of it (a slow drip included)",
+    )
 
 
 class HeartbeatSettings(_Model):

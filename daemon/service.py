@@ -38,7 +38,7 @@ from daemon import exitcodes, replicate, watch
 from daemon.app import App, build_app
 from daemon.config import LoadedConfig, load_settings
 from daemon.courier import Courier
-from daemon.errors import CloudError, ConfigError, LedgerError, TransientError
+from daemon.errors import CloudError, ConfigError, LedgerError, LedgerGoneError, TransientError
 from daemon.instance_lock import InstanceLock
 from daemon.metrics import AlertFacts, LedgerSnapshot, Metrics, MetricsServer
 from daemon.model import (
@@ -59,7 +59,9 @@ from daemon.watched import WatchedCloud
 log = structlog.get_logger("cbr_replicator")
 
 STOP_TIMEOUT = timedelta(seconds=90)  # in-flight work may finish; below TimeoutStopSec
-HANG_AFTER = timedelta(minutes=15)  # a work item without a cloud call this long is hung
+# A work item that made no cloud call this long (stuck in one), or that is still calling this
+# long after its cloud.sweep_deadline (calls refused, no progress), is hung.
+HANG_AFTER = timedelta(minutes=15)
 HEARTBEAT_EVERY_AT_MOST = timedelta(seconds=30)  # "last seen" of this instance (``status``)
 TRACK_EVERY_AT_MOST = timedelta(minutes=1)
 IDLE_TICK = 5.0  # seconds between main-loop rounds when there is no watchdog
@@ -108,6 +110,13 @@ def track_interval(policies: list[Policy]) -> timedelta:
     return max(timedelta(seconds=1), min([TRACK_EVERY_AT_MOST, *periods]))
 
 
+def is_hung(now: float, progress: float, deadline: float) -> bool:
+    """Whether a running work item is hung (monotonic seconds): no progress for HANG_AFTER.
+    Past its deadline its calls no longer count as progress, so one that goes on calling
+    (a listing that never ends) is hung HANG_AFTER after its deadline at the latest."""
+    return now - min(progress, deadline) > HANG_AFTER.total_seconds()
+
+
 def status_line(activity: str, snapshot: LedgerSnapshot, last: SweepReport | None) -> str:
     """``idle; 12 queued, 3 in flight, last sweep 14:02Z ok`` (systemctl status shows it)."""
     queued = sum(n for (_, state), n in snapshot.jobs.items() if state == JobState.QUEUED)
@@ -135,7 +144,7 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
     lock = None
     try:
         lock = InstanceLock.acquire(loaded.settings.ledger.url)
-        daemon = Daemon(config_path, loaded, notifier, log_format=log_format)
+        daemon = Daemon(config_path, loaded, notifier, log_format=log_format, instance_lock=lock)
         return daemon.serve()
     except (ConfigError, LedgerError) as error:
         _notify_quietly(notifier, STATUS=f"failed to start: {error}")
@@ -162,10 +171,13 @@ class Daemon:
         notifier: Notifier,
         *,
         log_format: str | None = None,
+        instance_lock: InstanceLock | None = None,
     ) -> None:
         self.config_path = config_path
         self.log_format = log_format
         self.notifier = notifier
+        self.instance_lock = instance_lock
+        self._exit_code = exitcodes.OK  # not OK once a fatal problem stopped the daemon
         self.metrics = Metrics()
         self._stopping = threading.Event()  # set on SIGTERM: no new work, reads refused
         # Signal handlers only set these flags. A handler runs in the main thread between
@@ -179,6 +191,7 @@ class Daemon:
         self._work_lock = threading.Lock()
         self._track_wanted = False  # the tracker found the work lock taken: its round is due
         self._progress = time.monotonic()
+        self._deadline = float("inf")  # monotonic time the running work item's reads end
         self._working = False
         self._targets: dict[str, ResolvedPolicy] = {}
         self._snapshot = LedgerSnapshot()
@@ -257,6 +270,7 @@ class Daemon:
         """Signals only set flags; everything they ask for happens here."""
         tick = min(self._watchdog_seconds() or IDLE_TICK, IDLE_TICK)
         while not self._stop_asked():
+            self._check_instance_lock()
             self._keep_alive()
             self._sleep_until_signal(tick)
             if self._reload_requested and not self._stop_asked():
@@ -273,12 +287,34 @@ class Daemon:
                 while os.read(self._wake_read, 512):
                     pass
 
+    def _check_instance_lock(self) -> None:
+        if self.instance_lock is None:
+            return
+        try:
+            restored = self.instance_lock.check()
+        except (LedgerError, OSError) as error:
+            self._fatal("instance_lock_lost", str(error))
+            return
+        if restored:
+            log.warning(
+                "instance_lock_restored",
+                lock=str(self.instance_lock.path),
+                detail="the lock file was deleted while the daemon ran; made and locked again",
+            )
+
+    def _fatal(self, event: str, error: str) -> None:
+        """Stop the daemon with exit 78 (systemd does not restart it: it needs an operator).
+        From any thread: the main loop sees the flag at its next round."""
+        log.error(event, error=error)
+        self._exit_code = exitcodes.CONFIG
+        self._stop_signal = self._stop_signal or event
+
     def _keep_alive(self) -> None:
         """WATCHDOG=1, unless APScheduler's thread died or a work item hangs: then systemd
         restarts us after WatchdogSec."""
         if self.notifier.watchdog_interval is None:
             return
-        hung = self._working and time.monotonic() - self._progress > HANG_AFTER.total_seconds()
+        hung = self._working and is_hung(time.monotonic(), self._progress, self._deadline)
         if not self.scheduler.running or hung:
             log.error("watchdog_withheld", scheduler_running=self.scheduler.running, hung=hung)
             return
@@ -299,14 +335,14 @@ class Daemon:
             # (intent committed, lease expiring). A normal exit would wait for that thread.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(exitcodes.OK)
+            os._exit(self._exit_code)
         try:
             self._forget_instance()
             self._close()
         finally:
             self._work_lock.release()
         log.info("daemon_stopped")
-        return exitcodes.OK
+        return self._exit_code
 
     def _forget_instance(self) -> None:
         """A clean stop leaves no row in ``status``'s instances (a crash leaves one, shown
@@ -524,11 +560,16 @@ class Daemon:
             return
         try:
             self._working, self._progress = True, time.monotonic()
+            self._deadline = self._progress + self.settings.cloud.sweep_deadline.total_seconds()
             self._notify(STATUS=self._status(activity))
             try:
                 yield self.app
             except CloudError as error:  # permission denied, cloud down: next run retries
                 log.error("work_failed", work=activity, error=str(error), code=error.code)
+            except ConfigError as error:  # e.g. an endpoint's certificate is not trusted
+                log.error("work_failed", work=activity, error=str(error), code="config")
+            except LedgerGoneError as error:  # never go on with an empty ledger
+                self._fatal("ledger_gone", str(error))
             except Exception:
                 log.exception("work_crashed", work=activity)
             finally:
@@ -715,9 +756,20 @@ class Daemon:
         return dataclasses.replace(app.engine, cloud=watched)
 
     def _on_cloud_call(self, mutating: bool) -> None:
-        self._progress = time.monotonic()
+        """A call is progress while the work item is within its deadline; past it, reads are
+        refused (the item ends at its next page and the work lock is free for the others),
+        and calls made anyway count for nothing: the hang watch sees no progress."""
         if self._stopping.is_set() and not mutating:
             raise TransientError("the daemon is stopping", code="daemon_stopping")
+        now = time.monotonic()
+        if now > self._deadline and not mutating:
+            seconds = int(self.settings.cloud.sweep_deadline.total_seconds())
+            raise TransientError(
+                f"this work item ran past cloud.sweep_deadline ({seconds}s); it stops here and "
+                "goes on at its next run, so the daemon's other work is not held up",
+                code="sweep_deadline",
+            )
+        self._progress = now
 
 
 def _rfc3339(moment: datetime | None) -> str | None:

@@ -279,6 +279,8 @@ def parse_backup_listing(raw: bytes | str | None, operation: str) -> BackupListi
             return _LISTING.decode(raw)
         except msgspec.DecodeError:  # ValidationError included: a field of another type
             pass
+        except RecursionError:  # nested deeper than msgspec goes, in a field we skip
+            pass  # the checked way refuses it as malformed (orjson's depth limit)
     return parse_body(raw, operation)
 
 

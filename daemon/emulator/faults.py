@@ -15,11 +15,32 @@ from typing import Any
 
 # Ordered: faults that refuse before applying come first; a request gets at most one fault.
 BEFORE_KINDS = ("throttle", "error_before", "html")
-AFTER_KINDS = ("error_after", "reset_after", "slow_after", "malformed")
+AFTER_KINDS = ("error_after", "reset_after", "slow_after", "malformed", "drip", "redirect")
 ALL_KINDS = BEFORE_KINDS + AFTER_KINDS
 RATE_KEYS = {kind: f"{kind}_rate" for kind in ALL_KINDS}
 # `malformed_writes: true` lets `malformed` truncate the answer of an applied POST too (T5).
-OTHER_KEYS = ("latency_ms", "slow_seconds", "operations", "iam", "malformed_writes")
+# `drip` sends the headers, then the body at `drip_bytes_per_second` (a slow-drip answer).
+# `listing` misbehaves in every listing answer (LISTING_MODES); `listing_deletes` deletes that
+# many of the oldest backups of the listed vault (or project) after each backup listing page;
+# `listing_vaults` (vault ids) limits both to the listings of those vaults.
+OTHER_KEYS = (
+    "latency_ms",
+    "slow_seconds",
+    "operations",
+    "iam",
+    "malformed_writes",
+    "drip_bytes_per_second",
+    "listing",
+    "listing_deletes",
+    "listing_vaults",
+)
+LISTING_MODES = (
+    "ignore_offset",  # page 1 again and again, without `count`
+    "endless",  # fresh full pages forever, without `count`
+    "endless_count",  # fresh full pages forever, `count` 10**12
+    "count_is_page",  # `count` is the number of items in this answer, not the total
+    "unstable_unless_sorted",  # without `sort`, each answer in another order
+)
 
 # RELIABILITY.md §4 base rates for the crash + faults test.
 BASE_RATES = {
@@ -39,6 +60,10 @@ class Decision:
     kind: str | None
     latency_seconds: float
     slow_seconds: float
+    drip_bytes_per_second: float = 100.0
+    listing: str | None = None
+    listing_deletes: int = 0
+    listing_vaults: tuple[str, ...] | None = None
 
 
 def base_faults(scale: float = 1.0) -> dict[str, Any]:
@@ -56,6 +81,12 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         rate = float(config.get(key, 0.0))
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{key} must be within 0..1")
+    if config.get("listing") not in (None, *LISTING_MODES):
+        raise ValueError(f"listing must be one of {LISTING_MODES}")
+    if float(config.get("drip_bytes_per_second", 1)) <= 0:
+        raise ValueError("drip_bytes_per_second must be positive")
+    if int(config.get("listing_deletes", 0)) < 0:
+        raise ValueError("listing_deletes must not be negative")
     for overrides in (config.get("operations") or {}).values():
         validate(dict(overrides))
     return dict(config)
@@ -84,9 +115,17 @@ class FaultInjector:
             settings = self._settings_for(operation)
             latency = float(settings.get("latency_ms", 0)) / 1000.0
             slow = float(settings.get("slow_seconds", 30.0))
-            if is_iam and not settings.get("iam", False):
-                return Decision(None, latency, slow)
-            return Decision(self._pick(settings, method), latency, slow)
+            spared = is_iam and not settings.get("iam", False)
+            kind = None if spared else self._pick(settings, method)
+            return Decision(
+                kind,
+                latency,
+                slow,
+                drip_bytes_per_second=float(settings.get("drip_bytes_per_second", 100.0)),
+                listing=settings.get("listing"),
+                listing_deletes=int(settings.get("listing_deletes", 0)),
+                listing_vaults=_vaults(settings.get("listing_vaults")),
+            )
 
     def _settings_for(self, operation: str) -> dict[str, Any]:
         overrides = (self._config.get("operations") or {}).get(operation) or {}
@@ -103,3 +142,7 @@ class FaultInjector:
             if draw < edge:
                 return kind
         return None
+
+
+def _vaults(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(str(vault_id) for vault_id in value)

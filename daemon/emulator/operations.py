@@ -70,8 +70,11 @@ def list_backups(world: World, project_id: str, query: Query) -> Payload:
     world.region_of(project_id)
     limit, offset = paging(query)
     vault_id = first(query, "vault_id")
+    order = sort_order(first(query, "sort"))
     ids = world.sorted_ids(project_id, vault_id)
     backups = world.state["backups"]
+    if order is not None and order not in DEFAULT_ORDERS:
+        ids = sorted_by(ids, backups, order)
     if vault_id and world.vault_in(project_id, vault_id) is None:
         ids = []
     checks = _backup_filters(query)
@@ -83,6 +86,39 @@ def list_backups(world: World, project_id: str, query: Query) -> Payload:
     show = (first(query, "show_replication") or "").lower() in _TRUE
     page = [render_backup(backups[i], show) for i in ids[offset : offset + limit]]
     return {"backups": page, "count": len(ids), "offset": offset, "limit": limit}
+
+
+SORT_KEYS = ("created_at", "updated_at", "name", "status", "protected_at", "id")
+# The order `sorted_ids` keeps cached: newest first, ties by id.
+DEFAULT_ORDERS = ([("created_at", True), ("id", True)], [("created_at", True)])
+
+
+def sort_order(value: str | None) -> list[tuple[str, bool]] | None:
+    """`sort` as (key, descending) pairs: `<key>[:asc|desc],...`, descending by default, at
+    most 255 characters, keys of SORT_KEYS; anything else is refused like the real API."""
+    if value is None:
+        return None
+    if len(value) > 255:
+        raise ApiError(400, INVALID, "sort is longer than 255 characters")
+    order = []
+    for part in value.split(","):
+        key, _, direction = part.strip().partition(":")
+        if key not in SORT_KEYS or direction not in ("", "asc", "desc"):
+            raise ApiError(400, INVALID, f"invalid sort {part!r}")
+        order.append((key, direction != "asc"))
+    return order
+
+
+def sorted_by(ids: list[str], backups: Payload, order: list[tuple[str, bool]]) -> list[str]:
+    ordered = list(ids)
+    for key, descending in reversed(order):  # stable sorts, the last key first
+        values = {backup_id: _sort_value(backups[backup_id], key) for backup_id in ordered}
+        ordered.sort(key=values.__getitem__, reverse=descending)
+    return ordered
+
+
+def _sort_value(backup: Payload, key: str) -> str:
+    return str(backup.get(key) or "")
 
 
 def _backup_filters(query: Query) -> list[Any]:

@@ -149,6 +149,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self.credentials = credentials
         self.gateway = gateway or Gateway(clock=world.clock.now)
         self.log = RequestLog()
+        self.unstable_turn = 0  # the `unstable_unless_sorted` listing mode's turn
 
     @property
     def base_url(self) -> str:
@@ -183,6 +184,82 @@ def dispatch(
         "oplogs": lambda: operations.list_oplogs(world, project, query),
     }
     return handlers[operation]()
+
+
+_LISTED = {"list_backups": "backups", "list_vaults": "vaults"}
+# Orders the `unstable_unless_sorted` mode takes turns with, one per answer.
+_UNSTABLE_ORDERS = ("name:asc", "id:asc", "created_at:asc", "id:desc", "name:desc")
+ENDLESS_COUNT = 10**12
+
+
+def misbehave_listing(
+    server: EmulatorHTTPServer,
+    decision: Decision,
+    *,
+    found: tuple[str, dict[str, str]],
+    query: Query,
+    body: Any,
+    payload: Payload,
+) -> Payload:
+    """A listing answer as a faulty server gives it (faults.LISTING_MODES), and the backups
+    deleted meanwhile (`listing_deletes`). Runs with the world lock held."""
+    operation, params = found
+    key = _LISTED.get(operation)
+    listed_vault = next(iter(query.get("vault_id") or []), None)
+    if key is None or (
+        decision.listing_vaults is not None and (listed_vault not in decision.listing_vaults)
+    ):
+        return payload
+    mode = decision.listing
+    if mode == "ignore_offset":
+        payload = dispatch(server, operation, params, {**query, "offset": ["0"]}, body)
+        payload.pop("count", None)
+    elif mode == "count_is_page":
+        payload["count"] = len(payload[key])
+    elif mode in ("endless", "endless_count") and operation == "list_backups":
+        limit = int((query.get("limit") or ["1000"])[0])
+        payload[key] = [_fresh_backup(payload[key], query) for _ in range(limit)]
+        payload.pop("count", None)
+        if mode == "endless_count":
+            payload["count"] = ENDLESS_COUNT
+    elif mode == "unstable_unless_sorted" and "sort" not in query:
+        server.unstable_turn += 1
+        order = _UNSTABLE_ORDERS[server.unstable_turn % len(_UNSTABLE_ORDERS)]
+        payload = dispatch(server, operation, params, {**query, "sort": [order]}, body)
+    if decision.listing_deletes and operation == "list_backups":
+        _delete_oldest(server.world, params.get("project", ""), query, decision.listing_deletes)
+    return payload
+
+
+def _fresh_backup(items: list[Payload], query: Query) -> Payload:
+    """A backup never listed before, like the listed ones (or a minimal one)."""
+    backup_id = str(uuid.uuid4())
+    template = (
+        items[0]
+        if items
+        else {
+            "resource_type": "OS::Nova::Server",
+            "image_type": "backup",
+            "status": "available",
+            "resource_size": 1,
+            "created_at": "2026-01-01T00:00:00.000000",
+            "extend_info": {"contain_system_disk": True},
+        }
+    )
+    vault_id = next(iter(query.get("vault_id") or []), str(template.get("vault_id", "")))
+    return {
+        **template,
+        "id": backup_id,
+        "name": f"endless-{backup_id[:8]}",
+        "vault_id": vault_id,
+        "replication_records": [],
+    }
+
+
+def _delete_oldest(world: World, project_id: str, query: Query, count: int) -> None:
+    vault_id = next(iter(query.get("vault_id") or []), None)
+    for backup_id in list(world.sorted_ids(project_id, vault_id))[-count:]:
+        world.delete_backup(backup_id)
 
 
 def error_body(code: str, message: str, request_id: str | None = None) -> bytes:
@@ -309,7 +386,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if decision.kind in BEFORE_KINDS:
             self._refuse(str(decision.kind))
             return
-        status, answer = self._apply(call.found, call.raw_query, call.body)
+        status, answer = self._apply(call.found, call.raw_query, call.body, decision)
         self._deliver(status, answer, decision)
 
     def _check_signature(self, call: Call) -> Refusal | None:
@@ -347,7 +424,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         return self.server.credentials
 
     def _apply(
-        self, found: tuple[str, dict[str, str]], raw_query: str, body: bytes
+        self, found: tuple[str, dict[str, str]], raw_query: str, body: bytes, decision: Decision
     ) -> tuple[int, bytes]:
         operation, params = found
         query = parse_qs(raw_query, keep_blank_values=True)
@@ -360,6 +437,15 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             world.tick()
             try:
                 payload = dispatch(self.server, operation, params, query, parsed)
+                if decision.listing or decision.listing_deletes:
+                    payload = misbehave_listing(
+                        self.server,
+                        decision,
+                        found=(operation, params),
+                        query=query,
+                        body=parsed,
+                        payload=payload,
+                    )
             except ApiError as error:
                 status = edition_status(world.edition, error.code, error.status)
                 return status, error_body(error.code, error.message)
@@ -396,7 +482,32 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             time.sleep(decision.slow_seconds)
         if kind == "malformed" and status == 200:
             answer = answer[: max(1, len(answer) // 2)]
+        if kind == "drip":
+            self._drip(status, answer, decision.drip_bytes_per_second)
+            return
+        if kind == "redirect":  # the operation's own body, under a redirect's status
+            self._send(302, answer, headers={"Location": "/elsewhere"})
+            return
         self._send(status, answer)
+
+    def _drip(self, status: int, answer: bytes, per_second: float) -> None:
+        """The headers at once, then the body a few bytes at a time at ``per_second``: every
+        read gets something well within any read timeout, the whole answer takes ages."""
+        self._record(status)
+        step = max(1, int(per_second / 10))
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.flush()
+            for start in range(0, len(answer), step):
+                self.wfile.write(answer[start : start + step])
+                self.wfile.flush()
+                time.sleep(step / per_second)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up: what its deadline is for
+        self.close_connection = True
 
     # ----- admin -------------------------------------------------------------------------
 

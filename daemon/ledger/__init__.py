@@ -10,8 +10,15 @@ recipe), so a claim cannot interleave with another process's claim; on PostgreSQ
 (``SqlLedger``), ``opening`` the file or database checks and the migration at open.
 """
 
-from daemon.ledger.opening import open_ledger, open_scratch_ledger
+from daemon.ledger.opening import DatabaseTimeouts, open_ledger, open_scratch_ledger
 from daemon.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from daemon.ledger.store import SqlLedger
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SqlLedger", "open_ledger", "open_scratch_ledger"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "DatabaseTimeouts",
+    "SqlLedger",
+    "open_ledger",
+    "open_scratch_ledger",
+]

@@ -60,3 +60,10 @@ def test_throttling_keeps_retry_after_and_code() -> None:
     assert classified.retry_after == 7.0
     assert classified.code == "APIGW.0308"
     assert classified.request_id == "req-1"
+
+
+def test_json_nested_too_deeply_is_a_malformed_answer() -> None:
+    """A parser's RecursionError (the SDK parsing an error body) is a malformed answer, not
+    an unexpected crash: retried as one for a read, ambiguous for a POST."""
+    assert isinstance(classify_error(RecursionError(), mutating=False), MalformedAnswerError)
+    assert isinstance(classify_error(RecursionError(), mutating=True), AmbiguousError)

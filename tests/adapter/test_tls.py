@@ -5,15 +5,21 @@ throwaway CA (trustme), so the SDK's real TLS code path runs."""
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
+from huaweicloudsdkcore.exceptions import exceptions as sdk_errors
 
+from daemon import exitcodes
+from daemon.cloud import classify_error, untrusted_endpoint
 from daemon.emulator import Emulator
-from daemon.errors import PermanentError
+from daemon.errors import AmbiguousError, ConfigError, TransientError
 from tests.adapter.test_cloud_contract import SOURCE, make_cloud
+from tests.engine.harness import policy, write_config
 
 SCENARIO = {
     "regions": {
@@ -39,12 +45,40 @@ def https_emulator(authority: trustme.CA) -> Iterator[Emulator]:
 def test_an_untrusted_certificate_is_refused_with_a_clear_error(
     https_emulator: Emulator,
 ) -> None:
+    """A configuration problem (the fix is cloud.ca_bundle or the endpoint), not a passing
+    one: retrying cannot help, so it is no TransientError (exit 75) either."""
     cloud = make_cloud(https_emulator)
-    with pytest.raises(PermanentError) as refused:
+    with pytest.raises(ConfigError) as refused:
         cloud.resolve_project(SOURCE)
-    assert refused.value.code == "TLSError"
+    assert "cloud.ca_bundle" in str(refused.value)
     assert "certificate" in str(refused.value).lower()
     assert https_emulator.requests() == []  # nothing was answered over the untrusted link
+
+
+def test_run_once_against_an_untrusted_endpoint_exits_78(
+    https_emulator: Emulator, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "config.yaml", https_emulator, [policy("web", ["web-prod"], "cn-south-1", "x")]
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "-c", str(config), "--run-once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == exitcodes.CONFIG, result.stderr
+    assert "cloud.ca_bundle" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_tls_failure_that_is_no_certificate_problem_is_transient() -> None:
+    reset = sdk_errors.SslHandShakeException("SSLEOFError: EOF occurred in violation of protocol")
+    assert untrusted_endpoint(reset) is None
+    assert isinstance(classify_error(reset, mutating=False), TransientError)
+    assert isinstance(classify_error(reset, mutating=True), AmbiguousError)
 
 
 def test_a_private_ca_bundle_is_trusted(

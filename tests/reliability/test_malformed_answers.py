@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import structlog.testing
 
@@ -200,6 +201,11 @@ PAGE_SHAPES: dict[str, Callable[[Payload], Any]] = {
     "answer a list": lambda payload: [payload],
     "answer a string": lambda payload: "ok",
     "answer null": lambda payload: None,
+    # Deeper than any parser recurses, in a field the fast decoder skips (it raised
+    # RecursionError, an unclassified crash).
+    "nested too deeply": set_in(
+        ("backups", 0, "extend_info"), msgspec.Raw(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
+    ),
 }
 # Shapes of one backup object (in a listing page, or the answer of ShowBackup).
 BACKUP_SHAPES: dict[str, Callable[[Payload], Any]] = {
@@ -286,7 +292,7 @@ def test_a_malformed_backup_is_a_classified_error(world: World, shape: str) -> N
         world.cloud.show_backup(SOURCE, project, world.backup_id("good-0"))
 
 
-@pytest.mark.parametrize("fault", ["malformed", "html"])
+@pytest.mark.parametrize("fault", ["malformed", "html", "redirect"])
 @pytest.mark.parametrize(
     ("operation", "call"),
     [
@@ -299,7 +305,8 @@ def test_a_malformed_backup_is_a_classified_error(world: World, shape: str) -> N
 def test_truncated_json_and_html_pages_are_classified(
     world: World, fault: str, operation: str, call: str
 ) -> None:
-    """Truncated JSON (a 200 whose body stops half-way) and an HTML page with status 200."""
+    """Truncated JSON (a 200 whose body stops half-way), an HTML page with status 200, and the
+    operation's own answer under a 302 (the SDK raises for 4xx and 5xx only)."""
     world.emulator.set_faults({"operations": {operation: {f"{fault}_rate": 1.0}}})
     project = world.emulator.project_id(SOURCE)
     calls: dict[str, Callable[[], object]] = {
@@ -358,7 +365,7 @@ REPLICATE_SHAPES: dict[str, Callable[[Payload], Any]] = {
 }
 
 
-@pytest.mark.parametrize("shape", [*REPLICATE_SHAPES, "truncated", "html"])
+@pytest.mark.parametrize("shape", [*REPLICATE_SHAPES, "truncated", "html", "redirect"])
 def test_a_malformed_replicate_answer_is_ambiguous_and_never_resent(
     world: World, shape: str
 ) -> None:
@@ -368,8 +375,8 @@ def test_a_malformed_replicate_answer_is_ambiguous_and_never_resent(
         world.emulator.set_faults(
             {"operations": {"replicate_backup": {"malformed_rate": 1.0, "malformed_writes": True}}}
         )
-    elif shape == "html":
-        world.emulator.set_faults({"operations": {"replicate_backup": {"html_rate": 1.0}}})
+    elif shape in ("html", "redirect"):  # a redirect: applied, then answered 302
+        world.emulator.set_faults({"operations": {"replicate_backup": {f"{shape}_rate": 1.0}}})
     else:
         rewrite = REPLICATE_SHAPES[shape]
         world.answers.rewrites["replicate_backup"] = lambda payload, query: rewrite(payload)
