@@ -76,9 +76,9 @@ EXCLUDED: dict[str, str] = {
     "journalctl -u cbr-replicator -n 20 -o cat": _SYSTEMD,
     "journalctl -u cbr-replicator -f -o cat": _SYSTEMD,
     "journalctl -u cbr-replicator -o cat --since today | "
-    "jq -c 'select(.event == \"sweep_finished\")'": _SYSTEMD,
+    "jq -cR 'fromjson? | select(.event == \"sweep_finished\")'": _SYSTEMD,
     "journalctl -u cbr-replicator -o cat | "
-    'jq -c \'select(.level == "warning" or .level == "error")\'': _SYSTEMD,
+    'jq -cR \'fromjson? | select(.level == "warning" or .level == "error")\'': _SYSTEMD,
 }
 # Setting up the environment the test already runs in: the rest of the line runs.
 SETUP = ("python3 -m venv .venv && .venv/bin/pip install -q -e . && ",)

@@ -4,6 +4,7 @@ that runs out. Each run is the installed entry point against the emulator as a p
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -201,7 +202,10 @@ def test_a_closed_stdout_ends_each_command_quietly_with_141(tmp_path: Path) -> N
         # The run itself was complete: the ledger has its replications.
         history = run(config, "history", "--json")
         assert history.returncode == 0
-        assert history.stdout.count('"source_backup_id"') == 8
+        # history lists each attempt and each tracked outcome: 8 backups submitted, each once.
+        entries = json.loads(history.stdout)
+        posted = [entry["source_backup_id"] for entry in entries if entry["outcome"] == "accepted"]
+        assert len(posted) == len(set(posted)) == 8
 
         readers = {
             "status": _closed_stdout([*base, "status"], workspace),
