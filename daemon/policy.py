@@ -353,25 +353,21 @@ class LedgerSettings(_Model):
         default="sqlite:////var/lib/cbr-replicator/ledger.db",
         description="SQLAlchemy URL of the ledger: sqlite:///PATH or postgresql+psycopg://...",
     )
-    connect_timeout: PositiveDuration = Field(
+    connect_timeout: Timeout = Field(
         default=timedelta(seconds=10),
-        le=timedelta(minutes=10),
         description="PostgreSQL: connecting to the server, at most",
     )
-    statement_timeout: PositiveDuration = Field(
+    statement_timeout: Timeout = Field(
         default=timedelta(seconds=60),
-        le=timedelta(hours=1),
         description="PostgreSQL: one statement, at most; no answer by this plus connect_timeout "
         "closes the connection (a stalled server or network)",
     )
-    lock_timeout: PositiveDuration = Field(
+    lock_timeout: Timeout = Field(
         default=timedelta(seconds=20),
-        le=timedelta(hours=1),
         description="PostgreSQL: waiting for a lock another session holds, at most",
     )
-    keepalive: PositiveDuration = Field(
+    keepalive: Timeout = Field(
         default=timedelta(seconds=30),
-        le=timedelta(hours=1),
         description="PostgreSQL: TCP keepalive idle time (3 probes, a third of it apart); "
         "unacknowledged data is given up after twice this",
     )
