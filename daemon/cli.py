@@ -1,4 +1,4 @@
-"""Command line: argparse, commands, human and JSON output, exit codes (DESIGN.md §8).
+"""Command line: argparse, commands, human and JSON output, exit codes (docs/design.md §8).
 
 Reports go to stdout; errors, refusals and log lines go to stderr.
 """

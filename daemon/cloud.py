@@ -101,7 +101,7 @@ PROJECT_LISTING_WINDOW = 8  # pages of a whole project's listing read at once
 _VaultIndex: TypeAlias = Mapping[str, tuple[Vault, ...]]
 VAULT_LISTING_TTL = 60.0  # seconds a project's vault listing answers find_vault
 IAM_SCOPE = "iam"  # the scope of IAM calls beside the regions' (one 401 latch each)
-# API Gateway codes come with either prefix (CBR-API.md §14).
+# API Gateway codes come with either prefix (docs/design.md §16).
 THROTTLED_CODES = frozenset({"APIGW.0308", "APIG.0308"})
 NO_SUCH_API_CODES = frozenset({"APIGW.0101", "APIG.0101"})
 GATEWAY_AUTH_CODES = frozenset({"APIGW.0301", "APIG.0301"})
@@ -190,7 +190,7 @@ def _parse_retry_after(value: str | None) -> float | None:
 def classify_error(
     error: Exception, *, mutating: bool, retry_after: float | None = None
 ) -> CloudError:
-    """Map an SDK or transport exception to our error family (RELIABILITY.md §2)."""
+    """Map an SDK or transport exception to our error family (docs/design.md §12)."""
     if isinstance(error, CloudError):
         if mutating and isinstance(error, MalformedAnswerError):
             return AmbiguousError(f"malformed answer to a mutating call: {error}")
@@ -1097,7 +1097,7 @@ class Site:
     regions: frozenset[str] | None = None  # None: the SDK's CBR table
 
 
-# The SDK's tables know Huawei Cloud's international site only (CBR-API.md §14); its
+# The SDK's tables know Huawei Cloud's international site only (docs/design.md §16); its
 # eu-west-101 entry points at the international domain, so the European site has its own.
 SITES: Mapping[str, Site] = {
     "international": Site(

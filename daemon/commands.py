@@ -1,5 +1,5 @@
 """What each CLI command does with a built ``App``, and how it prints: tables for people,
-JSON with ``--json``. Exit codes follow DESIGN.md §8."""
+JSON with ``--json``. Exit codes follow docs/design.md §8."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Find and read the config (DESIGN.md §8), resolve secrets, build the settings.
+"""Find and read the config (docs/design.md §8), resolve secrets, build the settings.
 
 Every problem is collected and reported at once, one line each:
 ``FILE:LINE: field.path: what is wrong; how to fix it``. No message carries a secret value.
@@ -37,7 +37,7 @@ from daemon.policy import (
 )
 from daemon.policy import format_duration as _duration_text
 
-MAX_FILE_BYTES = 1 << 20  # RELIABILITY.md §5: refuse anything bigger before parsing
+MAX_FILE_BYTES = 1 << 20  # docs/design.md §14: refuse anything bigger before parsing
 MAX_SHOWN_KEY = 40
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SAFE_TAGS = frozenset(

@@ -1,4 +1,4 @@
-"""Exit codes of every command (DESIGN.md §8), named once."""
+"""Exit codes of every command (docs/design.md §8), named once."""
 
 from __future__ import annotations
 

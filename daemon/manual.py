@@ -150,7 +150,7 @@ def replicate_backup(
 
 def _replica_exists(engine: Engine, destination: Destination, record: ReplicationRecord) -> bool:
     """A ``success`` record may be stale: the replica can have been deleted since. Look the
-    replica up in the destination region (404 = gone, DESIGN.md §2)."""
+    replica up in the destination region (404 = gone, docs/design.md §2)."""
     if not record.destination_backup_id:
         return True  # cannot check: assume it exists (never risk a duplicate)
     project = record.destination_project_id or destination.project_id

@@ -22,7 +22,7 @@ REPLICA_IMAGE_TYPE = "replication"
 
 
 class Reason(StrEnum):
-    """Stable reason codes (DESIGN.md §2), used in decisions, logs, the ledger and metrics."""
+    """Stable reason codes (docs/design.md §2), used in decisions, logs, the ledger and metrics."""
 
     # per backup
     ELIGIBLE = "eligible"
@@ -48,7 +48,7 @@ class Reason(StrEnum):
 
 
 class JobState(StrEnum):
-    """States of a ledger job (DESIGN.md §5)."""
+    """States of a ledger job (docs/design.md §5)."""
 
     QUEUED = "queued"
     SUBMITTING = "submitting"
@@ -71,7 +71,7 @@ class Origin(StrEnum):
 
 
 class RecordStatus(StrEnum):
-    """Status of a cloud replication record (CBR-API.md §4.4)."""
+    """Status of a cloud replication record (docs/design.md §16)."""
 
     WAITING = "waiting_replicate"
     REPLICATING = "replicating"

@@ -1,4 +1,4 @@
-"""Render replica names and descriptions from templates (DESIGN.md §2). Pure: no clock, no I/O.
+"""Render replica names and descriptions from templates (docs/design.md §2). Pure: no clock, no I/O.
 
 Templates are checked when the configuration loads (``templates.py``); rendering only has to
 make substituted values fit the API's limits: a name of 1 to 64 letters, digits, ``_`` or ``-``,

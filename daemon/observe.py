@@ -292,5 +292,5 @@ def job_context(
     backup: str | None = None,
     region: str | None = None,
 ) -> Any:
-    """The context of one job (DESIGN.md: policy, vault, backup, destination region)."""
+    """The context of one job (docs/design.md: policy, vault, backup, destination region)."""
     return bound_context(policy=policy, vault=vault, backup=backup, region=region)

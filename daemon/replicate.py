@@ -1,7 +1,7 @@
 """Submit due jobs and track in-flight ones: the one place where cloud exceptions become
 outcomes in the ledger.
 
-The no-duplicate protocol of RELIABILITY.md §1 lives here: claim with a lease, reconcile a job
+The no-duplicate protocol of docs/design.md §11 lives here: claim with a lease, reconcile a job
 left ``submitting`` before anything else, commit the intent, then POST; after any failure of the
 POST the job stays ``submitting`` until a reconcile read says what happened.
 """
@@ -747,7 +747,7 @@ def _read_tracked_backup(engine: Engine, job: Job) -> Backup | None:
         return None  # the source was deleted; the replication may still finish: keep it
     except MalformedAnswerError as error:
         # This backup's answer is odd: its job waits for a readable one, the others go on
-        # (RELIABILITY.md §4, T5). The cloud unreachable still ends the round.
+        # (docs/design.md §13, T5). The cloud unreachable still ends the round.
         log.warning(
             "track_skipped",
             policy=job.policy,

@@ -1,6 +1,6 @@
 """Retries across sweeps as data: backoff with jitter and a job's next state after a failure.
 
-Pure (DESIGN.md §5): the time is passed in as ``now`` and randomness comes from an injected
+Pure (docs/design.md §5): the time is passed in as ``now`` and randomness comes from an injected
 ``random.Random``, so tests fix both. Retries *inside* one API call are the cloud adapter's
 business (tenacity); these are the slower retries of a whole job, kept in the ledger.
 

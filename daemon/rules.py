@@ -1,4 +1,4 @@
-"""The seed's replication rules as pure functions (DESIGN.md §2 and §5).
+"""The seed's replication rules as pure functions (docs/design.md §2 and §5).
 
 Every function takes the facts (a listed backup with its replication records, what the ledger
 knows, the time) and returns a verdict with a stable reason code. Nothing here reads a clock,
@@ -163,7 +163,7 @@ def _decide_replicating(backup: Backup, region: str, job: Job) -> Decision:
 
 
 def decide(backup: Backup, destination_region: str, job: Job | None, now: datetime) -> Decision:
-    """What a policy sweep does with ``backup`` for ``destination_region`` (DESIGN.md §2, §5).
+    """What a policy sweep does with ``backup`` for ``destination_region`` (docs/design.md §2, §5).
 
     Deterministic: the same facts always give the same decision, so a repeated sweep is
     idempotent. Never ENQUEUE for a replica or while a live record to the region exists.

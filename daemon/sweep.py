@@ -2,7 +2,7 @@
 vaults page by page, decide per backup, record the decisions, then submit due work.
 
 Per page there is one ledger read (the jobs of that page's backups) and one ledger write, so
-memory stays flat however many backups a vault holds (DESIGN.md §4). Up to
+memory stays flat however many backups a vault holds (docs/design.md §4). Up to
 ``engine.worker_threads`` threads list different vaults at once (``engine.concurrency``
 requests on the wire), or one thread lists the whole source project (``source.listing:
 project``); the pages are decided and recorded in the sweeping thread, one batch at a time,
@@ -250,7 +250,7 @@ def scan_vaults(
     ``source.listing: project``, the whole source project once, each page split among the
     policy's vaults) and decide and record every page here. A listing whose own answers fail
     it (malformed, or a 4xx such as not found) is left for the next sweep and its error
-    returned: the other vaults are still swept (RELIABILITY.md §4, T5). Anything else stops
+    returned: the other vaults are still swept (docs/design.md §13, T5). Anything else stops
     the scan and is raised: the cloud unreachable or throttling after retries (the other
     vaults would only wait for the same), permission denied (stop everything)."""
     vaults = resolved.source_vaults

@@ -1,4 +1,4 @@
-"""Load-time checks of replica name and description templates (DESIGN.md §2). Stdlib only.
+"""Load-time checks of replica name and description templates (docs/design.md §2). Stdlib only.
 
 Shared by the config schema (``policy.py``) and the renderer (``rules.py``), which are sibling
 core modules that must not import each other.

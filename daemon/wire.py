@@ -190,7 +190,7 @@ def parse_backup_page(
     """A ``ListBackups`` page and the total count the server reported (None if absent).
 
     With ``skipped``, a malformed backup goes there instead of failing the whole page, so
-    one odd backup does not hide the others of its vault (RELIABILITY.md §4, T5)."""
+    one odd backup does not hide the others of its vault (docs/design.md §13, T5)."""
     if isinstance(body, BackupListing):
         return [_backup_from(raw) for raw in body.backups], body.count
     items = require(body, "backups", list, where)

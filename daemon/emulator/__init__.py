@@ -1,7 +1,7 @@
 """A local Huawei Cloud CBR v3 + IAM v3 emulator (the cloud's side, for tests and the demo).
 
 It imports nothing from the rest of `daemon` and nothing from the SDK: it is written from the
-API facts so that it checks our client instead of mirroring it (DESIGN.md §7).
+API facts so that it checks our client instead of mirroring it (docs/design.md §7).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ LISTING_MODES = (
     "unstable_unless_sorted",  # without `sort`, each answer in another order
 )
 
-# RELIABILITY.md §4 base rates for the crash + faults test.
+# docs/design.md §13 base rates for the crash + faults test.
 BASE_RATES = {
     "throttle_rate": 0.05,
     "error_before_rate": 0.10,
@@ -67,7 +67,7 @@ class Decision:
 
 
 def base_faults(scale: float = 1.0) -> dict[str, Any]:
-    """The RELIABILITY.md base rates multiplied by `scale` (capped at 1)."""
+    """The docs/design.md base rates multiplied by `scale` (capped at 1)."""
     return {key: min(1.0, rate * scale) for key, rate in BASE_RATES.items()}
 
 

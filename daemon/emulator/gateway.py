@@ -1,6 +1,6 @@
 """The API gateway in front of the emulated CBR: throttling windows and the signing guards.
 
-What Huawei's gateway does before a request reaches a service (CBR-API.md §14):
+What Huawei's gateway does before a request reaches a service (docs/design.md §16):
 
 - throttling by fixed windows of 1 second, 1 minute or 5 minutes: past ``limit`` requests
   in a window, ``429 APIGW.0308`` "policy user over ratelimit,limit:N,time:1 minute", with

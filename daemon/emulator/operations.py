@@ -1,7 +1,7 @@
 """The CBR v3 and IAM v3 operations: query/body in, JSON payload out (or ApiError).
 
-Each function runs with the world lock held by the caller. Shapes follow CBR-API.md and the
-API definitions; refusals use the real error codes listed in `world`.
+Each function runs with the world lock held by the caller. Shapes follow the API facts
+(docs/design.md §16) and the API definitions; refusals use the real error codes listed in `world`.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ MAX_LIMIT = 1000
 NAME_PATTERN = re.compile(r"^[\u4E00-\u9FA5\uf900-\ufa2da-zA-Z0-9_\-]{1,64}$")
 REGION_PATTERN = re.compile(r"^[a-zA-Z0-9._\-]{1,255}$")
 
-# Codes from CBR-API.md §9. Three refusals have no documented code; the emulator's choice is
-# marked [INF] so the daemon must not depend on it beyond "400 = refused".
+# Codes from the API facts (docs/design.md §16). Three refusals have no documented code; the
+# emulator's choice is marked [INF] so the daemon must not depend on it beyond "400 = refused".
 NOT_FOUND = "BackupService.6200"
 REPLICA_AS_SOURCE = "BackupService.1002"
 NOT_SERVER = "BackupService.1003"
@@ -53,7 +53,7 @@ NO_SYSTEM_DISK = "BackupService.6122"  # [INF] "resource type does not support r
 INVALID = "BackupService.9900"  # also used [INF] for a backup that is not available
 
 
-# The HTTP status of some codes differs by edition (CBR-API.md §14): Open Telekom Cloud
+# The HTTP status of some codes differs by edition (docs/design.md §16): Open Telekom Cloud
 # answers 1005, 1006 and 9998 with 500 and 6105 with 404 where Huawei answers 400.
 EDITION_STATUS: dict[str, dict[str, int]] = {
     "huawei": {},  # the statuses the operations raise

@@ -1,4 +1,4 @@
-"""The ledger (DESIGN.md §5): jobs, attempts, vault bindings, sweeps and leases, on SQLModel.
+"""The ledger (docs/design.md §5): jobs, attempts, vault bindings, sweeps and leases, on SQLModel.
 
 SQLite by default; PostgreSQL when several hosts share one ledger. Each public method is one
 transaction. On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite

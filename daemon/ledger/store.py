@@ -395,7 +395,7 @@ class SqlLedger:
             query = query.where(table.c.policy == policy)
         if destination_region is not None:
             query = query.where(table.c.destination_region == destination_region)
-        # Reconcile-first: submitting jobs sort before the rest (RELIABILITY.md §1).
+        # Reconcile-first: submitting jobs sort before the rest (docs/design.md §11).
         query = query.order_by(
             (state != JobState.SUBMITTING.value),
             func.coalesce(next_attempt_at, table.c.created_at),

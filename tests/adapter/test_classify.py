@@ -1,4 +1,4 @@
-"""One function classifies every SDK failure (RELIABILITY.md §2)."""
+"""One function classifies every SDK failure (docs/design.md §12)."""
 
 from __future__ import annotations
 

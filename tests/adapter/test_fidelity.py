@@ -1,5 +1,5 @@
 """What the real CBR and its gateway answer where they differ from the documents' first
-reading (CBR-API.md §14): through the real SDK, against the emulator in the matching mode."""
+reading (docs/design.md §16): through the real SDK, against the emulator in the matching mode."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Benchmarks: scripts that print figures (DESIGN.md §10), plus a smoke test of each."""
+"""Benchmarks: scripts that print figures (docs/design.md §10), plus a smoke test of each."""

@@ -1,4 +1,4 @@
-"""Replica names and descriptions fit the API's limits (DESIGN.md §2, the seed's Table 1)."""
+"""Replica names and descriptions fit the API's limits (docs/design.md §2, the seed's Table 1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backoff math and a job's next state after a failure (DESIGN.md §5)."""
+"""Backoff math and a job's next state after a failure (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The seed's rules (DESIGN.md §2) and the job state machine's decisions (§5), table by table."""
+"""The seed's rules (docs/design.md §2) and the job state machine's decisions (§5), table
+by table."""
 
 from __future__ import annotations
 

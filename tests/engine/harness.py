@@ -53,7 +53,7 @@ def one_vault_scenario(
 
 
 def rules_scenario() -> dict[str, Any]:
-    """One backup per row of DESIGN.md §2, in the vault ``web-prod``."""
+    """One backup per row of docs/design.md §2, in the vault ``web-prod``."""
     web_backups = [
         server_backup("web-ok-1", created_at="2026-11-20T01:00:00"),
         server_backup(

@@ -1,5 +1,5 @@
-"""Several instances on one ledger (issue 8, DESIGN.md §9), in-process on both backends with the
-real adapter against a *permissive* emulator (a second POST makes a second replica):
+"""Several instances on one ledger (issue 8, docs/design.md §9), in-process on both backends
+with the real adapter against a *permissive* emulator (a second POST makes a second replica):
 
 - a job whose claim ran out while it waited, and that another instance claimed and posted
   meanwhile, is never posted again by the first claimer (the intent is fenced on the claim);

@@ -1,4 +1,4 @@
-"""The engine meets the real API's answers (CBR-API.md §14): the manual commands on a 404
+"""The engine meets the real API's answers (docs/design.md §16): the manual commands on a 404
 that is not CBR's, a vault "being replicated", the recheck after an ambiguous POST, and a
 sweep throttled past its budget. The real adapter and SDK, against the emulator."""
 

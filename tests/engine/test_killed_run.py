@@ -1,4 +1,4 @@
-"""A run killed with SIGKILL mid-sweep (RELIABILITY.md §4, T1) must not block the next one.
+"""A run killed with SIGKILL mid-sweep (docs/design.md §13, T1) must not block the next one.
 
 The sweep lease outlives any read with its retries (5 minutes); before the fix a process
 killed while holding it left every later run refusing the policy as "leased" until then.

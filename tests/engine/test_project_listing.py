@@ -65,7 +65,7 @@ def test_a_project_listing_decides_every_backup_as_the_vault_listings_do(
 
     assert per_project == per_vault
     assert {vault for vault, _, _ in per_project} == set(VAULTS)
-    assert len(per_project) == 12  # the ten of web-prod (DESIGN.md §2) and db-1, db-2
+    assert len(per_project) == 12  # the ten of web-prod (docs/design.md §2) and db-1, db-2
     # one call for both vaults, without a vault filter, with the replication records
     [params] = listing_params(deployment)
     assert "vault_id" not in params

@@ -1,4 +1,4 @@
-"""``--run-once`` against the emulator: every rule of DESIGN.md §2, through the real SDK."""
+"""``--run-once`` against the emulator: every rule of docs/design.md §2, through the real SDK."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""T1 of RELIABILITY.md §4: kill -9 and injected API faults against the real process.
+"""T1 of docs/design.md §13: kill -9 and injected API faults against the real process.
 
     python -m tests.reliability.crash_faults --profile ci|full [--fault-scale 2]
         [--ledger-url URL] [--blind-retry] [--seed N] [--lanes N] [--workdir DIR] [--keep]
     (or python tests/reliability/crash_faults.py ..., with the package installed)
 
 The CBR emulator runs in its own process, *permissive* (no 1009 guard, so a client that posts
-twice makes two replicas), with the fault rates of RELIABILITY.md §4 (``--fault-scale``
+twice makes two replicas), with the fault rates of docs/design.md §13 (``--fault-scale``
 multiplies them). Three source vaults replicate to two destination regions (two policies).
 The real ``cbr-replicator --run-once`` process is started over and over, ``--lanes`` at a
 time (so two processes also meet on the ledger's leases), with a 3 s lease and 1 s timeouts.

@@ -6,7 +6,7 @@
 A database of its own is created in the PostgreSQL server (``--postgres-url``, default
 ``$CBR_TEST_POSTGRES_URL`` or the local ``test`` database) and dropped at the end. The CBR
 emulator runs in its own process, *permissive* (no 1009 guard: a job posted twice makes two
-replicas), with the fault rates of RELIABILITY.md §4. Three real daemons (``cbr-replicator``
+replicas), with the fault rates of docs/design.md §13. Three real daemons (``cbr-replicator``
 with no command, a fake ``NOTIFY_SOCKET`` each) share the ledger and sweep the same six
 policies; each believes it runs on a host of its own (``ha-1``, ``ha-2``...; the host name is
 part of the instance id), so none can tell that another died: a dead instance's leases must be

@@ -1,4 +1,4 @@
-"""T3 (RELIABILITY.md §4): every mutating path, run twice from the same state, gives the
+"""T3 (docs/design.md §13): every mutating path, run twice from the same state, gives the
 same state and makes at most one mutating call to the cloud.
 
 The paths: a policy sweep (the engine objects, and the real CLI's ``--run-once``), the vault

@@ -1,4 +1,4 @@
-"""T4 (RELIABILITY.md §4): hypothesis-generated configs never crash the loader.
+"""T4 (docs/design.md §13): hypothesis-generated configs never crash the loader.
 
 Each example starts from a valid config (main file, a ``policies_dir`` file and a secret file)
 and spoils it: values of the wrong type, unknown or missing keys, huge numbers, unsafe or
@@ -47,7 +47,7 @@ TIME_LIMIT = 10.0  # seconds per load: an alias bomb must be refused, not expand
 
 
 def valid_config() -> dict[str, Any]:
-    """A config using most sections (DESIGN.md §8), valid as it is."""
+    """A config using most sections (docs/design.md §8), valid as it is."""
     return {
         "ledger": {"url": "sqlite:///state/ledger.db"},
         "cloud": {

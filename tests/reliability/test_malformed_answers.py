@@ -1,4 +1,4 @@
-"""T5 (RELIABILITY.md §4): malformed API answers, through the real adapter and the engine.
+"""T5 (docs/design.md §13): malformed API answers, through the real adapter and the engine.
 
 The emulator answers with missing keys, wrong types, nulls, empty pages, truncated JSON, an
 HTML page with status 200, and a listing that changes between two calls. Every such answer

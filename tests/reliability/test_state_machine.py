@@ -1,4 +1,4 @@
-"""T2 (RELIABILITY.md §4): a hypothesis state machine over the real ledger and replicate code.
+"""T2 (docs/design.md §13): a hypothesis state machine over the real ledger and replicate code.
 
 The ledger is the real ``SqlLedger`` on a SQLite file (and, with fewer examples, on a
 PostgreSQL database); a crash drops the engine without a clean exit (its leases stay behind
