@@ -42,6 +42,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -193,11 +194,15 @@ def min_api_calls(args: argparse.Namespace, eligible: int) -> int:
 class EmulatorProcess:
     """``python -m daemon.emulator`` in its own process, without a state file."""
 
-    def __init__(self, scenario: Path, latency_ms: float, log: Path) -> None:
+    def __init__(
+        self, scenario: Path, latency_ms: float, log: Path, options: Sequence[str] = ()
+    ) -> None:
+        """``options``: more of the emulator's command-line options (gateway throttling)."""
         self._log = log.open("w", encoding="utf-8")
         command = [sys.executable, "-m", "daemon.emulator", "--scenario", str(scenario)]
         if latency_ms > 0:
             command += ["--latency-ms", str(latency_ms)]
+        command += options
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self._log, text=True
         )

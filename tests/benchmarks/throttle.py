@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from typing import Any
 import yaml
 
 from daemon.emulator.scenario import DEFAULT_CREDENTIALS, generate_scenario
+from tests.benchmarks.sweep import EmulatorProcess
 
 SOURCE_REGION = "cn-north-4"
 DESTINATION_REGION = "cn-south-1"
@@ -98,49 +97,17 @@ def write_config(path: Path, url: str, rate: float, args: argparse.Namespace) ->
     path.chmod(0o600)
 
 
-class Emulator:
-    """``python -m daemon.emulator`` with the gateway's throttling, in its own process."""
-
-    def __init__(self, scenario: Path, args: argparse.Namespace, log: Path) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "daemon.emulator",
-            "--scenario",
-            str(scenario),
-            "--latency-ms",
-            str(args.latency_ms),
-            "--throttle-limit",
-            str(round(args.limit * args.window)),
-            "--throttle-window",
-            str(args.window),
-        ]
-        if args.retry_after:
-            command.append("--retry-after")
-        self._log = log.open("w", encoding="utf-8")
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=self._log, text=True
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
-        if not self.url.startswith("http"):
-            self.stop()
-            raise RuntimeError(f"the emulator did not start; see {log}")
-
-    def admin(self, method: str, name: str) -> Any:
-        request = urllib.request.Request(f"{self.url}/__emulator__/{name}", method=method)
-        with urllib.request.urlopen(request, timeout=300) as answer:
-            return json.loads(answer.read())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+def start_emulator(scenario: Path, args: argparse.Namespace, log: Path) -> EmulatorProcess:
+    """The emulator in its own process, with the gateway's throttling."""
+    options = [
+        "--throttle-limit",
+        str(round(args.limit * args.window)),
+        "--throttle-window",
+        str(args.window),
+    ]
+    if args.retry_after:
+        options.append("--retry-after")
+    return EmulatorProcess(scenario, args.latency_ms, log, options)
 
 
 def replicated_once(state: dict[str, Any]) -> tuple[int, int]:
@@ -170,7 +137,7 @@ def measure(rate: float, args: argparse.Namespace, workdir: Path) -> dict[str, A
     run_dir.mkdir(parents=True, exist_ok=True)
     scenario = run_dir / "scenario.json"
     write_scenario(scenario, args.eligible)
-    emulator = Emulator(scenario, args, run_dir / "emulator.log")
+    emulator = start_emulator(scenario, args, run_dir / "emulator.log")
     try:
         config = run_dir / "config.yaml"
         write_config(config, emulator.url, rate, args)
