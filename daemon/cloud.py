@@ -86,7 +86,7 @@ from daemon.model import (
     Vault,
     VaultReplicationAccepted,
 )
-from daemon.ratelimit import AdaptiveRate, ThrottleGate, TokenBucket
+from daemon.ratelimit import SUSTAINED_STREAK, AdaptiveRate, ThrottleGate, TokenBucket
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -699,7 +699,7 @@ class HuaweiCloud:
                     self._gate.succeeded()
                     raise
                 streak = self._gate.throttled(sent_at, error.retry_after)
-                if streak == 1:  # once per episode: its later 429s are the window's, not ours
+                if streak == SUSTAINED_STREAK:  # once per episode, only when it lasts
                     self._rate.throttled()
                 if streak:
                     log.warning(

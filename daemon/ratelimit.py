@@ -63,8 +63,17 @@ class TokenBucket:
         return wait
 
 
+# The streak at which throttling counts as sustained and the rate is cut: the window was still
+# closed after pauses of 1 s and 2 s, so it is a minute's or five minutes' window that our own
+# traffic used up. A lone 429 (a one-second window's edge, another client of the same key, a
+# passing fault) costs the shared pause only: cutting the rate on each of them ratchets it
+# down to a few requests per second under a steady few per cent of 429s, which no slow
+# increase can win back.
+SUSTAINED_STREAK = 3
+
+
 def next_rate(rate: float, *, ceiling: float, throttled: bool, floor: float = 0.2) -> float:
-    """AIMD: halve the rate when throttling starts; on a success add ``0.1 / rate``, so the
+    """AIMD: halve the rate when throttling is sustained; on a success add ``0.1 / rate``, so the
     rate grows by about one request per second every ten seconds, up to ``ceiling`` (the
     configured ``requests_per_second``). Slow enough that a rate cut at the end of a minute's
     window still holds through the next one: a sweep settles just under what the gateway

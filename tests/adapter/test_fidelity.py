@@ -257,7 +257,25 @@ def test_throttled_past_the_budget_gives_up_without_sending_more(emulate: Any) -
     assert cloud.show_backup(SOURCE, project, backup).id == backup
 
 
-def test_the_rate_is_cut_on_429_and_raised_again(emulate: Any) -> None:
+def test_a_window_that_stays_closed_cuts_the_rate(emulate: Any) -> None:
+    """A minute's window used up: still closed after the pauses of 1 s and 2 s, the episode
+    is sustained and the rate is halved once; then successes raise it again."""
+    emulator = emulate(gateway={"throttle_limit": 200, "throttle_window_seconds": 60})
+    time = Time(emulator)
+    cloud = make_cloud(emulator, time, requests_per_second=50)
+    project = emulator.project_id(SOURCE)
+    backup = emulator.backup_id("web-0")
+    for _ in range(400):
+        cloud.show_backup(SOURCE, project, backup)
+    assert 25 < cloud._rate.rate < 50, "cut to 25 on the first closed window, then raised"
+    answered = emulator.requests("show_backup")
+    throttled = [entry for entry in answered if entry["status"] == 429]
+    assert len(throttled) / len(answered) < 0.1
+
+
+def test_a_one_second_window_costs_a_pause_not_the_rate(emulate: Any) -> None:
+    """At 50/s against 20 per second, the shared pause after the window's first 429 outlasts
+    the window: few 429s, and no rate cut, since the next window answers at once."""
     emulator = emulate(gateway={"throttle_limit": 20, "throttle_window_seconds": 1})
     time = Time(emulator)
     cloud = make_cloud(emulator, time, requests_per_second=50)
@@ -267,9 +285,26 @@ def test_the_rate_is_cut_on_429_and_raised_again(emulate: Any) -> None:
         cloud.show_backup(SOURCE, project, backup)
     answered = emulator.requests("show_backup")
     throttled = [entry for entry in answered if entry["status"] == 429]
-    # at a fixed 50/s against 20/s, three requests in five would be refused
+    # at a fixed 50/s against 20/s without the pause, three requests in five would be refused
     assert len(throttled) / len(answered) < 0.1
-    assert cloud._rate.rate < 50
+    assert cloud._rate.rate == 50
+
+
+def test_scattered_429s_do_not_ratchet_the_rate_down(emulate: Any) -> None:
+    """One request in twenty refused at random (another client of the key, a passing fault):
+    each costs the shared pause, none is a sustained episode, so the rate stays put. Cut on
+    each, the rate would halve about twenty times here and sit at its floor."""
+    emulator = emulate()
+    emulator.set_faults({"throttle_rate": 0.05})
+    time = Time(emulator)
+    cloud = make_cloud(emulator, time, requests_per_second=50)
+    project = emulator.project_id(SOURCE)
+    backup = emulator.backup_id("web-0")
+    for _ in range(400):
+        cloud.show_backup(SOURCE, project, backup)
+    throttled = [e for e in emulator.requests("show_backup") if e["status"] == 429]
+    assert len(throttled) >= 10, "the faults were injected"
+    assert cloud._rate.rate >= 25, "at most one cut (two 429s in a row after pauses is rare)"
 
 
 # -- 7. authentication and clock -----------------------------------------------------------
