@@ -93,13 +93,18 @@ def throttle_delay(streak: int, *, initial: float = 1.0, ceiling: float = 120.0)
 
 
 class ThrottleGate:
-    """One backoff for the whole process: a 429 pauses every caller, not just the one that
-    got it, and the pause grows while the gateway keeps refusing.
+    """One backoff for the whole process: while the gateway keeps refusing, every caller
+    pauses, not just the one that got the 429, and the pause grows.
 
-    Answers already on their way when a pause starts do not make it longer: the streak grows
-    only with a 429 to a request sent after the last pause ended. Past ``budget`` seconds of
-    throttling without a success the gate is *exhausted*: callers fail at once (``admit``
-    returns False), but for one probe per longest pause, whose success ends the episode.
+    The first 429 of an episode pauses only the caller that got it: alone it is no evidence
+    that the process is over a limit (a window's edge, another client of the same key), and
+    stopping every thread for each such one slowed whole sweeps under a steady few per cent
+    of them. A second 429, to a request sent after the first was answered, starts the shared
+    pause. Answers already on their way when a pause starts do not make it longer: the streak
+    grows only with a 429 to a request sent after the last pause began. Past ``budget``
+    seconds of throttling without a success the gate is *exhausted*: callers fail at once
+    (``admit`` returns False), but for one probe per longest pause, whose success ends the
+    episode.
     """
 
     def __init__(
@@ -121,11 +126,14 @@ class ThrottleGate:
         self._streak = 0
         self._since: float | None = None  # first 429 since the last success
         self._paused_at = float("-inf")  # when the last pause began
+        self._own: dict[int, float] = {}  # thread -> its own pause's end (a lone 429)
 
     def admit(self, deadline: float | None = None) -> bool:
         """Wait out the pause (never past ``deadline``); False: do not send (exhausted, or
         the pause ends after the deadline). The first caller after a pause is its probe:
         the others wait for its answer (``succeeded`` or ``throttled``) before they go."""
+        if not self._own_pause(deadline):
+            return False
         while True:
             with self._answered:
                 while self._probe is not None:
@@ -139,7 +147,7 @@ class ThrottleGate:
                     return True
                 wait = self._resume_at - now
                 if wait <= 0:
-                    self._probe = threading.get_ident() if self._streak > 0 else None
+                    self._probe = threading.get_ident() if self._streak > 1 else None
                     return True
             if deadline is not None and now + wait > deadline:
                 return False
@@ -158,10 +166,29 @@ class ThrottleGate:
                 return 0
             self._streak += 1
             delay = max(throttle_delay(self._streak, ceiling=self._ceiling), retry_after or 0.0)
-            self._resume_at = max(self._resume_at, now + delay)
+            if self._streak == 1:
+                self._own[threading.get_ident()] = now + delay
+            else:
+                self._resume_at = max(self._resume_at, now + delay)
             self._paused_at = now
             self._end_probe()
             return self._streak
+
+    def _own_pause(self, deadline: float | None) -> bool:
+        """Wait out this caller's own pause, if a lone 429 gave it one (never past
+        ``deadline``: then False, and the pause stays for its next try)."""
+        ident = threading.get_ident()
+        with self._lock:
+            until = self._own.get(ident)
+            now = self._clock()
+            if until is None or until <= now:
+                self._own.pop(ident, None)
+                return True
+            if deadline is not None and until > deadline:
+                return False
+            del self._own[ident]
+        self._sleep(until - now)
+        return True
 
     def now(self) -> float:
         return self._clock()
@@ -171,6 +198,7 @@ class ThrottleGate:
         with self._lock:
             self._streak = 0
             self._since = None
+            self._own.pop(threading.get_ident(), None)
             self._end_probe()
 
     def _end_probe(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from daemon.ratelimit import ThrottleGate, TokenBucket, next_rate, throttle_delay
 
@@ -111,3 +112,29 @@ def test_a_post_does_not_wait_past_its_deadline() -> None:
     assert clock.slept == []
     assert gate.admit(deadline=40)
     assert clock.slept == [30.0]
+
+
+def _in_thread(action: Callable[[], object]) -> None:
+    thread = threading.Thread(target=action)
+    thread.start()
+    thread.join()
+
+
+def test_a_lone_429_pauses_only_the_caller_that_got_it() -> None:
+    clock = SteppedClock()
+    gate = ThrottleGate(600, clock=clock, sleep=clock.sleep)
+    assert gate.throttled(sent_at=0.0) == 1
+    _in_thread(gate.admit)
+    assert clock.slept == [], "another thread goes on at once"
+    assert gate.admit()
+    assert clock.slept == [1.0], "the refused request waits before it is sent again"
+
+
+def test_a_second_429_pauses_every_caller() -> None:
+    clock = SteppedClock()
+    gate = ThrottleGate(600, clock=clock, sleep=clock.sleep)
+    gate.throttled(sent_at=0.0)
+    clock.now = 0.5
+    assert gate.throttled(sent_at=0.4) == 2, "sent after the first 429 was answered"
+    _in_thread(gate.admit)
+    assert clock.slept == [2.0], "the shared pause holds another thread too"
