@@ -17,14 +17,14 @@ from typing import Any, cast
 
 from pydantic import SecretStr
 
-from daemon.cloud import ApiCallback, CloudOptions, Credentials, HuaweiCloud
-from daemon.config import LoadedConfig
-from daemon.errors import ConfigError
-from daemon.ledger import DatabaseTimeouts, SqlLedger, open_ledger
-from daemon.observe import redact_text, register_secrets
-from daemon.policy import CloudSettings, Policy, Settings
-from daemon.ports import Cloud
-from daemon.replicate import Engine, ambiguous_recheck
+from daemon.adapters.cloud.client import ApiCallback, CloudOptions, Credentials, HuaweiCloud
+from daemon.adapters.ledger import DatabaseTimeouts, SqlLedger, open_ledger
+from daemon.adapters.logs import redact_text, register_secrets
+from daemon.config.load import LoadedConfig
+from daemon.core.errors import ConfigError
+from daemon.core.policy import CloudSettings, Policy, Settings
+from daemon.core.ports import Cloud
+from daemon.engine.replicate import Engine, ambiguous_recheck
 
 
 def utc_now() -> datetime:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon import config as config_module
+from daemon.config import load as config_module
 
 Check = Callable[[Path], tuple[int, str, str]]
 Write = Callable[..., Path]

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from daemon.config import describe_settings, load_settings, settings_json_schema
-from daemon.errors import ConfigError
+from daemon.config.load import describe_settings, load_settings, settings_json_schema
+from daemon.core.errors import ConfigError
 
 Check = Callable[[Path], tuple[int, str, str]]
 Write = Callable[..., Path]

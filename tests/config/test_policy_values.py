@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 
-from daemon.policy import (
+from daemon.core.policy import (
     ScheduleSettings,
     apscheduler_crontab,
     cron_longest_gap,
@@ -17,7 +17,7 @@ from daemon.policy import (
     parse_duration,
     parse_size,
 )
-from daemon.templates import PLACEHOLDERS, check_description_template, check_name_template
+from daemon.core.templates import PLACEHOLDERS, check_description_template, check_name_template
 
 
 @pytest.mark.parametrize(

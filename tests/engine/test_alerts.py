@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import manual, watch
+from daemon.adapters.webhook import DELIVERY_HEADER, WebhookClient
 from daemon.app import App, build_app
-from daemon.config import load_settings
-from daemon.model import GIB, JobState, SweepReport
-from daemon.notify import DELIVERY_HEADER, WebhookClient
-from daemon.policy import DestinationSettings, Policy
-from daemon.run import run_policies
+from daemon.config.load import load_settings
+from daemon.core.model import GIB, JobState, SweepReport
+from daemon.core.policy import DestinationSettings, Policy
+from daemon.engine import manual, watch
+from daemon.engine.run import run_policies
 from tests.engine.harness import Deployment, policy, server_backup
 from tests.engine.webhooks import Receiver, receiving
 

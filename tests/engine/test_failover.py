@@ -22,15 +22,15 @@ from typing import Any, cast
 
 import pytest
 
-from daemon import replicate
+from daemon.adapters.ledger import SqlLedger
 from daemon.app import owner_gone
+from daemon.core.model import BackupPage, JobState
+from daemon.core.policy import Policy
+from daemon.core.ports import Ledger
 from daemon.emulator import Emulator
-from daemon.ledger import SqlLedger
-from daemon.model import BackupPage, JobState
-from daemon.policy import Policy
-from daemon.ports import Ledger
-from daemon.replicate import Engine
-from daemon.sweep import sweep_policy
+from daemon.engine import replicate
+from daemon.engine.replicate import Engine
+from daemon.engine.sweep import sweep_policy
 from tests.adapter.test_cloud_contract import make_cloud
 from tests.engine.harness import one_vault_scenario, policy, server_backup
 from tests.engine.test_submit_protocol import DEST, SOURCE, START, Clock, job_for, setup

@@ -13,21 +13,21 @@ from typing import Any
 
 import pytest
 
-from daemon import manual, replicate
-from daemon.emulator import Emulator
-from daemon.errors import (
+from daemon.adapters.ledger import SqlLedger, open_ledger
+from daemon.core.errors import (
     EndpointError,
     NotFoundError,
     PermanentError,
     RefusedError,
     TransientError,
 )
-from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import JobState
-from daemon.policy import Policy
-from daemon.replicate import Engine, ambiguous_recheck
-from daemon.run import run_policies
-from daemon.sweep import resolve_policy, sweep_policy
+from daemon.core.model import JobState
+from daemon.core.policy import Policy
+from daemon.emulator import Emulator
+from daemon.engine import manual, replicate
+from daemon.engine.replicate import Engine, ambiguous_recheck
+from daemon.engine.run import run_policies
+from daemon.engine.sweep import resolve_policy, sweep_policy
 from tests.engine.harness import policy, rules_scenario
 from tests.reliability.reliability_support import (
     ManualClock,

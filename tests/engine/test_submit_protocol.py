@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon import replicate, retrying
+from daemon.adapters.ledger import SqlLedger
+from daemon.core import retrying
+from daemon.core.model import GIB, Destination, Job, JobState, Origin
 from daemon.emulator import Emulator
-from daemon.ledger import SqlLedger
-from daemon.model import GIB, Destination, Job, JobState, Origin
-from daemon.replicate import Engine, Target
+from daemon.engine import replicate
+from daemon.engine.replicate import Engine, Target
 from tests.adapter.test_cloud_contract import make_cloud
 from tests.engine.harness import one_vault_scenario, server_backup
 

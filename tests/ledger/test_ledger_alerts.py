@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
-from daemon import watch
-from daemon.alerts import AlertChange, AlertKind
-from daemon.ledger import SqlLedger
-from daemon.model import GIB, JobState, Origin, Reason
-from daemon.policy import Policy
-from daemon.ports import Notification
+from daemon.adapters.ledger import SqlLedger
+from daemon.core.alerts import AlertChange, AlertKind
+from daemon.core.model import GIB, JobState, Origin, Reason
+from daemon.core.policy import Policy
+from daemon.core.ports import Notification
+from daemon.engine import watch
 from tests.engine.harness import policy
 from tests.ledger.test_ledger import NOW, REGION, job
 

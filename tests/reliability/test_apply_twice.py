@@ -21,15 +21,15 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon import manual, replicate
-from daemon.config import load_settings
+from daemon.adapters.ledger import SqlLedger, open_ledger
+from daemon.config.load import load_settings
+from daemon.core.errors import RefusedError
+from daemon.core.model import JobState, Reason
+from daemon.core.policy import Policy
 from daemon.emulator import Emulator
-from daemon.errors import RefusedError
-from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import JobState, Reason
-from daemon.policy import Policy
-from daemon.replicate import Engine
-from daemon.sweep import resolve_policy, sweep_policy
+from daemon.engine import manual, replicate
+from daemon.engine.replicate import Engine
+from daemon.engine.sweep import resolve_policy, sweep_policy
 from tests.engine.harness import Deployment, deploy, policy, rules_scenario
 from tests.reliability.reliability_support import ManualClock, engine_on, ledger_snapshot
 

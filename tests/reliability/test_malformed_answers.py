@@ -22,17 +22,17 @@ import msgspec
 import pytest
 import structlog.testing
 
-from daemon import cloud as cloud_module
-from daemon import replicate, run
-from daemon.cloud import HuaweiCloud
+from daemon.adapters.cloud import client as cloud_module
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.ledger import SqlLedger, open_ledger
+from daemon.core.errors import AmbiguousError, MalformedAnswerError, TransientError
+from daemon.core.model import Destination, Job, JobState
+from daemon.core.policy import Policy
 from daemon.emulator import Emulator
 from daemon.emulator import server as emulator_server
-from daemon.errors import AmbiguousError, MalformedAnswerError, TransientError
-from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import Destination, Job, JobState
-from daemon.policy import Policy
-from daemon.replicate import Engine
-from daemon.sweep import resolve_policy, sweep_policy
+from daemon.engine import replicate, run
+from daemon.engine.replicate import Engine
+from daemon.engine.sweep import resolve_policy, sweep_policy
 from tests.reliability.reliability_support import ManualClock, engine_on, meet_at_the_emulator
 
 SOURCE = "cn-north-4"

@@ -48,8 +48,8 @@ from hypothesis.stateful import (
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from daemon import replicate
-from daemon.errors import (
+from daemon.adapters.ledger import SqlLedger, open_ledger
+from daemon.core.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
     CloudError,
@@ -58,8 +58,7 @@ from daemon.errors import (
     PermanentError,
     TransientError,
 )
-from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import (
+from daemon.core.model import (
     ECS_RESOURCE_TYPE,
     Backup,
     BackupPage,
@@ -71,9 +70,10 @@ from daemon.model import (
     Vault,
     VaultReplicationAccepted,
 )
-from daemon.policy import Policy
-from daemon.replicate import Engine, Target
-from daemon.sweep import resolve_policy, sweep_policy
+from daemon.core.policy import Policy
+from daemon.engine import replicate
+from daemon.engine.replicate import Engine, Target
+from daemon.engine.sweep import resolve_policy, sweep_policy
 from tests.postgres_support import ThrowawayDatabase
 from tests.reliability.reliability_support import scratch_directory
 

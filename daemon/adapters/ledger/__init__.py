@@ -1,0 +1,24 @@
+"""The ledger (docs/design.md §5): jobs, attempts, vault bindings, sweeps and leases, on SQLModel.
+
+SQLite by default; PostgreSQL when several hosts share one ledger. Each public method is one
+transaction. On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite
+recipe), so a claim cannot interleave with another process's claim; on PostgreSQL claims use
+``FOR UPDATE SKIP LOCKED``. The file is created 0600 in a 0700 directory, in WAL mode with
+``synchronous=FULL``: the intent written before a POST must survive a power cut.
+
+``schema`` holds the tables and their migrations, ``store`` the queries and writes
+(``SqlLedger``), ``opening`` the file or database checks and the migration at open.
+"""
+
+from daemon.adapters.ledger.opening import DatabaseTimeouts, open_ledger, open_scratch_ledger
+from daemon.adapters.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+from daemon.adapters.ledger.store import SqlLedger
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "DatabaseTimeouts",
+    "SqlLedger",
+    "open_ledger",
+    "open_scratch_ledger",
+]
