@@ -16,7 +16,7 @@ from daemon.adapters.logs import redact_text
 from daemon.adapters.webhook import WebhookClient
 from daemon.app import App, owner_gone
 from daemon.cli.progress import Progress
-from daemon.config.load import format_duration
+from daemon.config.describe import format_duration
 from daemon.core import exitcodes
 from daemon.core.errors import (
     CloudError,

@@ -515,7 +515,7 @@ def _print_json(value: object) -> None:
 
 
 def command_check_config(args: argparse.Namespace, config_path: Path) -> int:
-    from daemon.config.load import describe_settings
+    from daemon.config.describe import describe_settings
 
     # The authority on the config reads the credentials too, whether or not it calls the
     # cloud: a key file missing here would stop the daemon.
@@ -613,7 +613,7 @@ def command_report(args: argparse.Namespace, config_path: Path) -> int:
 
 
 def command_schema(args: argparse.Namespace) -> int:
-    from daemon.config.load import policies_file_json_schema, settings_json_schema
+    from daemon.config.export import policies_file_json_schema, settings_json_schema
 
     if args.markdown:
         from daemon.config.reference import config_reference

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from daemon.config.load import settings_json_schema
+from daemon.config.export import settings_json_schema
 
 HEADER = """# Configuration reference
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from daemon.config.load import describe_settings, load_settings, settings_json_schema
+from daemon.config.describe import describe_settings
+from daemon.config.export import settings_json_schema
+from daemon.config.load import load_settings
 from daemon.core.errors import ConfigError
 
 Check = Callable[[Path], tuple[int, str, str]]
