@@ -17,7 +17,9 @@ from typing import Any, cast
 
 from pydantic import SecretStr
 
-from daemon.adapters.cloud.client import ApiCallback, CloudOptions, Credentials, HuaweiCloud
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
+from daemon.adapters.cloud.sdk import ApiCallback
 from daemon.adapters.ledger import DatabaseTimeouts, SqlLedger, open_ledger
 from daemon.adapters.logs import redact_text, register_secrets
 from daemon.config.load import LoadedConfig

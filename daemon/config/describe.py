@@ -10,11 +10,7 @@ from pydantic import SecretStr
 
 from daemon.config.load import LoadedConfig
 from daemon.config.secrets import _PASSWORD_IN_URL
-from daemon.core.policy import (
-    NotifySettings,
-    Policy,
-    Settings,
-)
+from daemon.core.policy import NotifySettings, Policy, Settings
 from daemon.core.policy import format_duration as _duration_text
 
 # --- describing --------------------------------------------------------------------------

@@ -9,10 +9,7 @@ from pydantic.json_schema import GenerateJsonSchema
 
 from daemon.config.describe import format_duration
 from daemon.config.secrets import _SECRET_PLACES
-from daemon.core.policy import (
-    Loc,
-    Settings,
-)
+from daemon.core.policy import Loc, Settings
 
 
 class _SchemaGenerator(GenerateJsonSchema):

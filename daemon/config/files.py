@@ -14,9 +14,7 @@ from pathlib import Path
 import yaml
 
 from daemon.config.problems import _Document, _dotted, _Problems
-from daemon.core.policy import (
-    Loc,
-)
+from daemon.core.policy import Loc
 
 MAX_FILE_BYTES = 1 << 20  # docs/design.md §14: refuse anything bigger before parsing
 _SAFE_TAGS = frozenset(

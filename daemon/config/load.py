@@ -27,11 +27,7 @@ from daemon.config.secrets import (
 )
 from daemon.config.validation import _validate
 from daemon.core.errors import ConfigError
-from daemon.core.policy import (
-    Loc,
-    Settings,
-    policy_conflicts,
-)
+from daemon.core.policy import Loc, Settings, policy_conflicts
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.core.policy import (
-    Loc,
-)
+from daemon.core.policy import Loc
 
 MAX_SHOWN_KEY = 40
 

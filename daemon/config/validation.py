@@ -13,11 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from daemon.config.problems import _Problems
-from daemon.core.policy import (
-    CREDENTIALS_DEFERRED,
-    Loc,
-    Settings,
-)
+from daemon.core.policy import CREDENTIALS_DEFERRED, Loc, Settings
 
 # --- validation ----------------------------------------------------------------------------
 

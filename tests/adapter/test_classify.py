@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from huaweicloudsdkcore.exceptions import exceptions as sdk
 
-from daemon.adapters.cloud.client import classify_error
+from daemon.adapters.cloud.classify import classify_error
 from daemon.core.errors import (
     AlreadyReplicatedError,
     AmbiguousError,

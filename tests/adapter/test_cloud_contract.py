@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from daemon.adapters.cloud.client import CloudOptions, Credentials, HuaweiCloud
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
 from daemon.core.errors import (
     AlreadyReplicatedError,
     AmbiguousError,

@@ -12,13 +12,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from daemon.adapters.cloud.client import (
-    CloudOptions,
-    Credentials,
-    HuaweiCloud,
-    cbr_endpoint,
-    iam_endpoint,
-)
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials, cbr_endpoint, iam_endpoint
 from daemon.core.errors import (
     AmbiguousError,
     EndpointError,

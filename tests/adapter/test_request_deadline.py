@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from daemon.adapters.cloud.client import CloudOptions, Credentials, HuaweiCloud
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
 from daemon.adapters.webhook import WebhookClient
 from daemon.core.errors import AmbiguousError, TransientError
 from daemon.core.model import Destination, ReplicaSpec

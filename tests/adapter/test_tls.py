@@ -14,7 +14,7 @@ import pytest
 import trustme
 from huaweicloudsdkcore.exceptions import exceptions as sdk_errors
 
-from daemon.adapters.cloud.client import classify_error, untrusted_endpoint
+from daemon.adapters.cloud.classify import classify_error, untrusted_endpoint
 from daemon.core import exitcodes
 from daemon.core.errors import AmbiguousError, ConfigError, TransientError
 from daemon.emulator import Emulator

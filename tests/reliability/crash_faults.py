@@ -628,7 +628,8 @@ def blind_retry(
 
     from pydantic import SecretStr
 
-    from daemon.adapters.cloud.client import CloudOptions, Credentials, HuaweiCloud
+    from daemon.adapters.cloud.client import HuaweiCloud
+    from daemon.adapters.cloud.options import CloudOptions, Credentials
     from daemon.core.errors import AmbiguousError, CloudError, PermanentError, TransientError
     from daemon.core.model import Destination, ReplicaSpec
 

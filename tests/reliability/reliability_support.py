@@ -11,7 +11,8 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import inspect, text
 
-from daemon.adapters.cloud.client import CloudOptions, Credentials, HuaweiCloud
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
 from daemon.adapters.ledger import SqlLedger
 from daemon.emulator import Emulator
 from daemon.emulator.faults import Decision
