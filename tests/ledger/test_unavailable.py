@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from daemon.adapters import logs as observe
 from daemon.adapters.ledger import open_ledger
-from daemon.adapters.ledger.store import database_unavailable
+from daemon.adapters.ledger.failures import database_unavailable
 from daemon.cli.entry import main
 from daemon.core import exitcodes
 from daemon.core.errors import LedgerError, LedgerUnavailableError

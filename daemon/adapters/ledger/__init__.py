@@ -10,7 +10,8 @@ recipe), so a claim cannot interleave with another process's claim; on PostgreSQ
 (``SqlLedger``), ``opening`` the file or database checks and the migration at open.
 """
 
-from daemon.adapters.ledger.opening import DatabaseTimeouts, open_ledger, open_scratch_ledger
+from daemon.adapters.ledger.opening import open_ledger, open_scratch_ledger
+from daemon.adapters.ledger.postgres import DatabaseTimeouts
 from daemon.adapters.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from daemon.adapters.ledger.store import SqlLedger
 
