@@ -24,8 +24,9 @@ from daemon.adapters.ledger import DatabaseTimeouts, SqlLedger, open_ledger
 from daemon.adapters.logs import redact_text, register_secrets
 from daemon.config.load import LoadedConfig
 from daemon.core.errors import ConfigError
-from daemon.core.policy import CloudSettings, Policy, Settings
+from daemon.core.policy import Policy, Settings
 from daemon.core.ports import Cloud
+from daemon.core.settings import CloudSettings
 from daemon.engine.replicate import Engine, ambiguous_recheck
 
 

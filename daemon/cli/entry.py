@@ -166,7 +166,7 @@ def _duration(text: str) -> timedelta:
 
 
 def _parsed_duration(text: str) -> timedelta | None:
-    from daemon.core.policy import parse_duration  # pydantic: kept out of the start (signals)
+    from daemon.core.units import parse_duration
 
     try:
         value = parse_duration(text)

@@ -10,8 +10,9 @@ from pydantic import SecretStr
 
 from daemon.config.load import LoadedConfig
 from daemon.config.secrets import _PASSWORD_IN_URL
-from daemon.core.policy import NotifySettings, Policy, Settings
-from daemon.core.policy import format_duration as _duration_text
+from daemon.core.policy import Policy, Settings
+from daemon.core.settings import NotifySettings
+from daemon.core.units import format_duration as _duration_text
 
 # --- describing --------------------------------------------------------------------------
 

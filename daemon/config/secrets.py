@@ -12,7 +12,8 @@ from typing import Any
 
 from daemon.config.files import MAX_FILE_BYTES, _owner_problem, _parent_problem, _read_bounded
 from daemon.config.problems import _Problems
-from daemon.core.policy import Loc, Settings, credential_problem
+from daemon.core.policy import Loc, Settings
+from daemon.core.settings import credential_problem
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Where ``X_file`` may replace a secret ``X``: (path suffix, secret keys).

@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from daemon.config.problems import _Problems
-from daemon.core.policy import CREDENTIALS_DEFERRED, Loc, Settings
+from daemon.core.policy import Loc, Settings
+from daemon.core.settings import CREDENTIALS_DEFERRED
 
 # --- validation ----------------------------------------------------------------------------
 

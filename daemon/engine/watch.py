@@ -21,8 +21,9 @@ from daemon.adapters.webhook import Delivery, WebhookClient, url_label
 from daemon.core import alerts
 from daemon.core.alerts import AlertChange, AlertKind, Observation, RpoStatus
 from daemon.core.model import Job, JobState, SweepReport
-from daemon.core.policy import HeartbeatSettings, NotifySettings, Policy, Settings, WebhookSettings
+from daemon.core.policy import Policy, Settings
 from daemon.core.ports import Ledger, Notification
+from daemon.core.settings import HeartbeatSettings, NotifySettings, WebhookSettings
 
 log = structlog.get_logger("cbr_replicator")
 

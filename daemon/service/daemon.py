@@ -49,9 +49,10 @@ from daemon.core.model import (
     JobState,
     SweepReport,
 )
-from daemon.core.policy import Policy, ScheduleSettings, Settings, apscheduler_crontab
+from daemon.core.policy import Policy, ScheduleSettings, Settings
 from daemon.core.ports import Cloud
 from daemon.core.retrying import RetryPolicy
+from daemon.core.units import apscheduler_crontab
 from daemon.engine import replicate, watch
 from daemon.engine.run import evaluate_alerts, run_policies
 from daemon.engine.sweep import ResolvedPolicy, retry_policy
