@@ -42,7 +42,7 @@ from daemon.core.traffic import GroupBy, group_traffic
 from daemon.engine import manual, replicate, watch
 from daemon.engine.run import RunReport, count_outcomes, run_policies, wait_for_run
 from daemon.engine.sweep import resolve_policy
-from daemon.service.daemon import next_sweep
+from daemon.service.scheduling import next_sweep
 
 
 def _out(line: str = "") -> None:

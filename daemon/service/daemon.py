@@ -15,120 +15,43 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import select
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon.adapters.cloud.watched import WatchedCloud
 from daemon.adapters.instance_lock import InstanceLock
-from daemon.adapters.logs import bound_context, configure_logging, redact_text
-from daemon.adapters.metrics import AlertFacts, LedgerSnapshot, Metrics, MetricsServer
+from daemon.adapters.logs import configure_logging
+from daemon.adapters.metrics import LedgerSnapshot, Metrics, MetricsServer
 from daemon.adapters.systemd import Notifier
 from daemon.app import App, build_app
 from daemon.config.load import LoadedConfig, load_settings
 from daemon.core import exitcodes
-from daemon.core.errors import CloudError, ConfigError, LedgerError, LedgerGoneError, TransientError
-from daemon.core.model import (
-    IN_FLIGHT_STATES,
-    Job,
-    JobState,
-    SweepReport,
-)
-from daemon.core.policy import Policy, ScheduleSettings, Settings
+from daemon.core.errors import ConfigError, LedgerError
+from daemon.core.model import SweepReport
+from daemon.core.policy import Policy, Settings
 from daemon.core.ports import Cloud
-from daemon.core.retrying import RetryPolicy
-from daemon.core.units import apscheduler_crontab
-from daemon.engine import replicate, watch
-from daemon.engine.run import evaluate_alerts, run_policies
-from daemon.engine.sweep import ResolvedPolicy, retry_policy
+from daemon.engine import replicate
+from daemon.engine.sweep import ResolvedPolicy
 from daemon.service.courier import Courier
+from daemon.service.scheduling import is_hung, make_trigger, misfire_grace, track_interval
+from daemon.service.signals import SignalFlags
+from daemon.service.work import DaemonWork, _notify_quietly, _rfc3339
 
 log = structlog.get_logger("cbr_replicator")
 
 STOP_TIMEOUT = timedelta(seconds=90)  # in-flight work may finish; below TimeoutStopSec
-# A work item that made no cloud call this long (stuck in one), or that is still calling this
-# long after its cloud.sweep_deadline (calls refused, no progress), is hung.
-HANG_AFTER = timedelta(minutes=15)
 HEARTBEAT_EVERY_AT_MOST = timedelta(seconds=30)  # "last seen" of this instance (``status``)
-TRACK_EVERY_AT_MOST = timedelta(minutes=1)
 IDLE_TICK = 5.0  # seconds between main-loop rounds when there is no watchdog
-
-
-# -- scheduling ----------------------------------------------------------------------------
-
-
-def make_trigger(schedule: ScheduleSettings) -> Any:
-    """The APScheduler trigger of a policy's cron or interval schedule, with its jitter."""
-    jitter = int(schedule.jitter.total_seconds()) or None
-    if schedule.cron is not None:
-        trigger = CronTrigger.from_crontab(
-            apscheduler_crontab(schedule.cron), timezone=schedule.timezone
-        )
-        trigger.jitter = jitter
-        return trigger
-    assert schedule.interval is not None
-    return IntervalTrigger(
-        seconds=schedule.interval.total_seconds(), timezone=schedule.timezone, jitter=jitter
-    )
-
-
-def next_sweep(
-    schedule: ScheduleSettings, last_started: datetime | None, now: datetime
-) -> datetime | None:
-    """When the daemon sweeps next, as far as the ledger tells (for ``status``): a cron's
-    next time; an interval's last sweep plus the interval (None before the first: the daemon
-    sweeps at its start). Jitter may add to it."""
-    if schedule.interval is not None:
-        return None if last_started is None else last_started + schedule.interval
-    trigger = make_trigger(schedule.model_copy(update={"jitter": timedelta(0)}))
-    moment: datetime | None = trigger.get_next_fire_time(None, now)
-    return moment
-
-
-def misfire_grace(schedule: ScheduleSettings) -> int:
-    """A run late (host asleep, or queued behind other sweeps) by up to its period, at most
-    an hour, still runs; a later one is dropped: the next run is as good."""
-    return max(1, int(min(schedule.period, timedelta(hours=1)).total_seconds()))
-
-
-def track_interval(policies: list[Policy]) -> timedelta:
-    """Track as often as the most frequent policy sweeps, and at least every minute."""
-    periods = [policy.schedule.period for policy in policies]
-    return max(timedelta(seconds=1), min([TRACK_EVERY_AT_MOST, *periods]))
-
-
-def is_hung(now: float, progress: float, deadline: float) -> bool:
-    """Whether a running work item is hung (monotonic seconds): no progress for HANG_AFTER.
-    Past its deadline its calls no longer count as progress, so one that goes on calling
-    (a listing that never ends) is hung HANG_AFTER after its deadline at the latest."""
-    return now - min(progress, deadline) > HANG_AFTER.total_seconds()
-
-
-def status_line(activity: str, snapshot: LedgerSnapshot, last: SweepReport | None) -> str:
-    """``idle; 12 queued, 3 in flight, last sweep 14:02Z ok`` (systemctl status shows it)."""
-    queued = sum(n for (_, state), n in snapshot.jobs.items() if state == JobState.QUEUED)
-    in_flight = sum(n for (_, state), n in snapshot.jobs.items() if state in IN_FLIGHT_STATES)
-    if last is None or last.finished_at is None:
-        last_text = "no sweep yet"
-    else:
-        result = f"error {last.error_reason}" if last.error else "ok"
-        last_text = f"last sweep {last.finished_at.astimezone(UTC):%H:%MZ} {result} ({last.policy})"
-    return f"{activity}; {queued} queued, {in_flight} in flight, {last_text}"
 
 
 # -- the daemon ----------------------------------------------------------------------------
@@ -156,16 +79,7 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
             lock.release()
 
 
-def _notify_quietly(notifier: Notifier, **fields: str | int) -> None:
-    # STATUS= is shown by systemctl status to anyone: it may quote an error.
-    fields = {k: redact_text(v) if isinstance(v, str) else v for k, v in fields.items()}
-    try:
-        notifier.notify(**fields)
-    except OSError as error:
-        log.warning("sd_notify_failed", error=str(error), fields=sorted(fields))
-
-
-class Daemon:
+class Daemon(DaemonWork, SignalFlags):
     def __init__(
         self,
         config_path: Path,
@@ -213,10 +127,6 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1},
             timezone=UTC,
         )
-
-    @property
-    def settings(self) -> Settings:
-        return self.app.settings
 
     # -- lifecycle -------------------------------------------------------------------------
     def serve(self) -> int:
@@ -279,16 +189,6 @@ class Daemon:
                 self._reload_requested = False
                 self._reload()
 
-    def _sleep_until_signal(self, seconds: float) -> None:
-        try:
-            readable, _, _ = select.select([self._wake_read], [], [], seconds)
-        except InterruptedError:  # pragma: no cover (PEP 475 retries; kept for safety)
-            return
-        if readable:
-            with suppress(BlockingIOError):  # raised once drained
-                while os.read(self._wake_read, 512):
-                    pass
-
     def _check_instance_lock(self) -> None:
         if self.instance_lock is None:
             return
@@ -303,13 +203,6 @@ class Daemon:
                 lock=str(self.instance_lock.path),
                 detail="the lock file was deleted while the daemon ran; made and locked again",
             )
-
-    def _fatal(self, event: str, error: str) -> None:
-        """Stop the daemon with exit 78 (systemd does not restart it: it needs an operator).
-        From any thread: the main loop sees the flag at its next round."""
-        log.error(event, error=error)
-        self._exit_code = exitcodes.CONFIG
-        self._stop_signal = self._stop_signal or event
 
     def _keep_alive(self) -> None:
         """WATCHDOG=1, unless APScheduler's thread died or a work item hangs: then systemd
@@ -373,33 +266,6 @@ class Daemon:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
         return True
-
-    # -- signals ---------------------------------------------------------------------------
-    def _install_signal_handlers(self, wake_fd: int) -> tuple[dict[int, Any], int]:
-        previous_wakeup_fd = signal.set_wakeup_fd(wake_fd, warn_on_full_buffer=False)
-        handlers: dict[int, Callable[[int, FrameType | None], None]] = {
-            signal.SIGTERM: self._on_stop_signal,
-            signal.SIGINT: self._on_stop_signal,
-            signal.SIGHUP: self._on_reload_signal,
-        }
-        previous = {number: signal.signal(number, handler) for number, handler in handlers.items()}
-        return previous, previous_wakeup_fd
-
-    # A handler sets one flag, nothing else: no logging (the main thread may be inside a
-    # write to the same stream), no lock. The main loop acts on the flags.
-    def _on_stop_signal(self, number: int, _frame: FrameType | None) -> None:
-        self._stop_signal = signal.Signals(number).name
-
-    def _on_reload_signal(self, _number: int, _frame: FrameType | None) -> None:
-        self._reload_requested = True
-
-    def _stop_asked(self) -> bool:
-        """Whether a stop signal came; in the main thread, it is passed on here to the event
-        the work threads watch (a handler may not set it: Event.set takes a lock)."""
-        if self._stop_signal is not None and not self._stopping.is_set():
-            self._stopping.set()
-            self.courier.wake()
-        return self._stopping.is_set()
 
     # -- reload ----------------------------------------------------------------------------
     def _reload(self) -> None:
@@ -527,14 +393,6 @@ class Daemon:
             misfire_grace_time=60,
         )
 
-    def _heartbeat_job(self) -> None:
-        if self._stopping.is_set():
-            return
-        try:
-            self.app.ledger.heartbeat(self.engine.owner, role="daemon", now=self.engine.now())
-        except LedgerError as error:
-            log.warning("heartbeat_failed", error=str(error))
-
     def _reschedule(self, old: Settings, new: Settings) -> dict[str, object]:
         before = {policy.name: policy for policy in old.policies if policy.enabled}
         after = {policy.name: policy for policy in new.policies if policy.enabled}
@@ -552,195 +410,6 @@ class Daemon:
             self._add_tracker(list(after.values()))
         return {"rescheduled": changed, "removed": removed}
 
-    # -- work items ------------------------------------------------------------------------
-    @contextmanager
-    def _work(self, activity: str, *, wait: bool = True) -> Iterator[App | None]:
-        """One work item: under the work lock, never after a stop, every failure logged.
-        Yields None (do nothing) when stopping, or when busy and ``wait`` is False."""
-        if not self._enter_work(wait):
-            yield None
-            return
-        try:
-            self._working, self._progress = True, time.monotonic()
-            self._deadline = self._progress + self.settings.cloud.sweep_deadline.total_seconds()
-            self._notify(STATUS=self._status(activity))
-            try:
-                yield self.app
-            except CloudError as error:  # permission denied, cloud down: next run retries
-                log.error("work_failed", work=activity, error=str(error), code=error.code)
-            except ConfigError as error:  # e.g. an endpoint's certificate is not trusted
-                log.error("work_failed", work=activity, error=str(error), code="config")
-            except LedgerGoneError as error:  # never go on with an empty ledger
-                self._fatal("ledger_gone", str(error))
-            except Exception:
-                log.exception("work_crashed", work=activity)
-            finally:
-                self._working = False
-                self._refresh_snapshot()
-                self._notify(STATUS=self._status("idle"))
-        finally:
-            self._work_lock.release()
-
-    def _enter_work(self, wait: bool) -> bool:
-        """Take the work lock unless stopping; a waiting thread gives up once stopping."""
-        if not wait:
-            taken = self._work_lock.acquire(blocking=False)
-        else:
-            taken = False
-            while not taken and not self._stopping.is_set():
-                taken = self._work_lock.acquire(timeout=0.5)
-        if taken and self._stopping.is_set():
-            self._work_lock.release()
-            return False
-        return taken
-
-    def _sweep_job(self, name: str) -> None:
-        with self._work(f"sweeping {name}") as app:
-            policy = _enabled_policy(app, name) if app is not None else None
-            if app is None or policy is None:
-                return
-            with bound_context(policy=name):
-                run = run_policies(self.engine, [policy], role="daemon")
-            for report in run.sweeps:
-                self._record_sweep(report, policy)
-                if report.error is None:
-                    self.courier.ping_after(policy.name)
-            self._targets.update(run.resolved)
-            if self._track_wanted:
-                self._track_round(app)
-            self.courier.wake()
-
-    def _record_sweep(self, report: SweepReport, policy: Policy) -> None:
-        if report.error_reason == "leased":
-            log.info("sweep_skipped", policy=policy.name, reason=report.error)
-            self._follow_sweeper(policy.name, report.started_at)
-            return
-        self.metrics.record_sweep(report, policy.destination.region)
-        self._last_sweep = report
-
-    # -- failover (several instances on one ledger) ------------------------------------------
-    def _follow_sweeper(self, name: str, skipped_at: datetime) -> None:
-        """Another instance is sweeping this policy, so this run was skipped: look again every
-        quarter lease until that instance has finished a sweep (this round is done) or its
-        lease ran out without one (it died: this instance sweeps the round instead). A dead
-        instance's policy is taken over about a lease after it stopped renewing, not at the
-        next scheduled run, which may be hours away."""
-        if self._stopping.is_set():
-            return
-        self.scheduler.add_job(
-            self._takeover_job,
-            trigger=DateTrigger(run_date=self.engine.now() + self.engine.lease / 4),
-            args=[name, skipped_at],
-            id=f"takeover:{name}",
-            name=f"take {name} over if its sweeper stopped",
-            replace_existing=True,
-            misfire_grace_time=None,
-        )
-
-    def _takeover_job(self, name: str, skipped_at: datetime) -> None:
-        if self._stopping.is_set():
-            return
-        try:
-            last = self.app.ledger.last_sweeps().get(name)
-        except LedgerError as error:
-            log.warning("takeover_check_failed", policy=name, error=str(error))
-            last = None
-        if last is not None and last.finished_at is not None and last.finished_at >= skipped_at:
-            return  # the other instance finished this round
-        self._sweep_job(name)  # skipped again (and followed) while the holder's lease is live
-
-    def _track_job(self) -> None:
-        """The tracker's round. Its trigger fires when the sweeps' do (a policy swept every
-        minute sweeps at the same moments as a 60 s tracker), so a busy work lock would make
-        it skip forever: the round is then left to the work item holding the lock, which runs
-        it before letting go."""
-        with self._work("tracking replications", wait=False) as app:
-            if app is None:
-                self._track_wanted = True
-                return
-            self._track_round(app)
-
-    def _track_round(self, app: App) -> None:
-        """Follow running replications to their end; submit what is due (retries whose
-        backoff ended, jobs waiting for a free slot) for the policies swept so far."""
-        self._track_wanted = False
-        # Seen alive by the other instances sharing the ledger (``status``).
-        app.ledger.heartbeat(self.engine.owner, role="daemon", now=self.engine.now())
-        self._track_replicating(app)
-        for name, resolved in list(self._targets.items()):
-            if _enabled_policy(app, name) is None:
-                continue
-            with bound_context(policy=name):
-                report = replicate.submit_due(self.engine, resolved.target)
-            region = resolved.target.destination.region
-            self.metrics.count_replications(name, region, "submitted", report.submitted)
-            self.metrics.count_replications(name, region, "failed", report.failed)
-            evaluate_alerts(self.engine, resolved.policy)  # stuck, given up, rpo recovered
-        self.courier.wake()
-
-    def _track_replicating(self, app: App) -> None:
-        retries = {policy.name: retry_policy(policy) for policy in app.settings.policies}
-        manual = RetryPolicy(max_attempts=1)
-        for jobs in replicate.replicating_batches(self.engine.ledger):
-            by_policy: dict[str | None, list[Job]] = {}
-            for job in jobs:
-                by_policy.setdefault(job.policy, []).append(job)
-            for policy, group in by_policy.items():
-                retry = retries.get(policy, manual) if policy else manual
-                with bound_context(policy=policy):
-                    updated = replicate.track_jobs(self.engine, group, retry)
-                self.metrics.record_failed_jobs(updated)
-
-    # -- ledger figures and status ---------------------------------------------------------
-    def _read_ledger_history(self) -> None:
-        sweeps = self.app.ledger.last_sweeps()
-        for report in sweeps.values():
-            if report.error is None and report.finished_at is not None:
-                self.metrics.record_last_success(report.policy, report.finished_at)
-        finished = [report for report in sweeps.values() if report.finished_at is not None]
-        self._last_sweep = max(finished, key=lambda r: r.finished_at or r.started_at, default=None)
-
-    def _refresh_snapshot(self, *, baseline: bool = False) -> None:
-        """Read the ledger's figures for the metrics and the status line; the first read
-        (``baseline``) counts no job as newly finished."""
-        ledger = self.app.ledger
-        try:
-            snapshot = LedgerSnapshot(
-                jobs=ledger.job_counts(),
-                replicated_bytes={
-                    policy.name: ledger.traffic_bytes(policy=policy.name)
-                    for policy in self.settings.policies
-                },
-                oldest_pending={
-                    policy.name: ledger.oldest_pending_backup(policy.name)
-                    for policy in self.app.policies()
-                },
-                alerts={policy.name: self._alert_facts(policy) for policy in self.app.policies()},
-            )
-        except LedgerError as error:
-            log.error("ledger_read_failed", error=str(error))
-            return
-        if not baseline:
-            regions = {policy.name: policy.destination.region for policy in self.settings.policies}
-            self.metrics.record_ledger_changes(self._snapshot, snapshot, regions)
-        self._snapshot = snapshot
-        self.metrics.update_ledger(snapshot)
-
-    def _alert_facts(self, policy: Policy) -> AlertFacts:
-        ledger = self.app.ledger
-        return AlertFacts(
-            region=policy.destination.region,
-            rpo=policy.rpo,
-            window=ledger.replication_window(policy.name),
-            stuck=len(watch.stuck_now(ledger, policy, self.engine.now())),
-        )
-
-    def _status(self, activity: str) -> str:
-        return status_line(activity, self._snapshot, self._last_sweep)
-
-    def _notify(self, **fields: str | int) -> None:
-        _notify_quietly(self.notifier, **fields)
-
     # -- cloud -----------------------------------------------------------------------------
     def _build_app(self, loaded: LoadedConfig, reuse: App | None = None) -> App:
         return build_app(
@@ -756,30 +425,3 @@ class Daemon:
         cloud: Cloud = app.engine.cloud
         watched = WatchedCloud(cloud, on_call=self._on_cloud_call)
         return dataclasses.replace(app.engine, cloud=watched)
-
-    def _on_cloud_call(self, mutating: bool) -> None:
-        """A call is progress while the work item is within its deadline; past it, reads are
-        refused (the item ends at its next page and the work lock is free for the others),
-        and calls made anyway count for nothing: the hang watch sees no progress."""
-        if self._stopping.is_set() and not mutating:
-            raise TransientError("the daemon is stopping", code="daemon_stopping")
-        now = time.monotonic()
-        if now > self._deadline and not mutating:
-            seconds = int(self.settings.cloud.sweep_deadline.total_seconds())
-            raise TransientError(
-                f"this work item ran past cloud.sweep_deadline ({seconds}s); it stops here and "
-                "goes on at its next run, so the daemon's other work is not held up",
-                code="sweep_deadline",
-            )
-        self._progress = now
-
-
-def _rfc3339(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
-
-
-def _enabled_policy(app: App, name: str) -> Policy | None:
-    for policy in app.policies():
-        if policy.name == name:
-            return policy
-    return None

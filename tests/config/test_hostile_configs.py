@@ -144,7 +144,7 @@ def test_every_duration_at_its_maximum_schedules_and_computes_without_overflow(
     from datetime import UTC, datetime
 
     from daemon.config.load import load_settings
-    from daemon.service.daemon import make_trigger
+    from daemon.service.scheduling import make_trigger
 
     base["cloud"].update(lease="1d", timeout="1h", connect_timeout="1h")
     policy = base["policies"][0]

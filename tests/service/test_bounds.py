@@ -13,7 +13,7 @@ import pytest
 from daemon.adapters.instance_lock import InstanceLock
 from daemon.core import exitcodes
 from daemon.core.errors import LedgerError
-from daemon.service.daemon import HANG_AFTER, is_hung
+from daemon.service.scheduling import HANG_AFTER, is_hung
 from tests.engine.harness import policy
 from tests.service.support import Service, web_south
 

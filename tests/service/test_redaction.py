@@ -128,7 +128,7 @@ def test_a_secret_canary_reaches_no_sink(deploy: Callable[..., Deployment]) -> N
 
 def test_the_systemd_status_line_masks_a_secret() -> None:
     """STATUS= is shown by ``systemctl status`` to any user: it may quote an error."""
-    from daemon.service.daemon import _notify_quietly
+    from daemon.service.work import _notify_quietly
 
     class Recorder:
         def __init__(self) -> None:
