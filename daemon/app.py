@@ -27,7 +27,7 @@ from daemon.core.errors import ConfigError
 from daemon.core.policy import Policy, Settings
 from daemon.core.ports import Cloud
 from daemon.core.settings import CloudSettings
-from daemon.engine.replicate import Engine, ambiguous_recheck
+from daemon.engine.context import Engine, ambiguous_recheck
 
 
 def utc_now() -> datetime:

@@ -39,7 +39,8 @@ from daemon.core.model import (
 from daemon.core.policy import Policy
 from daemon.core.ports import Notification
 from daemon.core.traffic import GroupBy, group_traffic
-from daemon.engine import manual, replicate, watch
+from daemon.engine import manual, track, watch
+from daemon.engine.budget import day_bounds
 from daemon.engine.run import RunReport, count_outcomes, run_policies, wait_for_run
 from daemon.engine.sweep import resolve_policy
 from daemon.service.scheduling import next_sweep
@@ -425,7 +426,7 @@ def _policy_status(
     now: datetime,
 ) -> dict[str, Any]:
     ledger = app.ledger
-    day_start, _ = replicate.day_bounds(now, policy.schedule.timezone)
+    day_start, _ = day_bounds(now, policy.schedule.timezone)
     rpo = watch.rpo_now(ledger, policy, now)
     budget = policy.traffic_budget_per_day
     last_result = None if last is None else (last.error_reason or "error") if last.error else "ok"
@@ -706,7 +707,7 @@ def _wait_jobs(app: App, jobs: Iterable[Job], timeout: timedelta) -> list[Job]:
         if all(job.state != JobState.REPLICATING for job in live) or time.monotonic() >= deadline:
             return live
         try:
-            replicate.track_jobs(app.engine, live, RetryPolicy(max_attempts=1))
+            track.track_jobs(app.engine, live, RetryPolicy(max_attempts=1))
         except PermissionDeniedError:
             raise
         except CloudError as error:

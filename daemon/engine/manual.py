@@ -33,8 +33,8 @@ from daemon.core.model import (
     Vault,
     VaultBinding,
 )
-from daemon.engine import replicate
-from daemon.engine.replicate import Engine, Target
+from daemon.engine import submit
+from daemon.engine.context import Engine, Target
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -145,7 +145,7 @@ def replicate_backup(
             Reason.REPLICATION_IN_PROGRESS,
             f"backup {backup_id} is being submitted by another process",
         )
-    outcome, result = replicate.submit_claimed(engine, target, claimed)
+    outcome, result = submit.submit_claimed(engine, target, claimed)
     return ManualResult(f"backup {backup_id} -> {destination.region}: {outcome}", (result,))
 
 

@@ -14,8 +14,8 @@ from daemon.core.errors import CloudError, EndpointError, LedgerError, Permissio
 from daemon.core.model import LEASED, TERMINAL_STATES, JobState, SweepReport
 from daemon.core.policy import Policy
 from daemon.core.retrying import RetryPolicy
-from daemon.engine import replicate, watch
-from daemon.engine.replicate import Engine
+from daemon.engine import submit, track, watch
+from daemon.engine.context import Engine
 from daemon.engine.sweep import DecisionSink, ResolvedPolicy, ScanHook, sweep_policy
 
 log = structlog.get_logger("cbr_replicator")
@@ -106,8 +106,8 @@ def follow_manual(engine: Engine) -> int:
     ``--wait``): no sweep lists them, so without a daemon only a run brings them to an end.
     Returns how many still replicate; a cloud failure is logged and leaves them for later."""
     try:
-        for jobs in replicate.replicating_batches(engine.ledger, manual=True):
-            replicate.track_jobs(engine, jobs, MANUAL_RETRY)
+        for jobs in track.replicating_batches(engine.ledger, manual=True):
+            track.track_jobs(engine, jobs, MANUAL_RETRY)
     except PermissionDeniedError:
         raise
     except CloudError as error:
@@ -176,7 +176,7 @@ def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
         target = resolved.target
         try:
             _track_policy(engine, name, target.retry)
-            replicate.submit_due(engine, target)
+            submit.submit_due(engine, target)
         except (PermissionDeniedError, EndpointError):
             raise
         except CloudError as error:
@@ -190,8 +190,8 @@ def _follow(engine: Engine, run: RunReport, wait_until: datetime) -> int:
 
 def _track_policy(engine: Engine, policy: str, retry: RetryPolicy) -> None:
     """Every replicating job of the policy, a batch at a time."""
-    for jobs in replicate.replicating_batches(engine.ledger, policy):
-        replicate.track_jobs(engine, jobs, retry)
+    for jobs in track.replicating_batches(engine.ledger, policy):
+        track.track_jobs(engine, jobs, retry)
 
 
 def _failed_due_before(engine: Engine, policy: str, moment: datetime) -> int:

@@ -51,8 +51,9 @@ from daemon.core.model import (
     VaultBinding,
 )
 from daemon.core.policy import Policy
-from daemon.engine import replicate
-from daemon.engine.replicate import Engine, Target
+from daemon.engine import track
+from daemon.engine.context import Engine, Target
+from daemon.engine.submit import submit_due
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -437,8 +438,8 @@ def decide_pages(
         assert tally.reasons is not None
         tally.reasons[rules.settled_reason(state)] += seen
     if writes and not dry_run:
-        engine.ledger.save_jobs(writes, now, replicate.finished_attempts(finished, now))
-        replicate.log_finished(finished)
+        engine.ledger.save_jobs(writes, now, track.finished_attempts(finished, now))
+        track.log_finished(finished)
 
 
 def _count(tally: _Tally, decision: Decision) -> None:
@@ -470,17 +471,17 @@ def plan_write(
         return None  # queued or failed-and-due: the claim picks it up as it is
     if decision.action == Action.ADOPT and decision.record is not None:
         base = job or new_job(resolved, vault, backup, JobState.QUEUED, Origin.ADOPTED)
-        adopted = replicate.apply_record(base, decision.record, now)
+        adopted = track.apply_record(base, decision.record, now)
         return adopted if adopted != job else None
     if decision.action == Action.TRACK and job is not None and decision.record is not None:
-        return replicate.track_from_backup(
+        return track.track_from_backup(
             job.evolve(replication_record_id=job.replication_record_id or decision.record.id),
             backup,
             resolved.target.retry,
             now,
             engine.rng,
         ) or (
-            replicate.apply_record(job, decision.record, now)
+            track.apply_record(job, decision.record, now)
             if job.state == JobState.SUBMITTING and decision.record.is_live
             else None
         )
@@ -631,7 +632,7 @@ def sweep_policy(
         )
         if submit and not dry_run:
             renew()
-            submitted = replicate.submit_due(engine, resolved.target).submitted
+            submitted = submit_due(engine, resolved.target).submitted
         if failed:
             raise failed[0]  # reported as the sweep's error, once the other vaults are done
     except RefusedError as refusal:

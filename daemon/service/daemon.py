@@ -40,7 +40,7 @@ from daemon.core.errors import ConfigError, LedgerError
 from daemon.core.model import SweepReport
 from daemon.core.policy import Policy, Settings
 from daemon.core.ports import Cloud
-from daemon.engine import replicate
+from daemon.engine.context import Engine
 from daemon.engine.sweep import ResolvedPolicy
 from daemon.service.courier import Courier
 from daemon.service.scheduling import is_hung, make_trigger, misfire_grace, track_interval
@@ -419,7 +419,7 @@ class Daemon(DaemonWork, SignalFlags):
             reuse=reuse,
         )
 
-    def _watched_engine(self, app: App) -> replicate.Engine:
+    def _watched_engine(self, app: App) -> Engine:
         """The app's engine with its cloud watched: every call counts as progress (for the
         watchdog) and, once stopping, reads are refused so a sweep ends at its next page."""
         cloud: Cloud = app.engine.cloud

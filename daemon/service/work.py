@@ -24,7 +24,8 @@ from daemon.core.errors import CloudError, ConfigError, LedgerError, LedgerGoneE
 from daemon.core.model import Job, SweepReport
 from daemon.core.policy import Policy, Settings
 from daemon.core.retrying import RetryPolicy
-from daemon.engine import replicate, watch
+from daemon.engine import submit, track, watch
+from daemon.engine.context import Engine
 from daemon.engine.run import evaluate_alerts, run_policies
 from daemon.engine.sweep import ResolvedPolicy, retry_policy
 from daemon.service.courier import Courier
@@ -58,7 +59,7 @@ class DaemonWork:
     """The work items; ``Daemon`` adds the lifecycle, signals, reload and the schedule."""
 
     app: App
-    engine: replicate.Engine
+    engine: Engine
     courier: Courier
     metrics: Metrics
     notifier: Notifier
@@ -206,7 +207,7 @@ class DaemonWork:
             if _enabled_policy(app, name) is None:
                 continue
             with bound_context(policy=name):
-                report = replicate.submit_due(self.engine, resolved.target)
+                report = submit.submit_due(self.engine, resolved.target)
             region = resolved.target.destination.region
             self.metrics.count_replications(name, region, "submitted", report.submitted)
             self.metrics.count_replications(name, region, "failed", report.failed)
@@ -216,14 +217,14 @@ class DaemonWork:
     def _track_replicating(self, app: App) -> None:
         retries = {policy.name: retry_policy(policy) for policy in app.settings.policies}
         manual = RetryPolicy(max_attempts=1)
-        for jobs in replicate.replicating_batches(self.engine.ledger):
+        for jobs in track.replicating_batches(self.engine.ledger):
             by_policy: dict[str | None, list[Job]] = {}
             for job in jobs:
                 by_policy.setdefault(job.policy, []).append(job)
             for policy, group in by_policy.items():
                 retry = retries.get(policy, manual) if policy else manual
                 with bound_context(policy=policy):
-                    updated = replicate.track_jobs(self.engine, group, retry)
+                    updated = track.track_jobs(self.engine, group, retry)
                 self.metrics.record_failed_jobs(updated)
 
     # -- ledger figures and status ---------------------------------------------------------

@@ -24,8 +24,8 @@ from daemon.core.errors import (
 from daemon.core.model import JobState
 from daemon.core.policy import Policy
 from daemon.emulator import Emulator
-from daemon.engine import manual, replicate
-from daemon.engine.replicate import Engine, ambiguous_recheck
+from daemon.engine import manual, submit
+from daemon.engine.context import Engine, ambiguous_recheck
 from daemon.engine.run import run_policies
 from daemon.engine.sweep import resolve_policy, sweep_policy
 from tests.engine.harness import policy, rules_scenario
@@ -134,7 +134,7 @@ def test_an_ambiguous_post_is_rechecked_after_the_request_timeouts(world: World)
     assert {job.next_attempt_at for job in left} == {engine.now() + timedelta(seconds=8)}
     posts = len(world.posts())
     world.clock.advance(9)
-    replicate.submit_due(engine, resolve_policy(engine, WEB_SOUTH).target)
+    submit.submit_due(engine, resolve_policy(engine, WEB_SOUTH).target)
     assert world.ledger.jobs_in_states({JobState.SUBMITTING}, limit=100) == []
     assert len(world.posts()) == posts, "they had landed: reconciled, not posted again"
 

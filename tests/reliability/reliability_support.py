@@ -16,7 +16,7 @@ from daemon.adapters.cloud.options import CloudOptions, Credentials
 from daemon.adapters.ledger import SqlLedger
 from daemon.emulator import Emulator
 from daemon.emulator.faults import Decision
-from daemon.engine.replicate import Engine
+from daemon.engine.context import Engine
 
 
 def scratch_directory() -> str | None:

@@ -17,7 +17,7 @@ from daemon.core.errors import RefusedError
 from daemon.core.model import Reason
 from daemon.core.policy import Policy
 from daemon.emulator import Emulator
-from daemon.engine.replicate import Engine
+from daemon.engine.context import Engine
 from daemon.engine.sweep import resolve_policy
 from tests.reliability.reliability_support import ManualClock, engine_on, meet_at_the_emulator
 

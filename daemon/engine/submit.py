@@ -1,24 +1,12 @@
-"""Submit due jobs and track in-flight ones: the one place where cloud exceptions become
-outcomes in the ledger.
-
-The no-duplicate protocol of docs/design.md §11 lives here: claim with a lease, reconcile a job
-left ``submitting`` before anything else, commit the intent, then POST; after any failure of the
-POST the job stays ``submitting`` until a reconcile read says what happened.
-"""
+"""TODO."""
 
 from __future__ import annotations
 
 import functools
-import os
-import random
-import signal
-import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 import structlog
 
@@ -27,92 +15,20 @@ from daemon.core.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
     CloudError,
-    MalformedAnswerError,
     NotFoundError,
     PermanentError,
     PermissionDeniedError,
     ThrottledError,
     TransientError,
 )
-from daemon.core.model import (
-    Attempt,
-    Backup,
-    Destination,
-    Job,
-    JobState,
-    Reason,
-    RecordStatus,
-    ReplicaSpec,
-    ReplicationRecord,
-)
-from daemon.core.ports import Cloud, Ledger
+from daemon.core.model import Destination, Job, JobState, ReplicaSpec
+from daemon.engine.budget import _defer_to_next_day, _SlotBudget, _traffic_left, free_slots
+from daemon.engine.context import Engine, Target, crash_point
+from daemon.engine.outcomes import _attempt, _defer, _release, _save, _uncertain_delay, _unleased
+from daemon.engine.track import apply_record
 
 log = structlog.get_logger("cbr_replicator")
-
-CRASH_ENV = "CBR_REPLICATOR_TEST_CRASH_AT"  # test-only: kill this process at a named point
-RECHECK_MARGIN = timedelta(seconds=5)
-
-
-def ambiguous_recheck(connect_timeout: timedelta, read_timeout: timedelta) -> timedelta:
-    """How soon a job whose POST may have been applied is reconciled again. The reconcile
-    read must come after anything the POST could still do: the request may be in flight for
-    up to connect + read timeout, and the margin lets the service finish one that reached it
-    just before our timeout. Sooner, a read could miss a replication about to start."""
-    return connect_timeout + read_timeout + RECHECK_MARGIN
-
-
-# The default config's (10 s connect, 30 s read); the composition root derives its own.
-AMBIGUOUS_RECHECK = ambiguous_recheck(timedelta(seconds=10), timedelta(seconds=30))
 CLAIM_ROUND = 1000  # jobs claimed at once by a submission pass
-TRACK_BATCH = 500  # replicating jobs read from the ledger at once by a tracking round
-
-
-@dataclass(frozen=True)
-class Engine:
-    """What the services share: ports, clock, randomness and this process's identity."""
-
-    cloud: Cloud
-    ledger: Ledger
-    clock: Callable[[], datetime]
-    owner: str
-    lease: timedelta = timedelta(minutes=2)
-    max_in_flight_per_region: int | None = None
-    rng: random.Random = field(default_factory=random.Random)
-    concurrency: int = 8
-    # Does this lease owner (another process's ``owner``) no longer run? Lets a policy's
-    # sweep lease be taken over at once from a killed process; never by default.
-    owner_gone: Callable[[str], bool] = field(default=lambda _owner: False)
-    # How soon a ``submitting`` job is reconciled again (``ambiguous_recheck``).
-    recheck: timedelta = AMBIGUOUS_RECHECK
-
-    def now(self) -> datetime:
-        return self.clock()
-
-    @property
-    def worker_threads(self) -> int:
-        """Threads that make API calls: as many as the calls in flight. Twice as many kept
-        the slots fuller while some threads signed or parsed, but the process is bound by one
-        core (the GIL) in a catch-up, and the extra threads' contention cost more than they
-        gained: 10-15 % more CPU and a catch-up ratio of 1.52-1.55 against 1.38-1.42 (1,000
-        vaults, 10,000 POSTs, one batch; issue 7)."""
-        return self.concurrency
-
-
-@dataclass(frozen=True)
-class Target:
-    """A resolved destination of one policy: what every job of that policy needs."""
-
-    policy: str
-    source_region: str
-    source_project_id: str
-    destination: Destination
-    retry: retrying.RetryPolicy
-    name_template: str
-    description_template: str
-    enable_acceleration: bool
-    max_in_flight: int
-    traffic_budget_per_day: int | None = None  # bytes; None: no budget
-    timezone: str = "UTC"  # the day of the traffic budget is a day of this zone
 
 
 @dataclass
@@ -139,25 +55,6 @@ class SubmitReport:
             self.failed += 1
         else:
             self.deferred += 1
-
-
-def crash_point(name: str) -> None:
-    """Test-only: die like ``kill -9`` at a named point of the protocol (issue 6, T1)."""
-    wanted = os.environ.get(CRASH_ENV)
-    if wanted and name in wanted.split(","):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def free_slots(engine: Engine, target: Target) -> int:
-    """How many more replications this policy may start (policy and region limits)."""
-    in_flight = {JobState.SUBMITTING, JobState.REPLICATING}
-    slots = target.max_in_flight - engine.ledger.count_jobs(in_flight, policy=target.policy)
-    if engine.max_in_flight_per_region is not None:
-        region_used = engine.ledger.count_jobs(
-            in_flight, destination_region=target.destination.region
-        )
-        slots = min(slots, engine.max_in_flight_per_region - region_used)
-    return max(0, slots)
 
 
 def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> SubmitReport:
@@ -278,51 +175,6 @@ def _store_finished(
     return stored
 
 
-class _SlotBudget:
-    """Slots for new POSTs, shared by the worker threads of one pass."""
-
-    def __init__(self, slots: int, traffic: int | None = None) -> None:
-        self._slots = slots
-        self._traffic = traffic  # bytes left of today's budget; None: no budget
-        self._lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self._lock:
-            if self._slots <= 0:
-                return False
-            self._slots -= 1
-            return True
-
-    def slots_left(self) -> int:
-        with self._lock:
-            return self._slots
-
-    def take_traffic(self, size: int) -> bool:
-        with self._lock:
-            if self._traffic is None:
-                return True
-            if size > self._traffic:
-                return False
-            self._traffic -= size
-            return True
-
-
-def day_bounds(moment: datetime, timezone: str) -> tuple[datetime, datetime]:
-    """Start of ``moment``'s day in ``timezone`` and of the next one, both in UTC."""
-    local = moment.astimezone(ZoneInfo(timezone))
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    following = start + timedelta(days=1)  # wall-clock arithmetic: the next local midnight
-    return start.astimezone(UTC), following.astimezone(UTC)
-
-
-def _traffic_left(engine: Engine, target: Target) -> int | None:
-    if target.traffic_budget_per_day is None:
-        return None
-    day_start, _ = day_bounds(engine.now(), target.timezone)
-    used = engine.ledger.submitted_bytes(policy=target.policy, since=day_start)
-    return max(0, target.traffic_budget_per_day - used)
-
-
 def _submit_one(engine: Engine, target: Target, job: Job, budget: _SlotBudget) -> tuple[str, Job]:
     bound = log.bind(
         policy=target.policy, backup=job.source_backup_id, region=job.destination_region
@@ -371,24 +223,6 @@ def _admit(engine: Engine, target: Target, job: Job, budget: _SlotBudget) -> tup
     return None
 
 
-def _defer_to_next_day(engine: Engine, target: Target, job: Job) -> Job:
-    """Today's traffic budget is spent: the job waits, queued, for the next day."""
-    _, next_day = day_bounds(engine.now(), target.timezone)
-    log.info(
-        "traffic_budget_exhausted",
-        policy=target.policy,
-        backup=job.source_backup_id,
-        region=job.destination_region,
-        until=next_day.isoformat(),
-    )
-    later = job.evolve(
-        next_attempt_at=next_day,
-        last_error_code=str(Reason.TRAFFIC_BUDGET_EXHAUSTED),
-        last_error=f"the policy's traffic budget for today is spent; waits until {next_day}",
-    )
-    return engine.ledger.save_jobs([_unleased(later)], engine.now())[0]
-
-
 def submit_claimed(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
     """Submit one job this process has claimed, outside any slot budget (manual commands)."""
     return _submit_one(engine, target, job, _SlotBudget(1))
@@ -416,20 +250,6 @@ def reconcile(engine: Engine, job: Job) -> Job | None:
         return None
     updated = apply_record(job, record, engine.now())
     return _save(engine, updated.evolve(lease_owner=None, lease_expires_at=None), "reconciled")
-
-
-def apply_record(job: Job, record: ReplicationRecord, now: datetime) -> Job:
-    """The job as the cloud's replication record says it is (live records only)."""
-    if record.status == RecordStatus.SUCCESS:
-        return job.evolve(
-            state=JobState.SUCCEEDED,
-            replication_record_id=record.id,
-            replica_backup_id=record.destination_backup_id,
-            finished_at=job.finished_at or now,
-            last_error_code=None,
-            last_error=None,
-        )
-    return job.evolve(state=JobState.REPLICATING, replication_record_id=record.id)
 
 
 def _write_intents(engine: Engine, target: Target, jobs: list[Job]) -> list[Job]:
@@ -570,212 +390,3 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
     )
     bound.info("replication_submitted", record=accepted.replication_record_id)
     return _Posted("submitted", _unleased(replicating), "accepted", request_id=accepted.request_id)
-
-
-def _uncertain_delay(error: CloudError, recheck: timedelta) -> timedelta:
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after:
-        return max(recheck, timedelta(seconds=float(retry_after)))
-    return recheck
-
-
-def _unleased(job: Job) -> Job:
-    return job.evolve(lease_owner=None, lease_expires_at=None)
-
-
-def _release(engine: Engine, job: Job) -> Job:
-    return engine.ledger.save_jobs([_unleased(job)], engine.now())[0]
-
-
-def _defer(engine: Engine, job: Job, error: CloudError) -> None:
-    later = job.evolve(next_attempt_at=engine.now() + _uncertain_delay(error, engine.recheck))
-    engine.ledger.save_jobs([_unleased(later)], engine.now())
-
-
-def _save(
-    engine: Engine,
-    job: Job,
-    outcome: str,
-    *,
-    error: CloudError | None = None,
-    request_id: str | None = None,
-) -> Job:
-    """Store the job and one attempt row (what ``history`` shows) in one transaction."""
-    now = engine.now()
-    attempt = _attempt(job, now, outcome, error=error, request_id=request_id)
-    return engine.ledger.save_jobs([job], now, [attempt])[0]
-
-
-def _attempt(
-    job: Job,
-    now: datetime,
-    outcome: str,
-    *,
-    error: CloudError | None = None,
-    request_id: str | None = None,
-) -> Attempt:
-    return Attempt(
-        job_id=job.id or 0,
-        at=now,
-        outcome=outcome,
-        error_code=error.code if error else None,
-        error_message=str(error) if error else None,
-        request_id=request_id or (error.request_id if error else None),
-    )
-
-
-# -- tracking ------------------------------------------------------------------------------
-
-
-def replicating_batches(
-    ledger: Ledger, policy: str | None = None, *, manual: bool = False
-) -> Iterator[list[Job]]:
-    """Every replicating job (of one policy, of none with ``manual``, or all),
-    ``TRACK_BATCH`` at a time, by id: a job saved while its batch is tracked is not read
-    twice, and a backlog is never cut short."""
-    after_id = 0
-    while True:
-        jobs = ledger.jobs_in_states(
-            {JobState.REPLICATING},
-            limit=TRACK_BATCH,
-            after_id=after_id,
-            policy=policy,
-            manual=manual,
-        )
-        if not jobs:
-            return
-        after_id = max(job.id or 0 for job in jobs)
-        yield jobs
-
-
-def track_jobs(engine: Engine, jobs: Iterable[Job], retry: retrying.RetryPolicy) -> list[Job]:
-    """Update ``replicating`` jobs from their backups' records: one read per job, up to
-    ``engine.worker_threads`` at once (one by one, 10,000 jobs replicating after a catch-up
-    took 10,000 round trips per tracking round), decided and saved here in the jobs' order.
-    The cloud unreachable, or permission denied, ends the round: the reads not yet sent are
-    dropped, and nothing of the round is saved (the next round reads them again)."""
-    replicating = [job for job in jobs if job.state == JobState.REPLICATING]
-    if not replicating:
-        return []
-    workers = max(1, min(engine.worker_threads, len(replicating)))
-    updated: list[Job] = []
-    finished: list[tuple[Job, Job]] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="track") as pool:
-        reads = [pool.submit(_read_tracked_backup, engine, job) for job in replicating]
-        try:
-            for job, read in zip(replicating, reads, strict=True):
-                backup = read.result()
-                if backup is None:
-                    continue
-                changed = track_from_backup(job, backup, retry, engine.now(), engine.rng)
-                if changed is not None:
-                    updated.append(changed)
-                    finished.append((job, changed))
-        finally:
-            for read in reads:
-                read.cancel()  # after a failure: the reads not started are not sent
-    if not updated:
-        return []
-    now = engine.now()
-    saved = engine.ledger.save_jobs(updated, now, finished_attempts(finished, now))
-    log_finished(finished)
-    return saved
-
-
-FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.GIVEN_UP})
-
-
-def _finished(before: Job, after: Job) -> bool:
-    """Did tracking see this job's replication end (in the cloud, not in our POST)?"""
-    return (
-        before.id is not None
-        and before.state in (JobState.SUBMITTING, JobState.REPLICATING)
-        and after.state in FINISHED_STATES
-    )
-
-
-def finished_attempts(changes: Iterable[tuple[Job, Job]], now: datetime) -> list[Attempt]:
-    """An attempt row per replication that ended: ``history`` shows how each submission
-    came out (the cloud's code and message of a failed record), not only that it was sent."""
-    return [
-        Attempt(
-            job_id=before.id or 0,
-            at=now,
-            outcome=str(after.state),
-            error_code=None if after.state == JobState.SUCCEEDED else after.last_error_code,
-            error_message=None if after.state == JobState.SUCCEEDED else after.last_error,
-        )
-        for before, after in changes
-        if _finished(before, after)
-    ]
-
-
-def log_finished(changes: Iterable[tuple[Job, Job]]) -> None:
-    """One line per replication that ended: ``replication_succeeded``, or
-    ``replication_failed`` with the cloud's code and what happens next (``state``: failed
-    and retried later, or given_up)."""
-    for before, after in changes:
-        if not _finished(before, after):
-            continue
-        bound = log.bind(
-            policy=after.policy, backup=after.source_backup_id, region=after.destination_region
-        )
-        if after.state == JobState.SUCCEEDED:
-            bound.info(
-                "replication_succeeded",
-                record=after.replication_record_id,
-                replica=after.replica_backup_id,
-            )
-        else:
-            bound.warning(
-                "replication_failed",
-                record=after.replication_record_id,
-                code=after.last_error_code,
-                error=after.last_error,
-                state=str(after.state),
-                attempts=after.attempts,
-            )
-
-
-def _read_tracked_backup(engine: Engine, job: Job) -> Backup | None:
-    """The job's source backup, or None when it cannot tell this job anything this round."""
-    try:
-        return engine.cloud.show_backup(
-            job.source_region, job.source_project_id, job.source_backup_id
-        )
-    except NotFoundError:
-        return None  # the source was deleted; the replication may still finish: keep it
-    except MalformedAnswerError as error:
-        # This backup's answer is odd: its job waits for a readable one, the others go on
-        # (docs/design.md §13, T5). The cloud unreachable still ends the round.
-        log.warning(
-            "track_skipped",
-            policy=job.policy,
-            backup=job.source_backup_id,
-            region=job.destination_region,
-            error=str(error),
-        )
-        return None
-
-
-def track_from_backup(
-    job: Job, backup: Backup, retry: retrying.RetryPolicy, now: datetime, rng: random.Random
-) -> Job | None:
-    """The job's next state from the backup's records, or None when nothing changed."""
-    record = _job_record(job, backup)
-    if record is None:
-        return None
-    if record.status == RecordStatus.SUCCESS:
-        return apply_record(job, record, now)
-    if record.status in (RecordStatus.FAIL, RecordStatus.SKIP):
-        return retrying.after_record_failure(job, retry, now, record=record, rng=rng)
-    if job.replication_record_id != record.id:
-        return job.evolve(replication_record_id=record.id)
-    return None
-
-
-def _job_record(job: Job, backup: Backup) -> ReplicationRecord | None:
-    for record in backup.replication_records:
-        if record.id == job.replication_record_id:
-            return record
-    return rules.live_record(backup, job.destination_region)
