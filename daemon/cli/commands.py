@@ -41,8 +41,8 @@ from daemon.core.ports import Notification
 from daemon.core.traffic import GroupBy, group_traffic
 from daemon.engine import manual, track, watch
 from daemon.engine.budget import day_bounds
+from daemon.engine.resolve import resolve_policy
 from daemon.engine.run import RunReport, count_outcomes, run_policies, wait_for_run
-from daemon.engine.sweep import resolve_policy
 from daemon.service.scheduling import next_sweep
 
 

@@ -16,7 +16,9 @@ from daemon.core.policy import Policy
 from daemon.core.retrying import RetryPolicy
 from daemon.engine import submit, track, watch
 from daemon.engine.context import Engine
-from daemon.engine.sweep import DecisionSink, ResolvedPolicy, ScanHook, sweep_policy
+from daemon.engine.resolve import ResolvedPolicy
+from daemon.engine.scan import DecisionSink, ScanHook
+from daemon.engine.sweep import sweep_policy
 
 log = structlog.get_logger("cbr_replicator")
 

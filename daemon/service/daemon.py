@@ -41,7 +41,7 @@ from daemon.core.model import SweepReport
 from daemon.core.policy import Policy, Settings
 from daemon.core.ports import Cloud
 from daemon.engine.context import Engine
-from daemon.engine.sweep import ResolvedPolicy
+from daemon.engine.resolve import ResolvedPolicy
 from daemon.service.courier import Courier
 from daemon.service.scheduling import is_hung, make_trigger, misfire_grace, track_interval
 from daemon.service.signals import SignalFlags

@@ -26,8 +26,8 @@ from daemon.core.policy import Policy, Settings
 from daemon.core.retrying import RetryPolicy
 from daemon.engine import submit, track, watch
 from daemon.engine.context import Engine
+from daemon.engine.resolve import ResolvedPolicy, retry_policy
 from daemon.engine.run import evaluate_alerts, run_policies
-from daemon.engine.sweep import ResolvedPolicy, retry_policy
 from daemon.service.courier import Courier
 from daemon.service.scheduling import status_line
 

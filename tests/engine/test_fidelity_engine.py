@@ -26,8 +26,9 @@ from daemon.core.policy import Policy
 from daemon.emulator import Emulator
 from daemon.engine import manual, submit
 from daemon.engine.context import Engine, ambiguous_recheck
+from daemon.engine.resolve import resolve_policy
 from daemon.engine.run import run_policies
-from daemon.engine.sweep import resolve_policy, sweep_policy
+from daemon.engine.sweep import sweep_policy
 from tests.engine.harness import policy, rules_scenario
 from tests.reliability.reliability_support import (
     ManualClock,

@@ -29,7 +29,8 @@ from daemon.core.policy import Policy
 from daemon.emulator import Emulator
 from daemon.engine import manual, submit
 from daemon.engine.context import Engine
-from daemon.engine.sweep import resolve_policy, sweep_policy
+from daemon.engine.resolve import resolve_policy
+from daemon.engine.sweep import sweep_policy
 from tests.engine.harness import Deployment, deploy, policy, rules_scenario
 from tests.reliability.reliability_support import ManualClock, engine_on, ledger_snapshot
 

@@ -32,7 +32,8 @@ from daemon.emulator import Emulator
 from daemon.emulator import server as emulator_server
 from daemon.engine import run, submit, track
 from daemon.engine.context import Engine
-from daemon.engine.sweep import resolve_policy, sweep_policy
+from daemon.engine.resolve import resolve_policy
+from daemon.engine.sweep import sweep_policy
 from tests.reliability.reliability_support import ManualClock, engine_on, meet_at_the_emulator
 
 SOURCE = "cn-north-4"

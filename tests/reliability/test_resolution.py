@@ -18,7 +18,7 @@ from daemon.core.model import Reason
 from daemon.core.policy import Policy
 from daemon.emulator import Emulator
 from daemon.engine.context import Engine
-from daemon.engine.sweep import resolve_policy
+from daemon.engine.resolve import resolve_policy
 from tests.reliability.reliability_support import ManualClock, engine_on, meet_at_the_emulator
 
 SOURCE = "cn-north-4"

@@ -73,7 +73,8 @@ from daemon.core.model import (
 from daemon.core.policy import Policy
 from daemon.engine import submit, track
 from daemon.engine.context import Engine, Target
-from daemon.engine.sweep import resolve_policy, sweep_policy
+from daemon.engine.resolve import resolve_policy
+from daemon.engine.sweep import sweep_policy
 from tests.postgres_support import ThrowawayDatabase
 from tests.reliability.reliability_support import scratch_directory
 
