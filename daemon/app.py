@@ -21,11 +21,11 @@ from daemon.adapters.cloud.client import HuaweiCloud
 from daemon.adapters.cloud.options import CloudOptions, Credentials
 from daemon.adapters.cloud.sdk import ApiCallback
 from daemon.adapters.ledger import DatabaseTimeouts, SqlLedger, open_ledger
-from daemon.adapters.logs import redact_text, register_secrets
 from daemon.config.load import LoadedConfig
 from daemon.core.errors import ConfigError
 from daemon.core.policy import Policy, Settings
 from daemon.core.ports import Cloud
+from daemon.core.redaction import redact_text, register_secrets
 from daemon.core.settings import CloudSettings
 from daemon.engine.context import Engine, ambiguous_recheck
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon.adapters.logs import redact_text
 from daemon.adapters.webhook import WebhookClient
 from daemon.app import App, owner_gone
 from daemon.cli.progress import Progress
@@ -38,11 +37,13 @@ from daemon.core.model import (
 )
 from daemon.core.policy import Policy
 from daemon.core.ports import Notification
+from daemon.core.redaction import redact_text
 from daemon.core.traffic import GroupBy, group_traffic
-from daemon.engine import manual, track, watch
+from daemon.engine import alerting, manual, track
 from daemon.engine.budget import day_bounds
 from daemon.engine.resolve import resolve_policy
 from daemon.engine.run import RunReport, count_outcomes, run_policies, wait_for_run
+from daemon.service.outbox import NO_WEBHOOK, Outbox
 from daemon.service.scheduling import next_sweep
 
 
@@ -258,7 +259,7 @@ def _finished_counter(app: App, names: list[str]) -> Callable[[], int]:
 def _send_notifications(app: App, run: RunReport) -> None:
     """Deliver what this run's alert changes queued, and ping the heartbeats of the policies
     that swept without error. A failure is logged; it never changes the exit code."""
-    outbox = watch.Outbox(
+    outbox = Outbox(
         app.ledger, app.settings, WebhookClient(), owner=app.engine.owner, clock=app.engine.now
     )
     outbox.deliver_pending()
@@ -427,7 +428,7 @@ def _policy_status(
 ) -> dict[str, Any]:
     ledger = app.ledger
     day_start, _ = day_bounds(now, policy.schedule.timezone)
-    rpo = watch.rpo_now(ledger, policy, now)
+    rpo = alerting.rpo_now(ledger, policy, now)
     budget = policy.traffic_budget_per_day
     last_result = None if last is None else (last.error_reason or "error") if last.error else "ok"
     return {
@@ -453,7 +454,7 @@ def _policy_status(
                 "backup_name": job.backup_name,
                 "since": job.updated_at,
             }
-            for job in watch.stuck_now(ledger, policy, now)
+            for job in alerting.stuck_now(ledger, policy, now)
         ],
         "traffic_today_bytes": ledger.traffic_bytes(policy=policy.name, since=day_start),
         "traffic_total_bytes": ledger.traffic_bytes(policy=policy.name),
@@ -510,7 +511,7 @@ def _notification_dict(item: Notification) -> dict[str, Any]:
         "subject": item.subject,
         "policy": item.policy,
         # Without a webhook a change is only recorded (and logged): nothing to deliver.
-        "delivery": "none" if item.last_error == watch.NO_WEBHOOK else item.status,
+        "delivery": "none" if item.last_error == NO_WEBHOOK else item.status,
         "delivery_attempts": item.attempts,
         "delivery_error": item.last_error,
     }

@@ -391,7 +391,7 @@ class _Redacting:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        from daemon.adapters.logs import redact_text
+        from daemon.core.redaction import redact_text
 
         self._stream.write(redact_text(text))
         return len(text)
@@ -453,7 +453,7 @@ def _errors_as_exit_codes(*, as_json: bool = False) -> Iterator[_Result]:
     for line in lines:
         _err(line)
     if as_json:
-        from daemon.adapters.logs import redact_text
+        from daemon.core.redaction import redact_text
 
         message = redact_text("\n".join(lines))
         error_document = {"reason": reason, "message": message, "exit_code": result.code}
@@ -461,7 +461,7 @@ def _errors_as_exit_codes(*, as_json: bool = False) -> Iterator[_Result]:
 
 
 def _err(message: str) -> None:
-    from daemon.adapters.logs import redact_text
+    from daemon.core.redaction import redact_text
 
     print(redact_text(message), file=sys.stderr)
 

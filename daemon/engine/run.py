@@ -14,7 +14,7 @@ from daemon.core.errors import CloudError, EndpointError, LedgerError, Permissio
 from daemon.core.model import LEASED, TERMINAL_STATES, JobState, SweepReport
 from daemon.core.policy import Policy
 from daemon.core.retrying import RetryPolicy
-from daemon.engine import submit, track, watch
+from daemon.engine import alerting, submit, track
 from daemon.engine.context import Engine
 from daemon.engine.resolve import ResolvedPolicy
 from daemon.engine.scan import DecisionSink, ScanHook
@@ -132,7 +132,7 @@ def evaluate_alerts(engine: Engine, policy: Policy, report: SweepReport | None =
     """Record and announce the policy's alert changes; a ledger failure here is logged and
     never stops the run (the next evaluation sees the same changes)."""
     try:
-        watch.evaluate_policy(engine.ledger, policy, engine.now(), report)
+        alerting.evaluate_policy(engine.ledger, policy, engine.now(), report)
     except LedgerError as error:
         log.error("alerts_failed", policy=policy.name, error=str(error))
 

@@ -12,7 +12,7 @@ import structlog
 from daemon.adapters.metrics import Metrics
 from daemon.adapters.webhook import WebhookClient
 from daemon.app import App
-from daemon.engine import watch
+from daemon.service.outbox import Outbox
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -63,7 +63,7 @@ class Courier:
         app = self._current_app()
         with self._lock:
             policies, self._pings = sorted(self._pings), set()
-        outbox = watch.Outbox(
+        outbox = Outbox(
             app.ledger, app.settings, self._client, owner=app.engine.owner, clock=app.engine.now
         )
         report = outbox.deliver_pending(stop=self._stopping.is_set)

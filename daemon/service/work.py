@@ -15,7 +15,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 
-from daemon.adapters.logs import bound_context, redact_text
+from daemon.adapters.logs import bound_context
 from daemon.adapters.metrics import AlertFacts, LedgerSnapshot, Metrics
 from daemon.adapters.systemd import Notifier
 from daemon.app import App
@@ -23,8 +23,9 @@ from daemon.core import exitcodes
 from daemon.core.errors import CloudError, ConfigError, LedgerError, LedgerGoneError, TransientError
 from daemon.core.model import Job, SweepReport
 from daemon.core.policy import Policy, Settings
+from daemon.core.redaction import redact_text
 from daemon.core.retrying import RetryPolicy
-from daemon.engine import submit, track, watch
+from daemon.engine import alerting, submit, track
 from daemon.engine.context import Engine
 from daemon.engine.resolve import ResolvedPolicy, retry_policy
 from daemon.engine.run import evaluate_alerts, run_policies
@@ -268,7 +269,7 @@ class DaemonWork:
             region=policy.destination.region,
             rpo=policy.rpo,
             window=ledger.replication_window(policy.name),
-            stuck=len(watch.stuck_now(ledger, policy, self.engine.now())),
+            stuck=len(alerting.stuck_now(ledger, policy, self.engine.now())),
         )
 
     def _status(self, activity: str) -> str:
