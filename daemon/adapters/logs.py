@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from daemon.core.redaction import MASK, _redact_value, _secret_key, clear_registered_secrets
+from daemon.core.redaction import MASK, clear_registered_secrets, redact_value, secret_key
 
 SDK_LOGGERS = ("HuaweiCloud-SDK-CbrClient", "HuaweiCloud-SDK-IamClient", "urllib3", "requests")
 # Library loggers that reach the log at WARNING and above; never lower, even with
@@ -33,7 +33,7 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     for key, value in list(event.items()):
         if key.startswith("_"):
             continue  # ProcessorFormatter's own fields (the LogRecord), never rendered
-        event[key] = MASK if _secret_key(key) else _redact_value(value)
+        event[key] = MASK if secret_key(key) else redact_value(value)
     return event
 
 

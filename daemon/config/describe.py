@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from daemon.config.load import LoadedConfig
-from daemon.config.secrets import _PASSWORD_IN_URL
+from daemon.config.secrets import PASSWORD_IN_URL
 from daemon.core.policy import Policy, Settings
 from daemon.core.settings import NotifySettings
 from daemon.core.units import format_duration as _duration_text
@@ -36,7 +36,7 @@ def _mask(secret: SecretStr | None) -> str:
 
 def _describe_cloud(settings: Settings) -> Iterator[str]:
     cloud = settings.cloud
-    yield "ledger: " + _PASSWORD_IN_URL.sub(r"\1:****@", settings.ledger.url)
+    yield "ledger: " + PASSWORD_IN_URL.sub(r"\1:****@", settings.ledger.url)
     yield f"cloud: provider {cloud.provider}"
     if cloud.credentials is not None:
         yield (

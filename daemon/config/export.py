@@ -8,7 +8,7 @@ from typing import Any
 from pydantic.json_schema import GenerateJsonSchema
 
 from daemon.config.describe import format_duration
-from daemon.config.secrets import _SECRET_PLACES
+from daemon.config.secrets import SECRET_PLACES
 from daemon.core.policy import Loc, Settings
 
 
@@ -57,7 +57,7 @@ def _as_written(definitions: dict[str, Any]) -> None:
         ("cloud", "credentials"): "CredentialsSettings",
         ("notify", "webhook"): "WebhookSettings",
     }
-    for place, keys in _SECRET_PLACES:
+    for place, keys in SECRET_PLACES:
         definition = definitions[models[place]]
         required = definition.setdefault("required", [])
         choices: list[dict[str, Any]] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.config.problems import _Document, _dotted, _Problems
+from daemon.config.problems import Document, Problems, dotted
 from daemon.core.policy import Loc
 
 MAX_FILE_BYTES = 1 << 20  # docs/design.md §14: refuse anything bigger before parsing
@@ -30,7 +30,7 @@ def _writable_by_others(mode: int) -> bool:
     return bool(mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _parent_problem(path: Path) -> str | None:
+def parent_problem(path: Path) -> str | None:
     parent = path.parent
     mode = parent.stat().st_mode
     if _writable_by_others(mode) and not mode & stat.S_ISVTX:
@@ -41,7 +41,7 @@ def _parent_problem(path: Path) -> str | None:
     return None
 
 
-def _owner_problem(path: Path, info: os.stat_result) -> str | None:
+def owner_problem(path: Path, info: os.stat_result) -> str | None:
     """Like sshd's StrictModes: a file someone else owns may say anything (or be a file
     someone else may read, like /etc/shadow through a symlink)."""
     euid = os.geteuid()
@@ -62,7 +62,7 @@ def _not_regular(mode: int) -> str | None:
     return f"is {kind}, not a regular file; name the config file"
 
 
-def _read_bounded(path: Path, *, follow: bool = True) -> bytes:
+def read_bounded_file(path: Path, *, follow: bool = True) -> bytes:
     """At most ``MAX_FILE_BYTES`` + 1 bytes of a regular file: the check is made on the open
     file (the path may have been swapped since it was checked), without blocking on a FIFO."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -81,18 +81,18 @@ def _read_bounded(path: Path, *, follow: bool = True) -> bytes:
 
 def _config_file_problems(path: Path, info: os.stat_result) -> list[str]:
     mode = info.st_mode
-    owner = _owner_problem(path, info)
+    owner = owner_problem(path, info)
     problems = [owner] if owner else []
     if _writable_by_others(mode):
         problems.append(
             f"is writable by group or others (mode {stat.S_IMODE(mode):04o}); "
             f"run `chmod 640 {path}`"
         )
-    parent = _parent_problem(path)
+    parent = parent_problem(path)
     return [*problems, parent] if parent else problems
 
 
-def _read_yaml(path: Path, problems: _Problems) -> _Document | None:
+def read_yaml(path: Path, problems: Problems) -> Document | None:
     """Check, read and parse one config file; ``None`` when it cannot be used."""
     try:
         info = path.stat()
@@ -112,9 +112,9 @@ def _read_yaml(path: Path, problems: _Problems) -> _Document | None:
     return None if text is None else _parse_yaml(path, text, problems)
 
 
-def _read_text(path: Path, problems: _Problems) -> str | None:
+def _read_text(path: Path, problems: Problems) -> str | None:
     try:
-        data = _read_bounded(path)
+        data = read_bounded_file(path)
     except OSError as error:
         problems.file(path, _unreadable(path, error))
         return None
@@ -147,18 +147,18 @@ _FAST_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _parse_yaml(
-    path: Path, text: str, problems: _Problems, loader: type = _FAST_LOADER
-) -> _Document | None:
+    path: Path, text: str, problems: Problems, loader: type = _FAST_LOADER
+) -> Document | None:
     try:
         root = yaml.compose(text, Loader=loader)
         if root is None:
-            return _Document(path, None, {})
+            return Document(path, None, {})
         lines: dict[Loc, int] = {}
         if not _walk_nodes(root, (), lines, lambda line, msg: problems.file(path, msg, line)):
             return None
         # The walk refused what safe_load would choke on; a merge key (<<) naming something
         # else than mappings is still found only here.
-        return _Document(path, yaml.load(text, Loader=loader), lines)  # noqa: S506 (a SafeLoader)
+        return Document(path, yaml.load(text, Loader=loader), lines)  # noqa: S506 (a SafeLoader)
     except (yaml.YAMLError, RecursionError) as error:
         if loader is not yaml.SafeLoader:
             return _parse_yaml(path, text, problems, yaml.SafeLoader)
@@ -166,7 +166,7 @@ def _parse_yaml(
     return None
 
 
-def _report_yaml_error(path: Path, error: Exception, problems: _Problems) -> None:
+def _report_yaml_error(path: Path, error: Exception, problems: Problems) -> None:
     if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
@@ -226,7 +226,7 @@ class _NodeWalk:
         if _PLAIN.get(node.tag) is not type(node):
             problem = _tag_problem(node)
             if problem is not None:
-                self.report(node.start_mark.line + 1, f"{_dotted(loc)}: {problem}")
+                self.report(node.start_mark.line + 1, f"{dotted(loc)}: {problem}")
                 return False
         if not isinstance(node, yaml.SequenceNode | yaml.MappingNode):
             return True
@@ -250,12 +250,12 @@ class _NodeWalk:
         for key, value in node.value:
             line = key.start_mark.line + 1
             if not isinstance(key, yaml.ScalarNode):
-                self.report(line, f"{_dotted(loc)}: a key must be plain text, not a collection")
+                self.report(line, f"{dotted(loc)}: a key must be plain text, not a collection")
                 clean = False
                 continue
             name = str(key.value)
             if name in seen and name != "<<":
-                self.report(line, f"{_dotted((*loc, name))}: key given twice")
+                self.report(line, f"{dotted((*loc, name))}: key given twice")
                 clean = False
             seen.add(name)
             self.lines[(*loc, name)] = line
@@ -272,9 +272,9 @@ class _NodeWalk:
                     "write the values out instead",
                 )
         elif id(node) in self.open:
-            self.report(line, f"{_dotted(loc)}: a YAML alias refers to itself; remove it")
+            self.report(line, f"{dotted(loc)}: a YAML alias refers to itself; remove it")
         else:
-            self.report(line, f"{_dotted(loc[:MAX_YAML_DEPTH])}: nested too deeply; flatten it")
+            self.report(line, f"{dotted(loc[:MAX_YAML_DEPTH])}: nested too deeply; flatten it")
         return False
 
 

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.config.files import _read_yaml
-from daemon.config.problems import _Document, _dotted, _Locator, _nearest_line, _Origin, _Problems
+from daemon.config.files import read_yaml
+from daemon.config.problems import Document, Locator, Origin, Problems, dotted, nearest_line
 from daemon.config.secrets import (
-    _hold_credentials,
-    _read_credentials,
-    _resolve_paths,
-    _SecretResolver,
-    _settings_secrets,
-    _substitute,
-    _substitute_text,
+    SecretResolver,
+    hold_credentials,
+    read_credentials,
+    resolve_paths,
+    settings_secrets,
+    substitute,
+    substitute_text,
 )
-from daemon.config.validation import _validate
+from daemon.config.validation import validate_settings
 from daemon.core.errors import ConfigError
 from daemon.core.policy import Loc, Settings, policy_conflicts
 
@@ -59,14 +59,14 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
 
 
 def _policy_files(
-    raw: dict[str, Any], base: Path, environ: Mapping[str, str], problems: _Problems
+    raw: dict[str, Any], base: Path, environ: Mapping[str, str], problems: Problems
 ) -> list[Path]:
     directory = raw.get("policies_dir")
     if directory is None:
         return []
     if not isinstance(directory, str):
         return []  # the model reports the wrong type
-    resolved = base / _substitute_text(directory, ("policies_dir",), environ, problems)
+    resolved = base / substitute_text(directory, ("policies_dir",), environ, problems)
     raw["policies_dir"] = str(resolved)
     if not resolved.is_dir():
         problems.at(("policies_dir",), f"{resolved} is not a directory; create it or fix the path")
@@ -74,24 +74,24 @@ def _policy_files(
     return sorted(resolved.glob("*.yaml"))
 
 
-def _collect_policies(main: _Document, files: list[Path], problems: _Problems) -> list[Any]:
+def _collect_policies(main: Document, files: list[Path], problems: Problems) -> list[Any]:
     """Every policy of the main file and of ``files``, recording where each was written."""
     assert problems.locator is not None
     found: list[Any] = []
-    sources: list[tuple[_Document, Loc, Any]] = [(main, ("policies",), main.data.get("policies"))]
+    sources: list[tuple[Document, Loc, Any]] = [(main, ("policies",), main.data.get("policies"))]
     for path in files:
-        document = _read_yaml(path, problems)
+        document = read_yaml(path, problems)
         if document is not None:
             sources.append((document, (), document.data))
     for document, base, entries in sources:
         if entries is None:
             continue
         if not isinstance(entries, list):
-            line = _nearest_line(document.lines, base)
-            problems.file(document.path, f"{_dotted(base)}: must be a YAML list of policies", line)
+            line = nearest_line(document.lines, base)
+            problems.file(document.path, f"{dotted(base)}: must be a YAML list of policies", line)
             continue
         for index, entry in enumerate(entries):
-            problems.locator.origins.append(_Origin(document, (*base, index)))
+            problems.locator.origins.append(Origin(document, (*base, index)))
             found.append(entry)
     return found
 
@@ -127,8 +127,8 @@ def load_settings(
     Without ``need_credentials`` (a command that never calls the cloud), credentials that
     cannot be read are no error: they are left out and ``credential_problems`` says why."""
     environ = os.environ if environ is None else environ
-    problems = _Problems()
-    main = _read_yaml(path, problems)
+    problems = Problems()
+    main = read_yaml(path, problems)
     if main is not None and not isinstance(main.data, dict):
         problems.file(path, "must hold a YAML mapping (ledger:, cloud:, policies:, ...)")
         main = None
@@ -142,23 +142,23 @@ def load_settings(
         main = None
     if main is None:
         raise ConfigError(problems.unique())
-    problems.locator = _Locator(main)
+    problems.locator = Locator(main)
     base = path.absolute().parent
     raw = dict(main.data)
     files = _policy_files(raw, base, environ, problems)
     raw["policies"] = _merge_defaults(raw, _collect_policies(main, files, problems))
-    held = None if need_credentials else _hold_credentials(raw)
-    raw = _substitute(raw, (), environ, problems)
-    resolver = _SecretResolver(base, problems)
+    held = None if need_credentials else hold_credentials(raw)
+    raw = substitute(raw, (), environ, problems)
+    resolver = SecretResolver(base, problems)
     raw = resolver.resolve(raw)
-    deferred = [] if held is None else _read_credentials(raw, held, environ, problems, resolver)
-    _resolve_paths(raw, base)
-    settings = _validate(raw, problems, credentials_deferred=bool(deferred))
+    deferred = [] if held is None else read_credentials(raw, held, environ, problems, resolver)
+    resolve_paths(raw, base)
+    settings = validate_settings(raw, problems, credentials_deferred=bool(deferred))
     for loc, message in policy_conflicts(raw["policies"]):
         problems.at(("policies", *loc), message)
     if settings is None or problems.lines:
         raise ConfigError(problems.unique())
-    secrets = [*resolver.values, *_settings_secrets(settings)]
+    secrets = [*resolver.values, *settings_secrets(settings)]
     return LoadedConfig(
         settings,
         path,
@@ -177,9 +177,9 @@ def _foreign(data: Mapping[Any, Any]) -> bool:
     )
 
 
-def _warnings(settings: Settings, problems: _Problems) -> list[str]:
+def _warnings(settings: Settings, problems: Problems) -> list[str]:
     """What is valid but risky, in the form of a problem line."""
-    found = _Problems(problems.locator)
+    found = Problems(problems.locator)
     listen = settings.metrics.listen
     if listen is not None and not _loopback(listen.rpartition(":")[0].strip("[]")):
         found.at(

@@ -15,7 +15,7 @@ MAX_SHOWN_KEY = 40
 
 
 @dataclass
-class _Document:
+class Document:
     """One parsed YAML file and the line of every field path in it."""
 
     path: Path
@@ -24,19 +24,19 @@ class _Document:
 
 
 @dataclass(frozen=True)
-class _Origin:
+class Origin:
     """Where one policy was written: its file and its path there."""
 
-    document: _Document
+    document: Document
     base: Loc
 
 
 @dataclass
-class _Locator:
+class Locator:
     """Maps a field path of the merged settings to (file, line, shown path)."""
 
-    main: _Document
-    origins: list[_Origin] = field(default_factory=list)
+    main: Document
+    origins: list[Origin] = field(default_factory=list)
     aliases: dict[Loc, Loc] = field(default_factory=dict)  # secret -> its ``_file`` key
 
     def locate(self, loc: Loc) -> tuple[Path, int | None, Loc]:
@@ -44,7 +44,7 @@ class _Locator:
         index = loc[1] if len(loc) >= 2 and loc[0] == "policies" else None
         if isinstance(index, int) and index < len(self.origins):
             return self._locate_policy(self.origins[index], loc[2:])
-        return self.main.path, _nearest_line(self.main.lines, loc), loc
+        return self.main.path, nearest_line(self.main.lines, loc), loc
 
     def _unalias(self, loc: Loc) -> Loc:
         for secret, file_key in self.aliases.items():
@@ -52,19 +52,19 @@ class _Locator:
                 return file_key + loc[len(secret) :]
         return loc
 
-    def _locate_policy(self, origin: _Origin, rest: Loc) -> tuple[Path, int | None, Loc]:
+    def _locate_policy(self, origin: Origin, rest: Loc) -> tuple[Path, int | None, Loc]:
         own = origin.base + rest
         inherited = ("defaults", *rest)
         if own not in origin.document.lines and rest and inherited in self.main.lines:
             # The value came from ``defaults``: point there, where it must be fixed.
             return self.main.path, self.main.lines[inherited], inherited
         shown = ("policies", *origin.base[-1:], *rest)
-        return origin.document.path, _nearest_line(origin.document.lines, own), shown
+        return origin.document.path, nearest_line(origin.document.lines, own), shown
 
 
 @dataclass
-class _Problems:
-    locator: _Locator | None = None
+class Problems:
+    locator: Locator | None = None
     lines: list[str] = field(default_factory=list)
     tainted: set[Loc] = field(default_factory=set)  # already reported: skip follow-up errors
     places: list[tuple[int, int]] = field(default_factory=list)  # (file's rank, line) per line
@@ -77,7 +77,7 @@ class _Problems:
     def at(self, loc: Loc, message: str) -> None:
         assert self.locator is not None
         path, line, shown = self.locator.locate(loc)
-        self.file(path, f"{_dotted(shown)}: {message}", line)
+        self.file(path, f"{dotted(shown)}: {message}", line)
 
     def unique(self) -> list[str]:
         """Each problem once, file by file in line order (as an editor shows the file),
@@ -86,7 +86,7 @@ class _Problems:
         return list(dict.fromkeys(self.lines[index] for index in order))
 
 
-def _dotted(loc: Loc) -> str:
+def dotted(loc: Loc) -> str:
     text = ""
     for part in loc:
         if isinstance(part, int):
@@ -99,7 +99,7 @@ def _dotted(loc: Loc) -> str:
     return text or "(top level)"
 
 
-def _nearest_line(lines: Mapping[Loc, int], loc: Loc) -> int | None:
+def nearest_line(lines: Mapping[Loc, int], loc: Loc) -> int | None:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
             return lines[loc[:end]]

@@ -10,25 +10,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.config.files import MAX_FILE_BYTES, _owner_problem, _parent_problem, _read_bounded
-from daemon.config.problems import _Problems
+from daemon.config.files import MAX_FILE_BYTES, owner_problem, parent_problem, read_bounded_file
+from daemon.config.problems import Problems
 from daemon.core.policy import Loc, Settings
 from daemon.core.settings import credential_problem
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Where ``X_file`` may replace a secret ``X``: (path suffix, secret keys).
-_SECRET_PLACES: tuple[tuple[Loc, frozenset[str]], ...] = (
+SECRET_PLACES: tuple[tuple[Loc, frozenset[str]], ...] = (
     (("cloud", "credentials"), frozenset({"access_key", "secret_key", "security_token"})),
     (("notify", "webhook"), frozenset({"secret"})),
 )
 _SQLITE_RELATIVE = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/)(?!:memory:)(.+)$")
-_PASSWORD_IN_URL = re.compile(r"(?<=://)([^:/@]*):([^@/]+)@")
+PASSWORD_IN_URL = re.compile(r"(?<=://)([^:/@]*):([^@/]+)@")
 
 
 # --- environment and secrets -------------------------------------------------------------
 
 
-def _substitute_text(text: str, loc: Loc, environ: Mapping[str, str], problems: _Problems) -> str:
+def substitute_text(text: str, loc: Loc, environ: Mapping[str, str], problems: Problems) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match[1]
         if name not in environ:
@@ -49,14 +49,14 @@ def _unset_fix(name: str) -> str:
     return "set it or edit the file"
 
 
-def _substitute(value: Any, loc: Loc, environ: Mapping[str, str], problems: _Problems) -> Any:
+def substitute(value: Any, loc: Loc, environ: Mapping[str, str], problems: Problems) -> Any:
     """``value`` with every ``${NAME}`` in its strings read from ``environ``."""
     if isinstance(value, str):
-        return _substitute_text(value, loc, environ, problems)
+        return substitute_text(value, loc, environ, problems)
     if isinstance(value, Mapping):
-        return {k: _substitute(v, (*loc, str(k)), environ, problems) for k, v in value.items()}
+        return {k: substitute(v, (*loc, str(k)), environ, problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, (*loc, i), environ, problems) for i, v in enumerate(value)]
+        return [substitute(v, (*loc, i), environ, problems) for i, v in enumerate(value)]
     return value
 
 
@@ -76,15 +76,15 @@ def _secret_file_problem(path: Path) -> str | None:
         )
     if info.st_size > MAX_FILE_BYTES:
         return f"secret file {path} is larger than 1 MiB; name the right file"
-    owner = _owner_problem(path, info)
-    return f"secret file {path} {owner}" if owner else _parent_problem(path)
+    owner = owner_problem(path, info)
+    return f"secret file {path} {owner}" if owner else parent_problem(path)
 
 
 def _read_secret(path: Path) -> str:
     """The secret in ``path``: its text less one trailing line break, which editors and
     `echo` add and which is not part of the secret. ``ValueError`` names what is wrong."""
     try:
-        data = _read_bounded(path, follow=False)
+        data = read_bounded_file(path, follow=False)
     except OSError as error:
         raise ValueError(f"secret file {path}: {error.strerror}; check the file") from None
     if len(data) > MAX_FILE_BYTES:
@@ -99,10 +99,10 @@ def _read_secret(path: Path) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
-class _SecretResolver:
+class SecretResolver:
     """Replaces ``X_file`` keys by the content of the named files."""
 
-    def __init__(self, base: Path, problems: _Problems) -> None:
+    def __init__(self, base: Path, problems: Problems) -> None:
         self.base = base
         self.problems = problems
         self.values: list[str] = []
@@ -113,7 +113,7 @@ class _SecretResolver:
         if not isinstance(value, Mapping):
             return value
         resolved = {k: self.resolve(v, (*loc, str(k))) for k, v in value.items()}
-        for suffix, keys in _SECRET_PLACES:
+        for suffix, keys in SECRET_PLACES:
             if loc[-len(suffix) :] == suffix:
                 self._read_files(resolved, loc, keys)
         return resolved
@@ -157,7 +157,7 @@ class _SecretResolver:
         return "unread"
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+def resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Relative paths are relative to the main config file's directory."""
     cloud = raw.get("cloud")
     if isinstance(cloud, dict):
@@ -175,7 +175,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             ledger["url"] = match[1] + str(base / match[2])
 
 
-def _settings_secrets(settings: Settings) -> list[str]:
+def settings_secrets(settings: Settings) -> list[str]:
     found = []
     credentials = settings.cloud.credentials
     if credentials is not None:
@@ -184,7 +184,7 @@ def _settings_secrets(settings: Settings) -> list[str]:
         if notify is not None and notify.webhook is not None:
             found.append(notify.webhook.secret)
     values = [secret.get_secret_value() for secret in found if secret is not None]
-    password = _PASSWORD_IN_URL.search(settings.ledger.url)
+    password = PASSWORD_IN_URL.search(settings.ledger.url)
     return values + ([password[2]] if password else [])
 
 
@@ -194,7 +194,7 @@ def _settings_secrets(settings: Settings) -> list[str]:
 _CREDENTIALS: Loc = ("cloud", "credentials")
 
 
-def _hold_credentials(raw: dict[str, Any]) -> Any:
+def hold_credentials(raw: dict[str, Any]) -> Any:
     """Take ``cloud.credentials`` out of ``raw`` (None when there are none), to read apart."""
     cloud = raw.get("cloud")
     if not isinstance(cloud, Mapping) or "credentials" not in cloud:
@@ -204,19 +204,19 @@ def _hold_credentials(raw: dict[str, Any]) -> Any:
     return cloud.pop("credentials")
 
 
-def _read_credentials(
+def read_credentials(
     raw: dict[str, Any],
     held: Any,
     environ: Mapping[str, str],
-    problems: _Problems,
-    resolver: _SecretResolver,
+    problems: Problems,
+    resolver: SecretResolver,
 ) -> list[str]:
     """Read the held credentials back into ``raw``; when they cannot be read here (a
     ``${NAME}`` unset, a secret file missing: systemd's ``$CREDENTIALS_DIRECTORY`` exists
     only inside the unit), leave them out and return why."""
-    trial = _Problems(locator=problems.locator)
-    value = _substitute(held, _CREDENTIALS, environ, trial)
-    reader = _SecretResolver(resolver.base, trial)
+    trial = Problems(locator=problems.locator)
+    value = substitute(held, _CREDENTIALS, environ, trial)
+    reader = SecretResolver(resolver.base, trial)
     value = reader.resolve(value, _CREDENTIALS)
     if trial.lines:
         return trial.unique()

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from daemon.config.problems import _Problems
+from daemon.config.problems import Problems
 from daemon.core.policy import Loc, Settings
 from daemon.core.settings import CREDENTIALS_DEFERRED
 
@@ -100,8 +100,8 @@ def _error_message(error: Mapping[str, Any]) -> str:
     return f"{message}; {extra}" if extra and ";" not in message else message
 
 
-def _validate(
-    raw: dict[str, Any], problems: _Problems, *, credentials_deferred: bool = False
+def validate_settings(
+    raw: dict[str, Any], problems: Problems, *, credentials_deferred: bool = False
 ) -> Settings | None:
     try:
         return Settings.model_validate(raw, context={CREDENTIALS_DEFERRED: credentials_deferred})

@@ -19,8 +19,8 @@ from daemon.core.settings import (
     LedgerSettings,
     LogSettings,
     MetricsSettings,
+    Model,
     NotifySettings,
-    _Model,
 )
 from daemon.core.templates import check_description_template, check_name_template
 from daemon.core.units import (
@@ -36,7 +36,7 @@ from daemon.core.units import (
 )
 
 
-class ScheduleSettings(_Model):
+class ScheduleSettings(Model):
     cron: str | None = Field(default=None, description='5-field cron, e.g. "30 */6 * * *"')
     interval: Period | None = Field(default=None, description="fixed interval, e.g. 6h")
     timezone: str = Field(default="UTC", description="IANA time zone of the cron expression")
@@ -78,7 +78,7 @@ class ScheduleSettings(_Model):
         return cron_longest_gap(parse_cron(self.cron or ""))
 
 
-class RetrySettings(_Model):
+class RetrySettings(Model):
     max_attempts: PositiveInt = Field(
         default=6, le=1000, description="attempts before a job is given up"
     )
@@ -107,7 +107,7 @@ def _check_template(checker: Callable[[str], list[str]], value: str) -> str:
     return value
 
 
-class ReplicaTemplate(_Model):
+class ReplicaTemplate(Model):
     name: str = Field(
         default="{backup_name}",
         description="replica name template: [A-Za-z0-9_-] and {placeholders}, 1-64 rendered",
@@ -132,7 +132,7 @@ _REGION = r"^[a-z0-9]+(-[a-z0-9]+)+$"
 _POLICY_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
-class SourceSettings(_Model):
+class SourceSettings(Model):
     region: str = Field(pattern=_REGION, description="source region id, e.g. cn-north-4")
     vaults: tuple[NonEmptyStr, ...] = Field(
         min_length=1, description="source backup vaults, by name or id"
@@ -154,7 +154,7 @@ class SourceSettings(_Model):
         return value
 
 
-class DestinationSettings(_Model):
+class DestinationSettings(Model):
     region: str = Field(pattern=_REGION, description="destination region id")
     vault: NonEmptyStr = Field(description="destination replication vault, by name or id")
     project: NonEmptyStr | None = Field(
@@ -162,7 +162,7 @@ class DestinationSettings(_Model):
     )
 
 
-class PolicyDefaults(_Model):
+class PolicyDefaults(Model):
     schedule: ScheduleSettings | None = Field(default=None, description="default schedule")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="retry and backoff")
     max_in_flight: PositiveInt = Field(
@@ -183,7 +183,7 @@ class PolicyDefaults(_Model):
     )
 
 
-class Policy(_Model):
+class Policy(Model):
     name: str = Field(pattern=_POLICY_NAME, description="unique, 1-64 of [A-Za-z0-9_-]")
     enabled: bool = Field(default=True, description="false: never swept")
     source: SourceSettings = Field(description="where backups are made")
@@ -231,7 +231,7 @@ class Policy(_Model):
         return self
 
 
-class Settings(_Model):
+class Settings(Model):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="the ledger")
     cloud: CloudSettings = Field(description="how to reach the cloud")
     defaults: PolicyDefaults = Field(

@@ -81,19 +81,17 @@ def redact_text(text: str) -> str:
     return text
 
 
-def _redact_value(value: Any) -> Any:
+def redact_value(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {
-            key: MASK if _secret_key(key) else _redact_value(item) for key, item in value.items()
-        }
+        return {key: MASK if secret_key(key) else redact_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_redact_value(item) for item in value]
+        return [redact_value(item) for item in value]
     return redact_text(str(value))  # exceptions, paths, times: their text, redacted
 
 
-def _secret_key(key: object) -> bool:
+def secret_key(key: object) -> bool:
     return isinstance(key, str) and SECRET_KEY.search(key) is not None

@@ -16,18 +16,18 @@ from daemon.core.units import (
     PositiveDuration,
     PositiveInt,
     Timeout,
-    _at_most,
+    at_most,
     url_problem,
 )
 
 # --- models ------------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
+class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class LedgerSettings(_Model):
+class LedgerSettings(Model):
     url: str = Field(
         default="sqlite:////var/lib/cbr-replicator/ledger.db",
         description="SQLAlchemy URL of the ledger: sqlite:///PATH or postgresql+psycopg://...",
@@ -82,7 +82,7 @@ def credential_problem(value: str) -> str | None:
     return None
 
 
-class CredentialsSettings(_Model):
+class CredentialsSettings(Model):
     access_key: SecretStr = Field(min_length=1, description="access key id (AK)")
     secret_key: SecretStr = Field(min_length=1, description="secret access key (SK)")
     security_token: SecretStr | None = Field(
@@ -99,12 +99,12 @@ class CredentialsSettings(_Model):
         return value
 
 
-class EndpointsSettings(_Model):
+class EndpointsSettings(Model):
     iam: HttpUrl | None = Field(default=None, description="IAM endpoint URL (IAM is global)")
     cbr: dict[str, HttpUrl] = Field(default_factory=dict, description="region -> CBR endpoint URL")
 
 
-class EmulatorSettings(_Model):
+class EmulatorSettings(Model):
     scenario: Path | None = Field(default=None, description="scenario YAML seeding the emulator")
     state: Path | None = Field(default=None, description="JSON file persisting emulator state")
     permissive: bool = Field(default=False, description="accept any credentials and projects")
@@ -118,7 +118,7 @@ class EmulatorSettings(_Model):
 CREDENTIALS_DEFERRED = "credentials_deferred"
 
 
-class CloudSettings(_Model):
+class CloudSettings(Model):
     provider: Literal["huaweicloud", "emulator"] = Field(
         default="huaweicloud", description="the real cloud, or the embedded emulator"
     )
@@ -160,7 +160,7 @@ class CloudSettings(_Model):
         le=1_000_000,
         description="client-side API rate limit (halved on 429, then raised)",
     )
-    throttle_budget: Annotated[PositiveDuration, _at_most(timedelta(days=1))] = Field(
+    throttle_budget: Annotated[PositiveDuration, at_most(timedelta(days=1))] = Field(
         default=timedelta(minutes=10),
         description="how long the gateway may throttle (429) without a success before the "
         "run gives up (exit 75)",
@@ -174,7 +174,7 @@ class CloudSettings(_Model):
         description="pages of 1,000 one listing (a vault's, or a project's) may take in one "
         "sweep; a longer one (or one repeating a page) fails that vault, the others go on",
     )
-    sweep_deadline: Annotated[PositiveDuration, _at_most(timedelta(days=7))] = Field(
+    sweep_deadline: Annotated[PositiveDuration, at_most(timedelta(days=7))] = Field(
         default=timedelta(hours=1),
         description="longest a daemon's sweep (or tracking round) reads from the cloud; past "
         "it, it stops at its next read and the other policies' work goes on",
@@ -227,7 +227,7 @@ class CloudSettings(_Model):
         return value
 
 
-class WebhookSettings(_Model):
+class WebhookSettings(Model):
     url: HttpUrl = Field(pattern=r"^https?://", description="URL receiving state-change events")
     secret: SecretStr | None = Field(default=None, description="HMAC key signing each event")
     timeout: Timeout = Field(
@@ -236,16 +236,16 @@ class WebhookSettings(_Model):
     )
 
 
-class HeartbeatSettings(_Model):
+class HeartbeatSettings(Model):
     url: HttpUrl = Field(pattern=r"^https?://", description="URL pinged after each healthy sweep")
 
 
-class NotifySettings(_Model):
+class NotifySettings(Model):
     webhook: WebhookSettings | None = Field(default=None, description="state-change webhook")
     heartbeat: HeartbeatSettings | None = Field(default=None, description="liveness ping")
 
 
-class MetricsSettings(_Model):
+class MetricsSettings(Model):
     listen: str | None = Field(
         default=None,
         pattern=r"^.+:\d{1,5}$",
@@ -253,7 +253,7 @@ class MetricsSettings(_Model):
     )
 
 
-class LogSettings(_Model):
+class LogSettings(Model):
     format: Literal["auto", "json", "console"] = Field(
         default="auto",
         description="auto: JSON unless the log stream (daemon: stdout, commands: stderr) is a tty",

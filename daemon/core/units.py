@@ -119,7 +119,7 @@ def format_duration(value: timedelta) -> str:
     return "".join(parts)
 
 
-def _at_most(limit: timedelta, lowest: str = "1s") -> AfterValidator:
+def at_most(limit: timedelta, lowest: str = "1s") -> AfterValidator:
     """Every duration has a ceiling: past it, a time computed from it (a next run, a lease's
     end, a socket timeout) overflows, or waits for years, which nobody means."""
 
@@ -148,12 +148,12 @@ ByteSize = Annotated[
 ]
 PositiveInt = Annotated[int, Field(gt=0)]
 # The ranges of the durations of each kind.
-Timeout = Annotated[PositiveDuration, _at_most(timedelta(hours=1))]
-LeaseLength = Annotated[PositiveDuration, _at_most(timedelta(days=1))]
-Period = Annotated[PositiveDuration, _at_most(timedelta(days=366))]
-Jitter = Annotated[NonNegativeDuration, _at_most(timedelta(days=366), lowest="0s")]
-Backoff = Annotated[PositiveDuration, _at_most(timedelta(days=30))]
-Horizon = Annotated[PositiveDuration, _at_most(timedelta(days=3660))]  # rpo, stuck_after
+Timeout = Annotated[PositiveDuration, at_most(timedelta(hours=1))]
+LeaseLength = Annotated[PositiveDuration, at_most(timedelta(days=1))]
+Period = Annotated[PositiveDuration, at_most(timedelta(days=366))]
+Jitter = Annotated[NonNegativeDuration, at_most(timedelta(days=366), lowest="0s")]
+Backoff = Annotated[PositiveDuration, at_most(timedelta(days=30))]
+Horizon = Annotated[PositiveDuration, at_most(timedelta(days=3660))]  # rpo, stuck_after
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 # --- URLs --------------------------------------------------------------------------------

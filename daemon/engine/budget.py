@@ -12,7 +12,7 @@ import structlog
 
 from daemon.core.model import Job, JobState, Reason
 from daemon.engine.context import Engine, Target
-from daemon.engine.outcomes import _unleased
+from daemon.engine.outcomes import unleased
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -29,7 +29,7 @@ def free_slots(engine: Engine, target: Target) -> int:
     return max(0, slots)
 
 
-class _SlotBudget:
+class SlotBudget:
     """Slots for new POSTs, shared by the worker threads of one pass."""
 
     def __init__(self, slots: int, traffic: int | None = None) -> None:
@@ -66,7 +66,7 @@ def day_bounds(moment: datetime, timezone: str) -> tuple[datetime, datetime]:
     return start.astimezone(UTC), following.astimezone(UTC)
 
 
-def _traffic_left(engine: Engine, target: Target) -> int | None:
+def traffic_left(engine: Engine, target: Target) -> int | None:
     if target.traffic_budget_per_day is None:
         return None
     day_start, _ = day_bounds(engine.now(), target.timezone)
@@ -74,7 +74,7 @@ def _traffic_left(engine: Engine, target: Target) -> int | None:
     return max(0, target.traffic_budget_per_day - used)
 
 
-def _defer_to_next_day(engine: Engine, target: Target, job: Job) -> Job:
+def defer_to_next_day(engine: Engine, target: Target, job: Job) -> Job:
     """Today's traffic budget is spent: the job waits, queued, for the next day."""
     _, next_day = day_bounds(engine.now(), target.timezone)
     log.info(
@@ -89,4 +89,4 @@ def _defer_to_next_day(engine: Engine, target: Target, job: Job) -> Job:
         last_error_code=str(Reason.TRAFFIC_BUDGET_EXHAUSTED),
         last_error=f"the policy's traffic budget for today is spent; waits until {next_day}",
     )
-    return engine.ledger.save_jobs([_unleased(later)], engine.now())[0]
+    return engine.ledger.save_jobs([unleased(later)], engine.now())[0]

@@ -11,27 +11,27 @@ from daemon.core.model import Attempt, Job
 from daemon.engine.context import Engine
 
 
-def _uncertain_delay(error: CloudError, recheck: timedelta) -> timedelta:
+def uncertain_delay(error: CloudError, recheck: timedelta) -> timedelta:
     retry_after = getattr(error, "retry_after", None)
     if retry_after:
         return max(recheck, timedelta(seconds=float(retry_after)))
     return recheck
 
 
-def _unleased(job: Job) -> Job:
+def unleased(job: Job) -> Job:
     return job.evolve(lease_owner=None, lease_expires_at=None)
 
 
-def _release(engine: Engine, job: Job) -> Job:
-    return engine.ledger.save_jobs([_unleased(job)], engine.now())[0]
+def release(engine: Engine, job: Job) -> Job:
+    return engine.ledger.save_jobs([unleased(job)], engine.now())[0]
 
 
-def _defer(engine: Engine, job: Job, error: CloudError) -> None:
-    later = job.evolve(next_attempt_at=engine.now() + _uncertain_delay(error, engine.recheck))
-    engine.ledger.save_jobs([_unleased(later)], engine.now())
+def defer(engine: Engine, job: Job, error: CloudError) -> None:
+    later = job.evolve(next_attempt_at=engine.now() + uncertain_delay(error, engine.recheck))
+    engine.ledger.save_jobs([unleased(later)], engine.now())
 
 
-def _save(
+def save(
     engine: Engine,
     job: Job,
     outcome: str,
@@ -41,11 +41,11 @@ def _save(
 ) -> Job:
     """Store the job and one attempt row (what ``history`` shows) in one transaction."""
     now = engine.now()
-    attempt = _attempt(job, now, outcome, error=error, request_id=request_id)
+    attempt = attempt_row(job, now, outcome, error=error, request_id=request_id)
     return engine.ledger.save_jobs([job], now, [attempt])[0]
 
 
-def _attempt(
+def attempt_row(
     job: Job,
     now: datetime,
     outcome: str,

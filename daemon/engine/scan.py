@@ -37,7 +37,7 @@ ScanHook = Callable[[Policy, int], None]
 
 
 @dataclass
-class _Tally:
+class Tally:
     backups_seen: int = 0
     enqueued: int = 0
     adopted: int = 0
@@ -50,7 +50,7 @@ class _Tally:
 def scan_vaults(
     engine: Engine,
     resolved: ResolvedPolicy,
-    tally: _Tally,
+    tally: Tally,
     *,
     dry_run: bool,
     sink: DecisionSink | None,
@@ -201,7 +201,7 @@ def decide_pages(
     engine: Engine,
     resolved: ResolvedPolicy,
     pages: list[tuple[Vault, BackupPage]],
-    tally: _Tally,
+    tally: Tally,
     *,
     dry_run: bool,
     sink: DecisionSink | None,
@@ -251,7 +251,7 @@ def decide_pages(
         track.log_finished(finished)
 
 
-def _count(tally: _Tally, decision: Decision) -> None:
+def _count(tally: Tally, decision: Decision) -> None:
     tally.backups_seen += 1
     assert tally.reasons is not None
     tally.reasons[decision.reason] += 1

@@ -22,9 +22,9 @@ from daemon.core.errors import (
     TransientError,
 )
 from daemon.core.model import Destination, Job, JobState, ReplicaSpec
-from daemon.engine.budget import _defer_to_next_day, _SlotBudget, _traffic_left, free_slots
+from daemon.engine.budget import SlotBudget, defer_to_next_day, free_slots, traffic_left
 from daemon.engine.context import Engine, Target, crash_point
-from daemon.engine.outcomes import _attempt, _defer, _release, _save, _uncertain_delay, _unleased
+from daemon.engine.outcomes import attempt_row, defer, release, save, uncertain_delay, unleased
 from daemon.engine.track import apply_record
 
 log = structlog.get_logger("cbr_replicator")
@@ -64,7 +64,7 @@ def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> S
     # Jobs already ``submitting`` count against the slots but are claimed too (to reconcile),
     # so always allow a few claims even when every slot is taken.
     claim_limit = max(slots, 1) if limit is None else min(max(slots, 1), limit)
-    budget: _SlotBudget | None = None
+    budget: SlotBudget | None = None
     # Claimed in rounds: memory stays flat, and each round is done long before its lease ends.
     while report.claimed < claim_limit:
         wanted = min(CLAIM_ROUND, claim_limit - report.claimed)
@@ -81,7 +81,7 @@ def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> S
             break
         crash_point("after_claim")
         if budget is None:
-            budget = _SlotBudget(slots, _traffic_left(engine, target))
+            budget = SlotBudget(slots, traffic_left(engine, target))
         workers = max(1, min(engine.worker_threads, len(claimed)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
             outcomes = _submit_round(engine, target, claimed, budget, pool=pool, workers=workers)
@@ -97,7 +97,7 @@ def _submit_round(
     engine: Engine,
     target: Target,
     claimed: list[Job],
-    budget: _SlotBudget,
+    budget: SlotBudget,
     *,
     pool: ThreadPoolExecutor,
     workers: int,
@@ -115,7 +115,7 @@ def _submit_batches(
     engine: Engine,
     target: Target,
     jobs: list[Job],
-    budget: _SlotBudget,
+    budget: SlotBudget,
     *,
     pool: ThreadPoolExecutor,
     size: int,
@@ -167,7 +167,7 @@ def _store_finished(
             posted.append(future.result())
         except Exception as error:
             failure = failure or error
-            failed.append(_unleased(intent))
+            failed.append(unleased(intent))
     stored = _store_posts(engine, posted)
     if failure is not None:
         engine.ledger.save_jobs(failed, engine.now())
@@ -175,24 +175,24 @@ def _store_finished(
     return stored
 
 
-def _submit_one(engine: Engine, target: Target, job: Job, budget: _SlotBudget) -> tuple[str, Job]:
+def _submit_one(engine: Engine, target: Target, job: Job, budget: SlotBudget) -> tuple[str, Job]:
     bound = log.bind(
         policy=target.policy, backup=job.source_backup_id, region=job.destination_region
     )
     try:
         return _submit_claimed(engine, target, job, budget)
     except (PermissionDeniedError, ThrottledError):
-        _release(engine, job)
+        release(engine, job)
         raise
     except CloudError as error:
         # A read during reconcile failed: nothing was sent; keep the state, retry later.
         bound.warning("reconcile_failed", error=str(error), code=error.code)
-        _defer(engine, job, error)
+        defer(engine, job, error)
         return "deferred", job
 
 
 def _submit_claimed(
-    engine: Engine, target: Target, job: Job, budget: _SlotBudget
+    engine: Engine, target: Target, job: Job, budget: SlotBudget
 ) -> tuple[str, Job]:
     if job.state == JobState.SUBMITTING:
         reconciled = reconcile(engine, job)
@@ -213,19 +213,19 @@ def _submit_claimed(
     return _post(engine, target, intents[0])
 
 
-def _admit(engine: Engine, target: Target, job: Job, budget: _SlotBudget) -> tuple[str, Job] | None:
+def _admit(engine: Engine, target: Target, job: Job, budget: SlotBudget) -> tuple[str, Job] | None:
     """None when the job may be posted now (traffic and slot taken); else its deferral."""
     if not budget.take_traffic(job.bytes):
-        return "deferred", _defer_to_next_day(engine, target, job)
+        return "deferred", defer_to_next_day(engine, target, job)
     if not budget.take():
-        _release(engine, job)
+        release(engine, job)
         return "deferred", job
     return None
 
 
 def submit_claimed(engine: Engine, target: Target, job: Job) -> tuple[str, Job]:
     """Submit one job this process has claimed, outside any slot budget (manual commands)."""
-    return _submit_one(engine, target, job, _SlotBudget(1))
+    return _submit_one(engine, target, job, SlotBudget(1))
 
 
 def reconcile(engine: Engine, job: Job) -> Job | None:
@@ -244,12 +244,12 @@ def reconcile(engine: Engine, job: Job) -> Job | None:
             lease_owner=None,
             lease_expires_at=None,
         )
-        return _save(engine, gone, "source_deleted", error=error)
+        return save(engine, gone, "source_deleted", error=error)
     record = rules.live_record(backup, job.destination_region)
     if record is None:
         return None
     updated = apply_record(job, record, engine.now())
-    return _save(engine, updated.evolve(lease_owner=None, lease_expires_at=None), "reconciled")
+    return save(engine, updated.evolve(lease_owner=None, lease_expires_at=None), "reconciled")
 
 
 def _write_intents(engine: Engine, target: Target, jobs: list[Job]) -> list[Job]:
@@ -331,7 +331,7 @@ def _store_posts(engine: Engine, posted: list[_Posted]) -> list[tuple[str, Job]]
     pending = [item for item in posted if not item.stored]
     now = engine.now()
     attempts = [
-        _attempt(item.job, now, item.attempt, error=item.error, request_id=item.request_id)
+        attempt_row(item.job, now, item.attempt, error=item.error, request_id=item.request_id)
         for item in pending
     ]
     saved = iter(engine.ledger.save_jobs([item.job for item in pending], now, attempts))
@@ -353,11 +353,11 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
     except AlreadyReplicatedError as error:
         # 1009: being or already replicated there. Never a failure: learn the record.
         crash_point("after_post")
-        _save(engine, job, "already_replicated", error=error)
+        save(engine, job, "already_replicated", error=error)
         reconciled = reconcile(engine, job)
         if reconciled is not None:
             return _Posted("reconciled", reconciled, stored=True)
-        return _Posted("deferred", _release(engine, job), stored=True)
+        return _Posted("deferred", release(engine, job), stored=True)
     except ThrottledError:
         # Throttled past what a POST may wait (not applied): the job stays submitting, and
         # the pass stops here rather than posting into the same throttle.
@@ -365,12 +365,12 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
     except (AmbiguousError, TransientError) as error:
         crash_point("after_post")
         bound.warning("replicate_uncertain", error=str(error), code=error.code)
-        retry_at = engine.now() + _uncertain_delay(error, engine.recheck)
+        retry_at = engine.now() + uncertain_delay(error, engine.recheck)
         kept = job.evolve(
             next_attempt_at=retry_at, last_error_code=error.code, last_error=str(error)
         )
         outcome = "ambiguous" if isinstance(error, AmbiguousError) else "transient"
-        return _Posted("deferred", _unleased(kept), outcome, error)
+        return _Posted("deferred", unleased(kept), outcome, error)
     except PermissionDeniedError:
         raise
     except PermanentError as error:
@@ -379,7 +379,7 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
             job, target.retry, engine.now(), code=error.code, message=str(error), rng=engine.rng
         )
         label = "given_up" if failed.state == JobState.GIVEN_UP else "failed"
-        return _Posted(label, _unleased(failed), "refused", error)
+        return _Posted(label, unleased(failed), "refused", error)
     crash_point("after_post")
     replicating = job.evolve(
         state=JobState.REPLICATING,
@@ -389,4 +389,4 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
         last_error=None,
     )
     bound.info("replication_submitted", record=accepted.replication_record_id)
-    return _Posted("submitted", _unleased(replicating), "accepted", request_id=accepted.request_id)
+    return _Posted("submitted", unleased(replicating), "accepted", request_id=accepted.request_id)

@@ -24,7 +24,7 @@ from daemon.engine.bindings import keep_bindings
 from daemon.engine.context import Engine
 from daemon.engine.lease import LeaseKeeper, LeaseLostError
 from daemon.engine.resolve import ResolvedPolicy, resolve_policy
-from daemon.engine.scan import DecisionSink, ScanHook, _Tally, scan_vaults
+from daemon.engine.scan import DecisionSink, ScanHook, Tally, scan_vaults
 from daemon.engine.submit import submit_due
 
 log = structlog.get_logger("cbr_replicator")
@@ -65,7 +65,7 @@ def sweep_policy(
     keeper = None if dry_run else LeaseKeeper(engine, lease_name, lease_length)
     renew = keeper.check if keeper is not None else _nothing
     sweep_id = None if dry_run else engine.ledger.start_sweep(policy.name, started)
-    tally = _Tally()
+    tally = Tally()
     submitted = 0
     error: str | None = None
     error_reason: str | None = None

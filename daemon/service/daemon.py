@@ -45,7 +45,7 @@ from daemon.engine.resolve import ResolvedPolicy
 from daemon.service.courier import Courier
 from daemon.service.scheduling import is_hung, make_trigger, misfire_grace, track_interval
 from daemon.service.signals import SignalFlags
-from daemon.service.work import DaemonWork, _notify_quietly, _rfc3339
+from daemon.service.work import DaemonWork, notify_quietly, rfc3339
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -72,7 +72,7 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
         daemon = Daemon(config_path, loaded, notifier, log_format=log_format, instance_lock=lock)
         return daemon.serve()
     except (ConfigError, LedgerError) as error:
-        _notify_quietly(notifier, STATUS=f"failed to start: {error}")
+        notify_quietly(notifier, STATUS=f"failed to start: {error}")
         raise
     finally:
         if lock is not None:
@@ -171,7 +171,7 @@ class Daemon(DaemonWork, SignalFlags):
             "daemon_started",
             config=str(self.config_path),
             policies=policies,
-            next_sweeps={name: _rfc3339(moment) for name, moment in first.items()},
+            next_sweeps={name: rfc3339(moment) for name, moment in first.items()},
             metrics=self._metrics_server.address if self._metrics_server else None,
             watchdog_seconds=self._watchdog_seconds(),
         )

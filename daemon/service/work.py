@@ -33,7 +33,7 @@ from daemon.service.courier import Courier
 from daemon.service.scheduling import status_line
 
 
-def _rfc3339(moment: datetime | None) -> str | None:
+def rfc3339(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
@@ -47,7 +47,7 @@ def _enabled_policy(app: App, name: str) -> Policy | None:
 log = structlog.get_logger("cbr_replicator")
 
 
-def _notify_quietly(notifier: Notifier, **fields: str | int) -> None:
+def notify_quietly(notifier: Notifier, **fields: str | int) -> None:
     # STATUS= is shown by systemctl status to anyone: it may quote an error.
     fields = {k: redact_text(v) if isinstance(v, str) else v for k, v in fields.items()}
     try:
@@ -276,7 +276,7 @@ class DaemonWork:
         return status_line(activity, self._snapshot, self._last_sweep)
 
     def _notify(self, **fields: str | int) -> None:
-        _notify_quietly(self.notifier, **fields)
+        notify_quietly(self.notifier, **fields)
 
     def _on_cloud_call(self, mutating: bool) -> None:
         """A call is progress while the work item is within its deadline; past it, reads are

@@ -129,7 +129,7 @@ def test_a_secret_canary_reaches_no_sink(deploy: Callable[..., Deployment]) -> N
 
 def test_the_systemd_status_line_masks_a_secret() -> None:
     """STATUS= is shown by ``systemctl status`` to any user: it may quote an error."""
-    from daemon.service.work import _notify_quietly
+    from daemon.service.work import notify_quietly
 
     class Recorder:
         def __init__(self) -> None:
@@ -141,7 +141,7 @@ def test_the_systemd_status_line_masks_a_secret() -> None:
     recorder = Recorder()
     redaction.register_secrets([CANARY])
     try:
-        _notify_quietly(recorder, STATUS=f"failed to start: {CANARY!r}", READY=1)
+        notify_quietly(recorder, STATUS=f"failed to start: {CANARY!r}", READY=1)
     finally:
         redaction.clear_registered_secrets()
     assert recorder.sent == [{"STATUS": "failed to start: '****'", "READY": 1}]

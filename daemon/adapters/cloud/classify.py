@@ -60,7 +60,7 @@ REFUSAL_CODES = frozenset(
 DENIED_RESPITE = 600.0  # seconds a scope that answered 401 is left alone (its lockout is 5 min)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:

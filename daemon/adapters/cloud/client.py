@@ -34,7 +34,7 @@ from huaweicloudsdkcbr.v1.model import (
 from huaweicloudsdkiam.v3 import KeystoneListProjectsRequest
 
 from daemon.adapters.cloud import wire
-from daemon.adapters.cloud.sdk import IAM_SCOPE, _project_in_region, _VaultIndex
+from daemon.adapters.cloud.sdk import IAM_SCOPE, VaultIndex, project_in_region
 from daemon.adapters.cloud.transport import SdkTransport
 from daemon.core.errors import AmbiguousError, MalformedAnswerError, NotFoundError, PermanentError
 from daemon.core.model import (
@@ -81,12 +81,12 @@ class HuaweiCloud(SdkTransport):
         wanted = project or region
         by_name = self._list_projects(name=wanted)
         for project_id, name in by_name:
-            if name == wanted and _project_in_region(name, region):
+            if name == wanted and project_in_region(name, region):
                 return project_id
         if project is not None:
             # Maybe an id: list the account's projects and match it within the region.
             for project_id, name in self._list_projects(name=None):
-                if project_id == project and _project_in_region(name, region):
+                if project_id == project and project_in_region(name, region):
                     return project_id
         what = f"project {project!r}" if project else "the default project"
         raise NotFoundError(f"{what} not found in region {region}", code="project_not_found")
@@ -139,7 +139,7 @@ class HuaweiCloud(SdkTransport):
             )
         return self.show_vault(region, project_id, name_or_id)
 
-    def _listed_vaults(self, region: str, project_id: str) -> _VaultIndex:
+    def _listed_vaults(self, region: str, project_id: str) -> VaultIndex:
         """The project's vaults by name and by id (a dict: a policy of 5,000 vaults looked
         each up in a list of 5,000, 25 million comparisons)."""
         key = (region, project_id)

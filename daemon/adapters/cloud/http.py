@@ -39,7 +39,7 @@ class _DeadlineHTTPSPool(HTTPSConnectionPool):
 _DEADLINE_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
 
 
-class _DeadlineAdapter(HTTPAdapter):
+class DeadlineAdapter(HTTPAdapter):
     """requests' adapter whose connections (direct or through the proxy) take part in each
     request's total deadline."""
 
@@ -53,7 +53,7 @@ class _DeadlineAdapter(HTTPAdapter):
         return manager
 
 
-def _refuse_redirect(response: Any) -> None:
+def refuse_redirect(response: Any) -> None:
     """The SDK raises for 4xx and 5xx only: a 3xx (a captive portal, a wrong endpoint) would
     pass as the API's answer, its body read as a listing. It is no answer of the API."""
     status = getattr(response, "status_code", None)

@@ -19,14 +19,14 @@ from huaweicloudsdkcore.http.http_handler import HttpHandler
 from huaweicloudsdkiam.v3 import IamClient
 
 from daemon import __version__
-from daemon.adapters.cloud.classify import _parse_retry_after
-from daemon.adapters.cloud.http import _DeadlineAdapter
+from daemon.adapters.cloud.classify import parse_retry_after
+from daemon.adapters.cloud.http import DeadlineAdapter
 from daemon.adapters.cloud.options import CloudOptions, Credentials, cbr_endpoint, iam_endpoint
 from daemon.adapters.cloud.ratelimit import AdaptiveRate, ThrottleGate, TokenBucket
 from daemon.core.errors import PermanentError, PermissionDeniedError
 from daemon.core.model import Vault
 
-_VaultIndex: TypeAlias = Mapping[str, tuple[Vault, ...]]
+VaultIndex: TypeAlias = Mapping[str, tuple[Vault, ...]]
 IAM_SCOPE = "iam"  # the scope of IAM calls beside the regions' (one 401 latch each)
 ApiCallback = Callable[[str, str], None]
 
@@ -69,7 +69,7 @@ class SdkClients:
         self._clients: dict[tuple[str, str], Any] = {}
         self._projects: dict[tuple[str, str | None], str] = {}
         self._iam: Any = None
-        self._vault_listings: dict[tuple[str, str], tuple[float, _VaultIndex]] = {}
+        self._vault_listings: dict[tuple[str, str], tuple[float, VaultIndex]] = {}
         self._lock = threading.Lock()
         self._max_pages = options.max_listing_pages
         # The whole of one request, connect to the last byte of the answer (a slow drip
@@ -187,7 +187,7 @@ class SdkClients:
         def remember_headers(**kwargs: Any) -> None:
             self._free_slot()
             response = kwargs["response"]
-            last.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            last.retry_after = parse_retry_after(response.headers.get("Retry-After"))
             last.request_id = response.headers.get("X-Request-Id")
             last.server_date = response.headers.get("Date")
 
@@ -210,7 +210,7 @@ class SdkClients:
             return
         session.trust_env = False
         size = max(10, self._options.concurrency)
-        adapter = _DeadlineAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
+        adapter = DeadlineAdapter(pool_connections=size, pool_maxsize=size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         if self._options.proxy:
@@ -232,7 +232,7 @@ def _no_model(response: Any, response_type: Any, progress_callback: Any) -> None
     return None
 
 
-def _project_in_region(name: str, region: str) -> bool:
+def project_in_region(name: str, region: str) -> bool:
     """Default projects are named like the region; sub-projects ``<region>_<suffix>``."""
     return name == region or name.startswith(f"{region}_")
 

@@ -28,7 +28,7 @@ from daemon.adapters.cloud.classify import (
     is_throttled,
     untrusted_endpoint,
 )
-from daemon.adapters.cloud.http import _refuse_redirect
+from daemon.adapters.cloud.http import refuse_redirect
 from daemon.adapters.cloud.ratelimit import SUSTAINED_STREAK
 from daemon.adapters.cloud.sdk import SdkClients
 from daemon.adapters.deadlines import GUARD
@@ -185,7 +185,7 @@ class SdkTransport(SdkClients):
                         f"no whole answer within {budget:g}s "
                         "(cloud.connect_timeout + cloud.timeout)"
                     ) from None
-            _refuse_redirect(response)
+            refuse_redirect(response)
             body = parse(getattr(response, "raw_content", None), operation)
         except Exception as error:
             untrusted = untrusted_endpoint(error)

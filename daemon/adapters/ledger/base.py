@@ -21,12 +21,12 @@ READ_ONLY_OPTION = "cbr_read_only"
 _READ_ONLY = {READ_ONLY_OPTION: True}
 
 
-def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+def in_chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(values), IN_LIST_CHUNK):
         yield values[start : start + IN_LIST_CHUNK]
 
 
-def _parse_if_text(value: object) -> datetime | None:
+def parse_if_text(value: object) -> datetime | None:
     """``min()`` over a SQLite text column comes back as text, not through the column type."""
     if value is None or isinstance(value, datetime):
         return value
@@ -71,7 +71,7 @@ class SqlBase:
             raise ledger_error(error, self.engine) from error
 
     def _moment(self, value: object) -> datetime | None:
-        return UtcDateTime().process_result_value(_parse_if_text(value), self.engine.dialect)
+        return UtcDateTime().process_result_value(parse_if_text(value), self.engine.dialect)
 
     def schema_version(self) -> int:
         with self._session() as session:

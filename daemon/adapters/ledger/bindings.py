@@ -8,7 +8,7 @@ from collections.abc import Collection, Sequence
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from daemon.adapters.ledger.base import SqlBase, _chunks
+from daemon.adapters.ledger.base import SqlBase, in_chunks
 from daemon.adapters.ledger.schema import BindingRow
 from daemon.core.errors import LedgerError
 from daemon.core.model import VaultBinding
@@ -38,7 +38,7 @@ class BindingStore(SqlBase):
     ) -> dict[str, VaultBinding]:
         found: dict[str, VaultBinding] = {}
         with self._session() as session:
-            for chunk in _chunks(list(source_vault_ids)):
+            for chunk in in_chunks(list(source_vault_ids)):
                 rows = session.exec(
                     select(BindingRow).where(
                         BindingRow.destination_region == destination_region,

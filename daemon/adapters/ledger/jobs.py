@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, bindparam, func, insert, or_, update
 from sqlmodel import Session, col, select
 
-from daemon.adapters.ledger.base import SqlBase, _chunks
+from daemon.adapters.ledger.base import SqlBase, in_chunks
 from daemon.adapters.ledger.schema import AttemptRow, JobRow
 from daemon.core.model import TERMINAL_STATES, Attempt, Job, JobState, Origin, PageJobs
 
@@ -35,7 +35,7 @@ _JOBS_TABLE = JobRow.__table__  # type: ignore[attr-defined]
 _SETTLED_BY_VALUE = {state.value: state for state in TERMINAL_STATES}
 # Listed rather than "!= succeeded", so that the (policy, state, backup created) index is
 # searched once per state instead of read whole.
-_NOT_SUCCEEDED = sorted(state.value for state in JobState if state is not JobState.SUCCEEDED)
+NOT_SUCCEEDED = sorted(state.value for state in JobState if state is not JobState.SUCCEEDED)
 
 
 # A sweep reads one listing page's jobs per query, on a plain connection rather than an ORM
@@ -69,7 +69,7 @@ def _jobs_in(
     connection: Connection, destination_region: str, backup_ids: Collection[str]
 ) -> dict[str, Job]:
     found: dict[str, Job] = {}
-    for chunk in _chunks(list(backup_ids)):
+    for chunk in in_chunks(list(backup_ids)):
         rows = connection.execute(_PAGE_JOBS, {"region": destination_region, "backup_ids": chunk})
         for row in rows.mappings():
             found[row["source_backup_id"]] = _job_from_values(row)
@@ -189,7 +189,7 @@ class JobStore(SqlBase):
                 _PAGE_STATES_POSTGRES, (destination_region, list(backup_ids))
             ).all()
             return
-        for chunk in _chunks(list(backup_ids)):
+        for chunk in in_chunks(list(backup_ids)):
             yield from connection.exec_driver_sql(
                 _page_states_sqlite(len(chunk)), (destination_region, *chunk)
             ).all()
@@ -245,7 +245,7 @@ class JobStore(SqlBase):
         table = _JOBS_TABLE
         found: dict[tuple[str, str], _StoredJob] = {}
         for region, backup_ids in by_region.items():
-            for chunk in _chunks(backup_ids):
+            for chunk in in_chunks(backup_ids):
                 query = select(
                     table.c.source_backup_id, table.c.id, table.c.created_at, table.c.lease_owner
                 ).where(table.c.destination_region == region, table.c.source_backup_id.in_(chunk))

@@ -12,9 +12,9 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from daemon.adapters.ledger.failures import cause_of, ledger_error
-from daemon.adapters.ledger.postgres import DatabaseTimeouts, _postgresql_engine
+from daemon.adapters.ledger.postgres import DatabaseTimeouts, postgresql_engine
 from daemon.adapters.ledger.schema import MIGRATIONS, SCHEMA_VERSION
-from daemon.adapters.ledger.sqlite import _CREATED_BY, _sqlite_engine
+from daemon.adapters.ledger.sqlite import CREATED_BY, sqlite_engine
 from daemon.adapters.ledger.store import SqlLedger
 from daemon.core.errors import LedgerError, LedgerMissingError, LedgerUnavailableError
 
@@ -35,10 +35,10 @@ def open_ledger(
             "postgresql+psycopg://USER@HOST/DB"
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        engine, ready = _sqlite_engine(parsed.database, create=create)
+        engine, ready = sqlite_engine(parsed.database, create=create)
     elif parsed.get_backend_name() == "postgresql":
         engine, ready = (
-            _postgresql_engine(parsed, timeouts or DatabaseTimeouts()),
+            postgresql_engine(parsed, timeouts or DatabaseTimeouts()),
             threading.Event(),
         )
     else:
@@ -83,7 +83,7 @@ def _require_tables(engine: Engine) -> None:
         found = inspect(connection).has_table("schema_version")
     if not found:
         where = engine.url.render_as_string(hide_password=True)
-        raise LedgerMissingError(f"{where} holds no ledger yet; {_CREATED_BY}")
+        raise LedgerMissingError(f"{where} holds no ledger yet; {CREATED_BY}")
 
 
 def _check_sqlite(engine: Engine) -> None:

@@ -36,7 +36,7 @@ class DatabaseTimeouts:
         return (self.statement + self.connect).total_seconds()
 
 
-def _postgresql_engine(parsed: URL, timeouts: DatabaseTimeouts) -> Engine:
+def postgresql_engine(parsed: URL, timeouts: DatabaseTimeouts) -> Engine:
     """Every wait bounded: the connect, each statement and each lock wait (server side), a
     dead peer (TCP keepalives, and unacknowledged data after twice the keepalive), and a
     server that does not answer at all (``StallGuard``)."""

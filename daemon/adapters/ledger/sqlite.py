@@ -20,10 +20,10 @@ from daemon.core.errors import LedgerError, LedgerGoneError, LedgerMissingError
 BUSY_TIMEOUT_MS = 10_000
 
 
-_CREATED_BY = "the daemon or `cbr-replicator --run-once` creates it (or check ledger.url)"
+CREATED_BY = "the daemon or `cbr-replicator --run-once` creates it (or check ledger.url)"
 
 
-def _sqlite_engine(database: str | None, *, create: bool = True) -> tuple[Engine, threading.Event]:
+def sqlite_engine(database: str | None, *, create: bool = True) -> tuple[Engine, threading.Event]:
     """The engine, and the event to set once the ledger is opened and migrated."""
     if not database or database == ":memory:":
         raise LedgerError(
@@ -34,7 +34,7 @@ def _sqlite_engine(database: str | None, *, create: bool = True) -> tuple[Engine
     if create:
         _create_private_file(path)
     elif not path.exists():  # a stat: SQLite would create the file on connecting
-        raise LedgerMissingError(f"{path} does not exist; {_CREATED_BY}")
+        raise LedgerMissingError(f"{path} does not exist; {CREATED_BY}")
     opened = _identity(path)
     ready = threading.Event()
     engine = create_engine(

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from daemon.adapters.ledger.base import SqlBase, _parse_if_text
-from daemon.adapters.ledger.jobs import _NOT_SUCCEEDED
+from daemon.adapters.ledger.base import SqlBase, parse_if_text
+from daemon.adapters.ledger.jobs import NOT_SUCCEEDED
 from daemon.adapters.ledger.schema import AttemptRow, JobRow, SweepRow, UtcDateTime
 from daemon.core.alerts import ReplicationWindow
 from daemon.core.errors import LedgerError
@@ -112,11 +112,11 @@ class SweepStore(SqlBase):
 
     def oldest_pending_backup(self, policy: str) -> datetime | None:
         query = select(func.min(JobRow.backup_created_at)).where(
-            JobRow.policy == policy, col(JobRow.state).in_(_NOT_SUCCEEDED)
+            JobRow.policy == policy, col(JobRow.state).in_(NOT_SUCCEEDED)
         )
         with self._session() as session:
             value = session.exec(query).one()
-        return UtcDateTime().process_result_value(_parse_if_text(value), self.engine.dialect)
+        return UtcDateTime().process_result_value(parse_if_text(value), self.engine.dialect)
 
     def history(
         self,
@@ -174,7 +174,7 @@ class SweepStore(SqlBase):
         with self._session() as session:
             newest = self._moment(session.exec(newest_query).one())
             waiting_query = select(func.min(JobRow.backup_created_at)).where(
-                JobRow.policy == policy, col(JobRow.state).in_(_NOT_SUCCEEDED), ~gone
+                JobRow.policy == policy, col(JobRow.state).in_(NOT_SUCCEEDED), ~gone
             )
             if newest is not None:
                 waiting_query = waiting_query.where(col(JobRow.backup_created_at) > newest)
