@@ -1,4 +1,4 @@
-"""TODO."""
+"""``check-config --cloud``: every endpoint reached, every policy resolved against the cloud."""
 
 from __future__ import annotations
 

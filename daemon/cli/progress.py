@@ -1,7 +1,7 @@
 """The live progress line of an interactive ``--run-once`` (policies, backups scanned,
 submitted, finished), redrawn in place on a terminal; on anything else it writes nothing, so
 pipes, files and journald never see control characters. Log lines to the same terminal
-are written above it (``observe.draw_status``).
+are written above it (``adapters.logs.draw_status``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Operators' alert states as pure decisions: the RPO of a policy, stuck replications, given-up
 jobs and the policy's own health, and which of them changed since they were last recorded.
 
-Pure: facts (from the ledger) and ``now`` in, values out; no clock, no I/O. ``watch.py``
+Pure: facts (from the ledger) and ``now`` in, values out; no clock, no I/O. ``engine.alerting``
 gathers the facts, records the changes in the ledger and hands them to the notifier.
 
 A state that is not stored is ``ok``: the ledger keeps a row only for what needs attention

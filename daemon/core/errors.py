@@ -1,6 +1,7 @@
 """The error family: every failure the daemon can meet, classified once.
 
-Adapters raise these; services turn them into outcomes at one boundary (``replicate.py``).
+Adapters raise these; the engine turns them into outcomes at one boundary (``engine.submit``
+and ``engine.track``).
 Messages never carry secrets: the cloud adapter builds them from codes and ids only.
 """
 

@@ -1,6 +1,6 @@
 """Render replica names and descriptions from templates (docs/design.md §2). Pure: no clock, no I/O.
 
-Templates are checked when the configuration loads (``templates.py``); rendering only has to
+Templates are checked when the configuration loads (``core.templates``); rendering only has to
 make substituted values fit the API's limits: a name of 1 to 64 letters, digits, ``_`` or ``-``,
 and a description of at most 255 characters without ``<`` or ``>``.
 """

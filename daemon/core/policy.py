@@ -1,6 +1,6 @@
 """The config schema (docs/design.md §8): frozen pydantic models, durations, sizes and cron.
 
-Pure: no file, no environment, no clock. ``config.py`` reads the files, resolves ``${NAME}``
+Pure: no file, no environment, no clock. ``daemon.config`` reads the files, resolves ``${NAME}``
 references and ``*_file`` secrets, merges ``defaults`` into each policy, then validates here.
 """
 

@@ -1,6 +1,6 @@
 """The two ports the services need: the cloud (CBR + IAM) and the ledger.
 
-Services depend on these protocols only; ``cloud.py`` and the ``ledger`` package implement
+Services depend on these protocols only; ``adapters.cloud`` and ``adapters.ledger`` implement
 them, and tests may implement them with in-memory fakes at the edge of a pure unit.
 All datetimes crossing these ports are timezone-aware UTC.
 """
@@ -31,7 +31,7 @@ from daemon.core.model import (
 
 
 class Cloud(Protocol):
-    """What the engine needs from CBR and IAM. Errors are those of ``daemon.errors``."""
+    """What the engine needs from CBR and IAM. Errors are those of ``core.errors``."""
 
     def resolve_project(self, region: str, project: str | None = None) -> str:
         """Project id in ``region``: the default project (named like the region) when

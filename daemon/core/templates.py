@@ -1,6 +1,6 @@
 """Load-time checks of replica name and description templates (docs/design.md §2). Stdlib only.
 
-Shared by the config schema (``policy.py``) and the renderer (``rules.py``), which are sibling
+Shared by the config schema (``core.policy``) and the renderer (``core.rules``), which are sibling
 core modules that must not import each other.
 """
 

@@ -1,4 +1,8 @@
-"""TODO."""
+"""What operators are told: after a sweep (and the daemon's tracking rounds), a policy's RPO,
+stuck replications, given-up jobs and sweep health are evaluated against what the ledger last
+recorded; each change is recorded once (compare and set, across processes and restarts) with
+its notification, and logged. ``service.outbox`` delivers the notifications from the ledger.
+"""
 
 from __future__ import annotations
 

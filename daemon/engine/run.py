@@ -66,7 +66,7 @@ def run_policies(
 ) -> RunReport:
     """Sweep every given policy once (one after the other); a failing policy never stops
     the others. ``role`` is what ``status`` shows for this process among the instances.
-    After each sweep its alert states are evaluated (``watch``), then ``on_swept`` is called.
+    After each sweep its alert states are evaluated (``alerting``), then ``on_swept`` is called.
     A permission denied stops the run: raised, or with ``keep_denied`` reported as that
     policy's error and kept in ``permission_denied`` (so the caller can show what was done).
     ``manual_jobs``: also follow the replicating jobs of no policy (``follow_manual``), as

@@ -1,4 +1,9 @@
-"""TODO."""
+"""Submitting due jobs: the one place where a POST's exceptions become outcomes in the ledger.
+
+The no-duplicate protocol of docs/design.md §11 lives here: claim with a lease, reconcile a job
+left ``submitting`` before anything else, commit the intent, then POST; after any failure of the
+POST the job stays ``submitting`` until a reconcile read says what happened.
+"""
 
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
 """Daemon mode (``cbr-replicator`` with no command): APScheduler jobs for the policies and the
 tracker, signals (TERM and INT stop, HUP reloads), sd_notify and the watchdog, the metrics
 endpoint and the single-instance guard of a SQLite ledger (``instance_lock``). The only
-module importing APScheduler.
+package importing APScheduler. The work items are in ``work``, the signal flags in
+``signals``.
 
 Threads: the main thread runs the main loop (signals, reload, WATCHDOG=1); APScheduler's
 thread fires the triggers; a sweep thread and a tracker thread run the work items, one at a
 time under ``_work_lock``, so a reload swaps the configuration between two work items.
 Sweeps call ``run_policies``, as ``--run-once`` does. A notify thread (``Courier``) sends the
-alert notifications and heartbeat pings, outside the work lock (``courier``); the cloud is
-wrapped in ``watched.WatchedCloud``, which counts the calls for the hang watch.
+alert notifications and heartbeat pings, outside the work lock (``service.courier``); the cloud is
+wrapped in ``adapters.cloud.watched.WatchedCloud``, which counts the calls for the hang watch.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The ``Cloud`` port over the official Huawei Cloud SDK (``huaweicloudsdkcbr``, ``...iam``).
 
-The only module that imports the SDK. It owns: one CBR client per (region, project) with an
-explicit endpoint and project id; project resolution through IAM; pagination; the client-side
-rate limit and concurrency cap; tenacity retries for reads (never for POSTs); and the one
-function that classifies SDK errors into ``daemon.errors``. Answers are parsed from the raw
-body by ``daemon.wire`` into our own frozen types; no SDK object leaves this module.
+The cloud adapter (the only package that imports the SDK) owns: one CBR client per (region,
+project) with an explicit endpoint and project id (``sdk``); project resolution through IAM
+and pagination (here); the client-side rate limit and concurrency cap, tenacity retries for
+reads, never for POSTs (``transport``); and the one function that classifies SDK errors into
+``core.errors`` (``classify``). Answers are parsed from the raw body by ``wire`` into our own
+frozen types; no SDK object leaves the package.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ VAULT_LISTING_TTL = 60.0  # seconds a project's vault listing answers find_vault
 
 
 class HuaweiCloud(SdkTransport):
-    """``daemon.ports.Cloud`` on the official SDK."""
+    """``core.ports.Cloud`` on the official SDK."""
 
     # -- resolution ------------------------------------------------------------------------
     def resolve_project(self, region: str, project: str | None = None) -> str:

@@ -15,7 +15,7 @@ from daemon.core.errors import MalformedAnswerError
 
 
 class _DeadlineHTTPConnection(HTTPConnection):
-    """Attaches itself to the calling thread's request deadline (``daemon.deadlines``)."""
+    """Attaches itself to the calling thread's request deadline (``adapters.deadlines``)."""
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         GUARD.attach(self)

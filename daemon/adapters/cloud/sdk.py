@@ -221,7 +221,7 @@ class SdkClients:
 
 
 def _keep_raw_body(client: Any) -> None:
-    """Skip the SDK's model deserialization: ``daemon.wire`` parses every answer once, from
+    """Skip the SDK's model deserialization: ``wire`` parses every answer once, from
     ``raw_content`` (which the SDK still sets). The SDK's own pass builds a model object per
     field and runs dateutil on every timestamp: it cost more CPU than the rest of a sweep.
     Error answers are unaffected (the SDK raises them before deserializing)."""

@@ -6,8 +6,10 @@ recipe), so a claim cannot interleave with another process's claim; on PostgreSQ
 ``FOR UPDATE SKIP LOCKED``. The file is created 0600 in a 0700 directory, in WAL mode with
 ``synchronous=FULL``: the intent written before a POST must survive a power cut.
 
-``schema`` holds the tables and their migrations, ``store`` the queries and writes
-(``SqlLedger``), ``opening`` the file or database checks and the migration at open.
+``schema`` holds the tables and their migrations; ``store`` assembles ``SqlLedger`` from one
+store per role (``jobs``, ``bindings``, ``leases``, ``sweeps``, ``alerts``) on ``base``;
+``opening`` checks the file (``sqlite``) or database (``postgres``) and migrates it at open;
+``failures`` says what a database error means.
 """
 
 from daemon.adapters.ledger.opening import open_ledger, open_scratch_ledger

@@ -16,7 +16,7 @@ from daemon.adapters.ledger.failures import ledger_error
 from daemon.adapters.ledger.schema import SchemaVersionRow, UtcDateTime
 
 IN_LIST_CHUNK = 500  # below SQLite's bound-parameter limit, whatever its build
-# The execution option that makes a transaction begin deferred on SQLite (see ``opening``).
+# The execution option that makes a transaction begin deferred on SQLite (see ``sqlite``).
 READ_ONLY_OPTION = "cbr_read_only"
 _READ_ONLY = {READ_ONLY_OPTION: True}
 
