@@ -17,14 +17,17 @@ from typing import Any, cast
 
 from pydantic import SecretStr
 
-from daemon.cloud import ApiCallback, CloudOptions, Credentials, HuaweiCloud
-from daemon.config import LoadedConfig
-from daemon.errors import ConfigError
-from daemon.ledger import DatabaseTimeouts, SqlLedger, open_ledger
-from daemon.observe import redact_text, register_secrets
-from daemon.policy import CloudSettings, Policy, Settings
-from daemon.ports import Cloud
-from daemon.replicate import Engine, ambiguous_recheck
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
+from daemon.adapters.cloud.sdk import ApiCallback
+from daemon.adapters.ledger import DatabaseTimeouts, SqlLedger, open_ledger
+from daemon.config.load import LoadedConfig
+from daemon.core.errors import ConfigError
+from daemon.core.policy import Policy, Settings
+from daemon.core.ports import Cloud
+from daemon.core.redaction import redact_text, register_secrets
+from daemon.core.settings import CloudSettings
+from daemon.engine.context import Engine, ambiguous_recheck
 
 
 def utc_now() -> datetime:

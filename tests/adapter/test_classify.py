@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from huaweicloudsdkcore.exceptions import exceptions as sdk
 
-from daemon.cloud import classify_error
-from daemon.errors import (
+from daemon.adapters.cloud.classify import classify_error
+from daemon.core.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
     MalformedAnswerError,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
-from daemon.emulator import Emulator
-from daemon.errors import (
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
+from daemon.core.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
     BusyError,
@@ -27,7 +27,8 @@ from daemon.errors import (
     ThrottledError,
     TransientError,
 )
-from daemon.model import Destination, ReplicaSpec
+from daemon.core.model import Destination, ReplicaSpec
+from daemon.emulator import Emulator
 
 SOURCE = "cn-north-4"
 DEST = "cn-south-1"

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from daemon.cloud import CloudOptions, Credentials, HuaweiCloud, cbr_endpoint, iam_endpoint
-from daemon.emulator import Emulator
-from daemon.errors import (
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials, cbr_endpoint, iam_endpoint
+from daemon.core.errors import (
     AmbiguousError,
     EndpointError,
     MalformedAnswerError,
@@ -23,7 +23,8 @@ from daemon.errors import (
     PermissionDeniedError,
     ThrottledError,
 )
-from daemon.model import Destination, ReplicaSpec
+from daemon.core.model import Destination, ReplicaSpec
+from daemon.emulator import Emulator
 
 SOURCE = "cn-north-4"
 DEST = "cn-south-1"

@@ -9,9 +9,9 @@ import orjson
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from daemon import wire
-from daemon.errors import MalformedAnswerError
-from daemon.model import Backup
+from daemon.adapters.cloud import wire
+from daemon.core.errors import MalformedAnswerError
+from daemon.core.model import Backup
 
 ODD = st.one_of(
     st.none(),

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from daemon.cloud import LISTING_SORT, PAGE_SIZE, HuaweiCloud
+from daemon.adapters.cloud.client import LISTING_SORT, PAGE_SIZE, HuaweiCloud
+from daemon.adapters.ledger import open_ledger
+from daemon.core.errors import MalformedAnswerError, PermanentError
+from daemon.core.model import JobState
+from daemon.core.policy import Policy
 from daemon.emulator import Emulator
-from daemon.errors import MalformedAnswerError, PermanentError
-from daemon.ledger import open_ledger
-from daemon.model import JobState
-from daemon.policy import Policy
-from daemon.sweep import sweep_policy
+from daemon.engine.sweep import sweep_policy
 from tests.engine.harness import policy, server_backup
 from tests.reliability.reliability_support import ManualClock, cloud_on, engine_on
 

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr
 
-from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
 from daemon.emulator import Emulator
 from tests.engine.harness import one_vault_scenario, server_backup
 

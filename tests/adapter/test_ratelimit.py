@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from daemon.ratelimit import ThrottleGate, TokenBucket, next_rate, throttle_delay
+from daemon.adapters.cloud.ratelimit import ThrottleGate, TokenBucket, next_rate, throttle_delay
 
 
 class SteppedClock:

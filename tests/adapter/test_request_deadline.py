@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
+from daemon.adapters.webhook import WebhookClient
+from daemon.core.errors import AmbiguousError, TransientError
+from daemon.core.model import Destination, ReplicaSpec
 from daemon.emulator import Emulator
-from daemon.errors import AmbiguousError, TransientError
-from daemon.model import Destination, ReplicaSpec
-from daemon.notify import WebhookClient
 from tests.engine.harness import one_vault_scenario, server_backup
 
 SOURCE, DEST = "cn-north-4", "cn-south-1"

@@ -14,10 +14,10 @@ import pytest
 import trustme
 from huaweicloudsdkcore.exceptions import exceptions as sdk_errors
 
-from daemon import exitcodes
-from daemon.cloud import classify_error, untrusted_endpoint
+from daemon.adapters.cloud.classify import classify_error, untrusted_endpoint
+from daemon.core import exitcodes
+from daemon.core.errors import AmbiguousError, ConfigError, TransientError
 from daemon.emulator import Emulator
-from daemon.errors import AmbiguousError, ConfigError, TransientError
 from tests.adapter.test_cloud_contract import SOURCE, make_cloud
 from tests.engine.harness import policy, write_config
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import wire
-from daemon.errors import MalformedAnswerError
+from daemon.adapters.cloud import wire
+from daemon.core.errors import MalformedAnswerError
 
 
 def backup_json(**overrides: object) -> dict[str, object]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.cli import main
+from daemon.cli.entry import main
 
 BASE: dict[str, Any] = {
     "cloud": {"provider": "emulator"},

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon import config as config_module
+from daemon.config import files
 
 Check = Callable[[Path], tuple[int, str, str]]
 Write = Callable[..., Path]
@@ -434,13 +434,13 @@ def test_a_config_the_service_user_cannot_read_says_so_and_how_to_let_it(
 ) -> None:
     # Root reads any file, so the refusal an operator meets as the service's user is made here.
     path = write({"cloud": {"provider": "emulator"}, "policies": []})
-    real_read = config_module._read_bounded
+    real_read = files.read_bounded_file
 
     def read_bounded(where: Path, **options: Any) -> bytes:
         if where == path:
             raise PermissionError(13, "Permission denied", str(path))
         return real_read(where, **options)
 
-    monkeypatch.setattr(config_module, "_read_bounded", read_bounded)
+    monkeypatch.setattr(files, "read_bounded_file", read_bounded)
     err = assert_config_error(check(path), path, "permission denied", f"chmod 640 {path}")
     assert "UTF-8" not in err

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from daemon.config import describe_settings, load_settings, settings_json_schema
-from daemon.errors import ConfigError
+from daemon.config.describe import describe_settings
+from daemon.config.export import settings_json_schema
+from daemon.config.load import load_settings
+from daemon.core.errors import ConfigError
 
 Check = Callable[[Path], tuple[int, str, str]]
 Write = Callable[..., Path]

@@ -7,10 +7,10 @@ import json
 import re
 from pathlib import Path
 
-from daemon import exitcodes
-from daemon.model import Reason
-from daemon.policy import Settings
-from daemon.reference import config_reference
+from daemon.config.reference import config_reference
+from daemon.core import exitcodes
+from daemon.core.model import Reason
+from daemon.core.policy import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -57,7 +57,7 @@ def test_a_key_file_with_stray_whitespace_is_refused_naming_the_file(
 def test_one_trailing_line_break_of_a_key_file_is_not_part_of_the_key(
     base: dict[str, Any], write: Write, ending: str
 ) -> None:
-    from daemon.config import load_settings
+    from daemon.config.load import load_settings
 
     secret = write(CANARY + ending, "ak")
     base["cloud"]["credentials"] = {"access_key_file": str(secret), "secret_key": "s3cr3t-sk"}
@@ -143,8 +143,8 @@ def test_every_duration_at_its_maximum_schedules_and_computes_without_overflow(
     a lease's end, a retry's backoff (each overflowed at 99999999d)."""
     from datetime import UTC, datetime
 
-    from daemon.config import load_settings
-    from daemon.service import make_trigger
+    from daemon.config.load import load_settings
+    from daemon.service.scheduling import make_trigger
 
     base["cloud"].update(lease="1d", timeout="1h", connect_timeout="1h")
     policy = base["policies"][0]
@@ -191,7 +191,7 @@ def test_every_url_is_parsed_at_load_and_never_echoed(
     field: str,
     what: str,
 ) -> None:
-    from daemon.cli import main
+    from daemon.cli.entry import main
 
     _set(base, path, value)
     config = write(base)
@@ -204,7 +204,7 @@ def test_every_url_is_parsed_at_load_and_never_echoed(
 def test_a_postgresql_ledger_through_a_socket_directory_names_no_host_and_is_fine(
     base: dict[str, Any], write: Write
 ) -> None:
-    from daemon.config import load_settings
+    from daemon.config.load import load_settings
 
     base["ledger"] = {"url": "postgresql+psycopg://cbr@/cbr?host=/run/postgresql"}
     assert load_settings(write(base)).settings.ledger.url.endswith("/run/postgresql")

@@ -9,15 +9,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 
-from daemon.policy import (
-    ScheduleSettings,
+from daemon.core.policy import ScheduleSettings
+from daemon.core.templates import PLACEHOLDERS, check_description_template, check_name_template
+from daemon.core.units import (
     apscheduler_crontab,
     cron_longest_gap,
     parse_cron,
     parse_duration,
     parse_size,
 )
-from daemon.templates import PLACEHOLDERS, check_description_template, check_name_template
 
 
 @pytest.mark.parametrize(

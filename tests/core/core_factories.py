@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon.model import (
+from daemon.core.model import (
     ECS_RESOURCE_TYPE,
     Backup,
     Job,

@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon import alerts
-from daemon.alerts import AlertKind, ReplicationWindow, RpoState, StoredAlert
-from daemon.model import Job, JobState, Origin
-from daemon.ports import TrafficEntry
-from daemon.traffic import group_traffic
+from daemon.core import alerts
+from daemon.core.alerts import AlertKind, ReplicationWindow, RpoState, StoredAlert
+from daemon.core.model import Job, JobState, Origin
+from daemon.core.ports import TrafficEntry
+from daemon.core.traffic import group_traffic
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RPO = timedelta(hours=2)

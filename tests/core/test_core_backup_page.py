@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.model import Backup, BackupPage
+from daemon.core.model import Backup, BackupPage
 
 
 def backup(backup_id: str) -> Backup:

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from daemon.model import Job, JobState
+from daemon.core.model import Job, JobState
 from tests.core.core_factories import job
 
 

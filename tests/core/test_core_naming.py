@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import naming
+from daemon.core import naming
 
 VALID_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -10,9 +10,9 @@ from core_factories import NOW, job, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import retrying
-from daemon.model import JobState, RecordStatus
-from daemon.retrying import RetryPolicy
+from daemon.core import retrying
+from daemon.core.model import JobState, RecordStatus
+from daemon.core.retrying import RetryPolicy
 
 NO_JITTER = RetryPolicy(jitter=0.0)
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from core_factories import NOW, OTHER_REGION, REGION, SOURCE_REGION, backup, job, record
 
-from daemon import rules
-from daemon.model import (
+from daemon.core import rules
+from daemon.core.model import (
     Action,
     Backup,
     Decision,

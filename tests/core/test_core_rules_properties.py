@@ -8,8 +8,8 @@ from core_factories import NOW, OTHER_REGION, REGION, job
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import rules
-from daemon.model import (
+from daemon.core import rules
+from daemon.core.model import (
     ECS_RESOURCE_TYPE,
     Action,
     Backup,

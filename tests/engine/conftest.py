@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.ledger import SqlLedger, open_ledger
+from daemon.adapters.ledger import SqlLedger, open_ledger
 from tests.engine.harness import deploy
 
 __all__ = ["deploy", "ledger"]

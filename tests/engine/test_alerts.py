@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import manual, watch
+from daemon.adapters.webhook import DELIVERY_HEADER, WebhookClient
 from daemon.app import App, build_app
-from daemon.config import load_settings
-from daemon.model import GIB, JobState, SweepReport
-from daemon.notify import DELIVERY_HEADER, WebhookClient
-from daemon.policy import DestinationSettings, Policy
-from daemon.run import run_policies
+from daemon.config.load import load_settings
+from daemon.core.model import GIB, JobState, SweepReport
+from daemon.core.policy import DestinationSettings, Policy
+from daemon.engine import manual
+from daemon.engine.run import run_policies
+from daemon.service.outbox import DeliveryReport, Outbox
 from tests.engine.harness import Deployment, policy, server_backup
 from tests.engine.webhooks import Receiver, receiving
 
@@ -71,12 +72,12 @@ class Alerting:
         self.deliver()
         return run.sweeps[0]
 
-    def deliver(self) -> watch.DeliveryReport:
+    def deliver(self) -> DeliveryReport:
         return self.outbox().deliver_pending()
 
-    def outbox(self) -> watch.Outbox:
+    def outbox(self) -> Outbox:
         client = WebhookClient(sleep=self.sleeps.append, clock=lambda: self.clock().timestamp())
-        return watch.Outbox(
+        return Outbox(
             self.app.ledger,
             self.app.settings,
             client,
@@ -305,7 +306,7 @@ def test_a_dead_webhook_costs_a_logged_failure_and_nothing_else(
         sleeps: list[float] = []
         client = WebhookClient(sleep=sleeps.append)
         with capture_logs() as logs:
-            report = watch.Outbox(
+            report = Outbox(
                 app.ledger, app.settings, client, owner="test", clock=clock
             ).deliver_pending()
         assert (report.delivered, report.failed) == (0, 1)

@@ -22,15 +22,15 @@ from typing import Any, cast
 
 import pytest
 
-from daemon import replicate
+from daemon.adapters.ledger import SqlLedger
 from daemon.app import owner_gone
+from daemon.core.model import BackupPage, JobState
+from daemon.core.policy import Policy
+from daemon.core.ports import Ledger
 from daemon.emulator import Emulator
-from daemon.ledger import SqlLedger
-from daemon.model import BackupPage, JobState
-from daemon.policy import Policy
-from daemon.ports import Ledger
-from daemon.replicate import Engine
-from daemon.sweep import sweep_policy
+from daemon.engine import submit
+from daemon.engine.context import Engine
+from daemon.engine.sweep import sweep_policy
 from tests.adapter.test_cloud_contract import make_cloud
 from tests.engine.harness import one_vault_scenario, policy, server_backup
 from tests.engine.test_submit_protocol import DEST, SOURCE, START, Clock, job_for, setup
@@ -74,10 +74,10 @@ def test_a_claim_taken_over_after_its_lease_ran_out_is_not_posted_by_the_first_c
     [taken] = ledger.claim_jobs(
         owner=OTHER, now=clock_of(first).now, lease_until=clock_of(first).now + first.lease, limit=5
     )
-    assert replicate.submit_claimed(second, target, taken)[0] == "submitted"
+    assert submit.submit_claimed(second, target, taken)[0] == "submitted"
 
     # ...then carries on with the job it claimed: it must not post it again.
-    outcome, _ = replicate.submit_claimed(first, target, stale)
+    outcome, _ = submit.submit_claimed(first, target, stale)
 
     assert outcome == "deferred"
     assert posts(emulator) == 1
@@ -112,14 +112,14 @@ def test_a_submission_pass_whose_claims_were_taken_over_posts_none_of_them(
     second = replace(first, owner=OTHER)
     jobs = [job_for(emulator, first, target, name) for name in ("web-1", "web-2")]
     ledger.save_jobs(jobs, START)
-    other_pass: list[replicate.SubmitReport] = []
+    other_pass: list[submit.SubmitReport] = []
 
     def meanwhile() -> None:
         clock_of(first).now += first.lease + timedelta(seconds=1)
-        other_pass.append(replicate.submit_due(second, target))
+        other_pass.append(submit.submit_due(second, target))
 
     stalled = replace(first, ledger=cast(Ledger, TakenOverAfterClaim(ledger, meanwhile)))
-    report = replicate.submit_due(stalled, target)
+    report = submit.submit_due(stalled, target)
 
     assert other_pass[0].submitted == 2
     assert report.claimed == 2
@@ -138,7 +138,7 @@ def test_the_intent_restarts_the_jobs_lease(emulator: Emulator, ledger: SqlLedge
     )
     clock_of(engine).now = START + engine.lease - timedelta(seconds=5)
 
-    [intent] = replicate._write_intents(engine, target, [claimed])
+    [intent] = submit._write_intents(engine, target, [claimed])
 
     assert intent.state == JobState.SUBMITTING
     assert intent.lease_owner == engine.owner

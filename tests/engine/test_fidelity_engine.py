@@ -13,21 +13,22 @@ from typing import Any
 
 import pytest
 
-from daemon import manual, replicate
-from daemon.emulator import Emulator
-from daemon.errors import (
+from daemon.adapters.ledger import SqlLedger, open_ledger
+from daemon.core.errors import (
     EndpointError,
     NotFoundError,
     PermanentError,
     RefusedError,
     TransientError,
 )
-from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import JobState
-from daemon.policy import Policy
-from daemon.replicate import Engine, ambiguous_recheck
-from daemon.run import run_policies
-from daemon.sweep import resolve_policy, sweep_policy
+from daemon.core.model import JobState
+from daemon.core.policy import Policy
+from daemon.emulator import Emulator
+from daemon.engine import manual, submit
+from daemon.engine.context import Engine, ambiguous_recheck
+from daemon.engine.resolve import resolve_policy
+from daemon.engine.run import run_policies
+from daemon.engine.sweep import sweep_policy
 from tests.engine.harness import policy, rules_scenario
 from tests.reliability.reliability_support import (
     ManualClock,
@@ -134,7 +135,7 @@ def test_an_ambiguous_post_is_rechecked_after_the_request_timeouts(world: World)
     assert {job.next_attempt_at for job in left} == {engine.now() + timedelta(seconds=8)}
     posts = len(world.posts())
     world.clock.advance(9)
-    replicate.submit_due(engine, resolve_policy(engine, WEB_SOUTH).target)
+    submit.submit_due(engine, resolve_policy(engine, WEB_SOUTH).target)
     assert world.ledger.jobs_in_states({JobState.SUBMITTING}, limit=100) == []
     assert len(world.posts()) == posts, "they had landed: reconciled, not posted again"
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.ledger import open_ledger
+from daemon.adapters.ledger import open_ledger
 from tests.engine.harness import Deployment, policy
 
 WEB = policy("web", ["web-prod"], "cn-south-1", "web-dr")

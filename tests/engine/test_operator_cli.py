@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from daemon.progress import CLEAR_LINE
+from daemon.cli.progress import CLEAR_LINE
 from tests.engine.harness import CLI, Deployment, policy, server_backup
 from tests.engine.webhooks import Receiver, receiving
 

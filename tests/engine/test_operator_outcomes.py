@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from daemon.ledger import open_ledger
+from daemon.adapters.ledger import open_ledger
 from tests.engine.harness import Deployment, policy, server_backup
 
 SCENARIO: dict[str, Any] = {

@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon import replicate, retrying
+from daemon.adapters.ledger import SqlLedger
+from daemon.core import retrying
+from daemon.core.model import GIB, Destination, Job, JobState, Origin
 from daemon.emulator import Emulator
-from daemon.ledger import SqlLedger
-from daemon.model import GIB, Destination, Job, JobState, Origin
-from daemon.replicate import Engine, Target
+from daemon.engine import submit
+from daemon.engine.context import Engine, Target
 from tests.adapter.test_cloud_contract import make_cloud
 from tests.engine.harness import one_vault_scenario, server_backup
 
@@ -103,7 +104,7 @@ def test_a_submitting_job_left_by_a_crash_is_posted_even_when_it_holds_the_only_
         lease_expires_at=START - timedelta(seconds=1),
     )
     ledger.save_jobs([crashed], START)
-    report = replicate.submit_due(engine, target)
+    report = submit.submit_due(engine, target)
     assert (report.claimed, report.submitted) == (1, 1)
     assert len(emulator.requests("replicate_backup")) == 1
     assert len(emulator.requests("show_backup")) == 1  # reconciled before the POST
@@ -126,10 +127,10 @@ def test_a_live_lease_of_another_process_is_respected_until_it_expires(
         lease_expires_at=START + timedelta(minutes=1),
     )
     ledger.save_jobs([held], START)
-    assert replicate.submit_due(engine, target).claimed == 0
+    assert submit.submit_due(engine, target).claimed == 0
     assert emulator.requests("replicate_backup") == []
     engine.clock.now = START + timedelta(minutes=2)  # type: ignore[attr-defined]
-    assert replicate.submit_due(engine, target).submitted == 1
+    assert submit.submit_due(engine, target).submitted == 1
     assert len(emulator.requests("replicate_backup")) == 1
 
 
@@ -139,12 +140,12 @@ def test_a_post_that_landed_before_the_crash_is_found_and_never_repeated(
     engine, target = setup(emulator, ledger, max_in_flight=1)
     job = job_for(emulator, engine, target, "web-2")
     ledger.save_jobs([job], START)
-    assert replicate.submit_due(engine, target).submitted == 1
+    assert submit.submit_due(engine, target).submitted == 1
     # As if the process died after the POST but before recording it: back to submitting.
     landed = ledger.get_job(job.source_backup_id, DEST)
     assert landed is not None
     ledger.save_jobs([landed.evolve(state=JobState.SUBMITTING, replication_record_id=None)], START)
-    report = replicate.submit_due(engine, target)
+    report = submit.submit_due(engine, target)
     assert (report.reconciled, report.submitted) == (1, 0)
     assert len(emulator.requests("replicate_backup")) == 1
     assert emulator.duplicates() == []
@@ -159,7 +160,7 @@ def test_the_daily_traffic_budget_defers_the_rest_to_the_next_local_day(
     target = replace(target, traffic_budget_per_day=50 * GIB, timezone="Asia/Shanghai")
     jobs = [job_for(emulator, engine, target, name) for name in ("web-1", "web-2")]
     ledger.save_jobs(jobs, START)
-    first = replicate.submit_due(engine, target)
+    first = submit.submit_due(engine, target)
     assert (first.submitted, first.deferred) == (1, 1)
     assert len(emulator.requests("replicate_backup")) == 1
     deferred = [
@@ -173,9 +174,9 @@ def test_the_daily_traffic_budget_defers_the_rest_to_the_next_local_day(
     assert ledger.submitted_bytes(policy="web", since=START) == 40 * GIB
     # Later the same local day: nothing is claimed, nothing is sent.
     engine.clock.now = local_midnight - timedelta(minutes=1)  # type: ignore[attr-defined]
-    assert replicate.submit_due(engine, target).claimed == 0
+    assert submit.submit_due(engine, target).claimed == 0
     assert len(emulator.requests("replicate_backup")) == 1
     # The next local day has a fresh budget.
     engine.clock.now = local_midnight  # type: ignore[attr-defined]
-    assert replicate.submit_due(engine, target).submitted == 1
+    assert submit.submit_due(engine, target).submitted == 1
     assert len(emulator.requests("replicate_backup")) == 2

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from daemon.adapters.ledger import SqlLedger
+from daemon.core.model import Backup, BackupPage, Decision, JobState, Reason, Vault
+from daemon.core.policy import Policy
 from daemon.emulator import Emulator
-from daemon.ledger import SqlLedger
-from daemon.model import Backup, BackupPage, Decision, JobState, Reason, Vault
-from daemon.policy import Policy
-from daemon.sweep import sweep_policy
+from daemon.engine.sweep import sweep_policy
 from tests.engine.harness import one_vault_scenario, policy, server_backup
 from tests.engine.test_failover import clock_of
 from tests.engine.test_submit_protocol import DEST, SOURCE, setup

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from daemon import notify
+from daemon.adapters import webhook as notify
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from daemon.ledger import SqlLedger, open_ledger
+from daemon.adapters.ledger import SqlLedger, open_ledger
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from daemon.ledger import SCHEMA_VERSION, SqlLedger, open_ledger
+from daemon.adapters.ledger import SCHEMA_VERSION, SqlLedger, open_ledger
 
 
 def test_instances_opening_an_empty_ledger_at_once_all_succeed(ledger_url: str) -> None:

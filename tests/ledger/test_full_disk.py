@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import LedgerUnavailableError
-from daemon.ledger import open_ledger
+from daemon.adapters.ledger import open_ledger
+from daemon.core.errors import LedgerUnavailableError
 from tests.ledger.test_ledger import NOW, REGION, job
 
 

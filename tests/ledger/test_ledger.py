@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from daemon.ledger import SCHEMA_VERSION, SqlLedger
-from daemon.model import (
+from daemon.adapters.ledger import SCHEMA_VERSION, SqlLedger
+from daemon.core.model import (
     GIB,
     Attempt,
     Job,

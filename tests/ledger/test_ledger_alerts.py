@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
-from daemon import watch
-from daemon.alerts import AlertChange, AlertKind
-from daemon.ledger import SqlLedger
-from daemon.model import GIB, JobState, Origin, Reason
-from daemon.policy import Policy
-from daemon.ports import Notification
+from daemon.adapters.ledger import SqlLedger
+from daemon.core.alerts import AlertChange, AlertKind
+from daemon.core.model import GIB, JobState, Origin, Reason
+from daemon.core.policy import Policy
+from daemon.core.ports import Notification
+from daemon.engine import alerting
 from tests.engine.harness import policy
 from tests.ledger.test_ledger import NOW, REGION, job
 
@@ -145,7 +145,7 @@ def test_notifications_are_leased_retried_and_finished(
 def test_stuck_replications_are_read_by_their_last_change_bound_included(
     ledger: SqlLedger,
 ) -> None:
-    """``watch.stuck_now`` asks the ledger for the candidates only (issue 7: after a catch-up
+    """``alerting.stuck_now`` asks the ledger for the candidates only (issue 7: after a catch-up
     thousands replicate, none stuck yet); a job unchanged for exactly ``stuck_after`` is
     stuck, as ``alerts.is_stuck`` says."""
     ledger.save_jobs([job("quiet", JobState.REPLICATING)], NOW - 2 * HOUR)
@@ -157,7 +157,7 @@ def test_stuck_replications_are_read_by_their_last_change_bound_included(
     ledger.save_jobs([job("other", JobState.REPLICATING, policy="db")], NOW - 2 * HOUR)
     web = Policy.model_validate(policy("web", ["v-src"], REGION, "v-dst", stuck_after="1h"))
 
-    stuck = watch.stuck_now(ledger, web, NOW)
+    stuck = alerting.stuck_now(ledger, web, NOW)
 
     assert [found.source_backup_id for found in stuck] == ["quiet", "on-the-hour"]
     older = ledger.jobs_in_states({JobState.REPLICATING}, limit=10, unchanged_since=NOW - HOUR)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
-from daemon.ledger import SCHEMA_VERSION, open_ledger
-from daemon.model import JobState
+from daemon.adapters.ledger import SCHEMA_VERSION, open_ledger
+from daemon.core.model import JobState
 from tests.ledger.test_ledger import NOW, job
 
 CREATED = datetime(2026, 11, 1, tzinfo=UTC)

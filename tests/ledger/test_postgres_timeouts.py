@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from daemon import exitcodes
+from daemon.adapters.ledger import DatabaseTimeouts, open_ledger
+from daemon.core import exitcodes
+from daemon.core.errors import LedgerUnavailableError
 from daemon.emulator import Emulator
-from daemon.errors import LedgerUnavailableError
-from daemon.ledger import DatabaseTimeouts, open_ledger
 from tests.engine.harness import policy, rules_scenario, write_config
 from tests.postgres_support import ThrowawayDatabase, dsn
 

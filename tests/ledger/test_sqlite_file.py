@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from daemon.errors import LedgerError
-from daemon.ledger import MIGRATIONS, SCHEMA_VERSION, open_ledger
-from daemon.model import JobState
+from daemon.adapters.ledger import MIGRATIONS, SCHEMA_VERSION, open_ledger
+from daemon.core.errors import LedgerError
+from daemon.core.model import JobState
 from tests.ledger.test_ledger import NOW, REGION, job
 
 
@@ -124,7 +124,7 @@ def test_a_sweeps_page_read_does_not_wait_for_a_writer(
     waits for a writer holding one nor makes writers wait (issue 7)."""
     path = tmp_path / "ledger.db"
     # a wait fails the test at once
-    monkeypatch.setattr("daemon.ledger.opening.BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr("daemon.adapters.ledger.sqlite.BUSY_TIMEOUT_MS", 200)
     ledger = open_ledger(f"sqlite:///{path}")
     [done, waiting] = ledger.save_jobs([job("b1", JobState.SUCCEEDED), job("b2")], NOW)
     writer = sqlite3.connect(path, isolation_level=None, timeout=0)

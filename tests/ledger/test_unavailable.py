@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
 
-from daemon import exitcodes, observe
-from daemon.cli import main
-from daemon.errors import LedgerError, LedgerUnavailableError
-from daemon.ledger import open_ledger
-from daemon.ledger.store import database_unavailable
+from daemon.adapters import logs as observe
+from daemon.adapters.ledger import open_ledger
+from daemon.adapters.ledger.failures import database_unavailable
+from daemon.cli.entry import main
+from daemon.core import exitcodes
+from daemon.core.errors import LedgerError, LedgerUnavailableError
 from tests.engine.harness import Deployment, deploy, policy, rules_scenario
 from tests.postgres_support import POSTGRES_ADMIN, dsn
 from tests.service.support import Service, service, web_south

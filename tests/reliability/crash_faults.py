@@ -628,9 +628,10 @@ def blind_retry(
 
     from pydantic import SecretStr
 
-    from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
-    from daemon.errors import AmbiguousError, CloudError, PermanentError, TransientError
-    from daemon.model import Destination, ReplicaSpec
+    from daemon.adapters.cloud.client import HuaweiCloud
+    from daemon.adapters.cloud.options import CloudOptions, Credentials
+    from daemon.core.errors import AmbiguousError, CloudError, PermanentError, TransientError
+    from daemon.core.model import Destination, ReplicaSpec
 
     state = emulator.state()
     vaults = vault_ids(state)

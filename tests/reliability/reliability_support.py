@@ -11,11 +11,12 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import inspect, text
 
-from daemon.cloud import CloudOptions, Credentials, HuaweiCloud
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.cloud.options import CloudOptions, Credentials
+from daemon.adapters.ledger import SqlLedger
 from daemon.emulator import Emulator
 from daemon.emulator.faults import Decision
-from daemon.ledger import SqlLedger
-from daemon.replicate import Engine
+from daemon.engine.context import Engine
 
 
 def scratch_directory() -> str | None:

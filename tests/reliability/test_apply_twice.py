@@ -21,15 +21,16 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon import manual, replicate
-from daemon.config import load_settings
+from daemon.adapters.ledger import SqlLedger, open_ledger
+from daemon.config.load import load_settings
+from daemon.core.errors import RefusedError
+from daemon.core.model import JobState, Reason
+from daemon.core.policy import Policy
 from daemon.emulator import Emulator
-from daemon.errors import RefusedError
-from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import JobState, Reason
-from daemon.policy import Policy
-from daemon.replicate import Engine
-from daemon.sweep import resolve_policy, sweep_policy
+from daemon.engine import manual, submit
+from daemon.engine.context import Engine
+from daemon.engine.resolve import resolve_policy
+from daemon.engine.sweep import sweep_policy
 from tests.engine.harness import Deployment, deploy, policy, rules_scenario
 from tests.reliability.reliability_support import ManualClock, engine_on, ledger_snapshot
 
@@ -214,11 +215,11 @@ def test_reconcile_twice_of_a_post_that_landed(daemon: Daemon, fault: str) -> No
     assert left_submitting(daemon, fault) > 0
     posts = daemon.posts()
     left = submitting(daemon)
-    first = [replicate.reconcile(daemon.engine, job) for job in left]
+    first = [submit.reconcile(daemon.engine, job) for job in left]
     assert all(job is not None and job.state == JobState.REPLICATING for job in first)
     state = daemon.state()
     history = len(daemon.ledger.history(limit=1000))
-    second = [replicate.reconcile(daemon.engine, job) for job in left]  # the same input
+    second = [submit.reconcile(daemon.engine, job) for job in left]  # the same input
     assert [job.state for job in second if job] == [job.state for job in first if job]
     # The second reconcile records the same facts again as one more attempt row ("reconciled"),
     # and nothing else.
@@ -240,11 +241,11 @@ def test_submitting_twice_posts_at_most_once_more(daemon: Daemon, fault: str) ->
     assert count > 0
     target = resolve_policy(daemon.engine, WEB_SOUTH).target
     before = daemon.posts()
-    replicate.submit_due(daemon.engine, target)
+    submit.submit_due(daemon.engine, target)
     landed = fault in ("error_after_rate", "reset_after_rate")
     assert len(daemon.posts()) == len(before) + (0 if landed else count)
     state, posts = daemon.state(), daemon.posts()
-    replicate.submit_due(daemon.engine, target)
+    submit.submit_due(daemon.engine, target)
     assert daemon.state() == state
     assert daemon.posts() == posts
     assert daemon.emulator.duplicates() == []

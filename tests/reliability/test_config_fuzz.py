@@ -32,8 +32,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from daemon.config import load_settings
-from daemon.errors import ConfigError
+from daemon.config.load import load_settings
+from daemon.core.errors import ConfigError
 from tests.reliability.reliability_support import scratch_directory
 
 CLI = str(Path(sys.executable).parent / "cbr-replicator")

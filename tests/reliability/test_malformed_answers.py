@@ -22,17 +22,18 @@ import msgspec
 import pytest
 import structlog.testing
 
-from daemon import cloud as cloud_module
-from daemon import replicate, run
-from daemon.cloud import HuaweiCloud
+from daemon.adapters.cloud import client as cloud_module
+from daemon.adapters.cloud.client import HuaweiCloud
+from daemon.adapters.ledger import SqlLedger, open_ledger
+from daemon.core.errors import AmbiguousError, MalformedAnswerError, TransientError
+from daemon.core.model import Destination, Job, JobState
+from daemon.core.policy import Policy
 from daemon.emulator import Emulator
 from daemon.emulator import server as emulator_server
-from daemon.errors import AmbiguousError, MalformedAnswerError, TransientError
-from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import Destination, Job, JobState
-from daemon.policy import Policy
-from daemon.replicate import Engine
-from daemon.sweep import resolve_policy, sweep_policy
+from daemon.engine import run, submit, track
+from daemon.engine.context import Engine
+from daemon.engine.resolve import resolve_policy
+from daemon.engine.sweep import sweep_policy
 from tests.reliability.reliability_support import ManualClock, engine_on, meet_at_the_emulator
 
 SOURCE = "cn-north-4"
@@ -502,11 +503,11 @@ def test_malformed_reads_while_reconciling_and_tracking_change_nothing(
     else:
         world.answers.rewrites["show_backup"] = in_show(BACKUP_SHAPES[shape])
     world.advance(120)  # the records have finished: only a read could tell
-    report = replicate.submit_due(world.engine, target)
+    report = submit.submit_due(world.engine, target)
     assert report.deferred == 1
     replicating = world.ledger.jobs_in_states({JobState.REPLICATING}, limit=100)
     with structlog.testing.capture_logs() as logs:
-        assert replicate.track_jobs(world.engine, replicating, target.retry) == []
+        assert track.track_jobs(world.engine, replicating, target.retry) == []
     skipped = [entry for entry in logs if entry["event"] == "track_skipped"]
     assert len(skipped) == len(replicating) == 3, "each one classified and logged"
     after = world.jobs()
@@ -519,8 +520,8 @@ def test_malformed_reads_while_reconciling_and_tracking_change_nothing(
     world.emulator.set_faults({})
     world.answers.rewrites.clear()
     world.advance(world.engine.recheck.total_seconds() + 1)  # past the recheck
-    replicate.submit_due(world.engine, target)
-    replicate.track_jobs(
+    submit.submit_due(world.engine, target)
+    track.track_jobs(
         world.engine,
         world.ledger.jobs_in_states({JobState.REPLICATING}, limit=100),
         target.retry,
@@ -587,7 +588,7 @@ def test_one_malformed_backup_does_not_stop_tracking_the_others(world: World) ->
     world.advance(120)  # every replication has finished
     replicating = world.ledger.jobs_in_states({JobState.REPLICATING}, limit=100)
     assert len(replicating) == 3
-    replicate.track_jobs(world.engine, replicating, target.retry)
+    track.track_jobs(world.engine, replicating, target.retry)
     assert world.names({JobState.SUCCEEDED}) == {"good-0", "good-2"}
     assert world.names({JobState.REPLICATING}) == {"good-1"}
 
@@ -601,7 +602,7 @@ def test_tracking_reads_the_backups_at_once(world: World) -> None:
     world.advance(120)
     replicating = world.ledger.jobs_in_states({JobState.REPLICATING}, limit=100)
     met = meet_at_the_emulator(world.emulator, "show_backup", parties=len(replicating))
-    replicate.track_jobs(world.engine, replicating, target.retry)
+    track.track_jobs(world.engine, replicating, target.retry)
     assert met == [True] * 3
     assert world.names({JobState.SUCCEEDED}) == {"good-0", "good-1", "good-2"}
 
@@ -614,7 +615,7 @@ def test_the_cloud_unreachable_ends_a_tracking_round_and_saves_nothing(world: Wo
     replicating = world.ledger.jobs_in_states({JobState.REPLICATING}, limit=100)
     world.emulator.set_faults({"operations": {"show_backup": {"error_before_rate": 1.0}}})
     with pytest.raises(TransientError):
-        replicate.track_jobs(world.engine, replicating, target.retry)
+        track.track_jobs(world.engine, replicating, target.retry)
     assert world.names({JobState.REPLICATING}) == {"good-0", "good-1", "good-2"}
 
 
@@ -625,7 +626,7 @@ def test_a_wait_round_tracks_every_replicating_job_a_batch_at_a_time(
     target = resolve_policy(world.engine, policy).target
     sweep_policy(world.engine, policy)
     world.advance(120)
-    monkeypatch.setattr(replicate, "TRACK_BATCH", 1)
+    monkeypatch.setattr(track, "TRACK_BATCH", 1)
     run._track_policy(world.engine, policy.name, target.retry)
     assert world.names({JobState.SUCCEEDED}) == {"good-0", "good-1", "good-2"}
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from daemon.adapters.ledger import open_ledger
+from daemon.core.errors import RefusedError
+from daemon.core.model import Reason
+from daemon.core.policy import Policy
 from daemon.emulator import Emulator
-from daemon.errors import RefusedError
-from daemon.ledger import open_ledger
-from daemon.model import Reason
-from daemon.policy import Policy
-from daemon.replicate import Engine
-from daemon.sweep import resolve_policy
+from daemon.engine.context import Engine
+from daemon.engine.resolve import resolve_policy
 from tests.reliability.reliability_support import ManualClock, engine_on, meet_at_the_emulator
 
 SOURCE = "cn-north-4"

@@ -48,8 +48,8 @@ from hypothesis.stateful import (
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from daemon import replicate
-from daemon.errors import (
+from daemon.adapters.ledger import SqlLedger, open_ledger
+from daemon.core.errors import (
     AlreadyReplicatedError,
     AmbiguousError,
     CloudError,
@@ -58,8 +58,7 @@ from daemon.errors import (
     PermanentError,
     TransientError,
 )
-from daemon.ledger import SqlLedger, open_ledger
-from daemon.model import (
+from daemon.core.model import (
     ECS_RESOURCE_TYPE,
     Backup,
     BackupPage,
@@ -71,9 +70,11 @@ from daemon.model import (
     Vault,
     VaultReplicationAccepted,
 )
-from daemon.policy import Policy
-from daemon.replicate import Engine, Target
-from daemon.sweep import resolve_policy, sweep_policy
+from daemon.core.policy import Policy
+from daemon.engine import submit, track
+from daemon.engine.context import Engine, Target
+from daemon.engine.resolve import resolve_policy
+from daemon.engine.sweep import sweep_policy
 from tests.postgres_support import ThrowawayDatabase
 from tests.reliability.reliability_support import scratch_directory
 
@@ -552,7 +553,7 @@ class ReplicationMachine(RuleBasedStateMachine):
     def submit(self, index: int, posts: list[str], reads: list[str]) -> None:
         self.cloud.post_script.extend(posts)
         self.cloud.read_script.extend(reads)
-        self._run(lambda: replicate.submit_due(self.engine, self.targets[index]))
+        self._run(lambda: submit.submit_due(self.engine, self.targets[index]))
         self.cloud.post_script.clear()
         self.cloud.read_script.clear()
 
@@ -567,7 +568,7 @@ class ReplicationMachine(RuleBasedStateMachine):
         jobs = self.engine.ledger.jobs_in_states(
             {JobState.REPLICATING}, limit=1000, policy=target.policy
         )
-        replicate.track_jobs(self.engine, jobs, target.retry)
+        track.track_jobs(self.engine, jobs, target.retry)
 
     @rule(writes=st.integers(1, 6))
     def arm_crash(self, writes: int) -> None:
@@ -642,7 +643,7 @@ class ReplicationMachine(RuleBasedStateMachine):
                     sweep_policy(self.engine, policy)  # scan the new backups, submit
                 elif region in busy:
                     self._track(index)
-                    replicate.submit_due(self.engine, self.targets[index])
+                    submit.submit_due(self.engine, self.targets[index])
                 else:
                     continue
                 idle = False
@@ -705,7 +706,7 @@ def test_the_machine_catches_a_blind_retry(monkeypatch: pytest.MonkeyPatch) -> N
     """Negative control: with reconcile switched off (a job left ``submitting`` is simply
     posted again), the invariants fail on the shortest story that shows it, proving that
     they can: a POST applied but answered 500, then the next pass."""
-    monkeypatch.setattr(replicate, "reconcile", lambda engine, job: None)
+    monkeypatch.setattr(submit, "reconcile", lambda engine, job: None)
     machine = ReplicationMachine()
     try:
         machine.setup(backups=1, guard=False)

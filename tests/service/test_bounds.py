@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import exitcodes
-from daemon.errors import LedgerError
-from daemon.instance_lock import InstanceLock
-from daemon.service import HANG_AFTER, is_hung
+from daemon.adapters.instance_lock import InstanceLock
+from daemon.core import exitcodes
+from daemon.core.errors import LedgerError
+from daemon.service.scheduling import HANG_AFTER, is_hung
 from tests.engine.harness import policy
 from tests.service.support import Service, web_south
 

@@ -8,7 +8,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from daemon import exitcodes
+from daemon.core import exitcodes
 from tests.service.support import Service, web_south
 
 ELIGIBLE_WEB_BACKUPS = 4  # web-ok-1, web-ok-child, the oddly named one, web-failed (retry)

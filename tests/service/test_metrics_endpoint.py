@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon.metrics import Metrics, MetricsServer
+from daemon.adapters.metrics import Metrics, MetricsServer
 from tests.service.support import Service, web_south
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon import exitcodes
+from daemon.core import exitcodes
 from tests.engine.harness import policy
 from tests.engine.webhooks import Receiver, receiving
 from tests.service.support import Service, web_south

@@ -14,7 +14,8 @@ from urllib.parse import quote, quote_plus
 import pytest
 import structlog
 
-from daemon import observe
+from daemon.adapters import logs as observe
+from daemon.core import redaction
 from tests.engine.harness import Deployment, deploy, policy
 from tests.engine.webhooks import receiving
 from tests.service.support import Service
@@ -50,7 +51,7 @@ def log_everything_that_could_leak() -> None:
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_no_log_line_holds_a_key_even_in_an_exception(fmt: str, restore_logging: None) -> None:
     stream = io.StringIO()
-    observe.register_secrets([ACCESS_KEY, SECRET_KEY])
+    redaction.register_secrets([ACCESS_KEY, SECRET_KEY])
     observe.configure_logging(fmt, "info", stream=stream)
     log_everything_that_could_leak()
     output = stream.getvalue()
@@ -59,7 +60,7 @@ def test_no_log_line_holds_a_key_even_in_an_exception(fmt: str, restore_logging:
     assert "RuntimeError: IAM refused access key ****" in output  # the exception is there
     assert "ValueError: signature mismatch for ****" in output  # so is the SDK's
     assert "request with" not in output
-    assert output.count(observe.MASK) >= 8
+    assert output.count(redaction.MASK) >= 8
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
@@ -87,15 +88,15 @@ CANARY_CORE = "Zq7canary"
 
 
 def test_a_secret_with_whitespace_is_masked_in_every_form() -> None:
-    observe.register_secrets([CANARY])
+    redaction.register_secrets([CANARY])
     try:
         for form in (CANARY, repr(CANARY), json.dumps(CANARY), json.dumps(repr(CANARY))):
-            assert CANARY_CORE not in observe.redact_text(f"error: {form}!"), form
-        assert CANARY_CORE not in observe.redact_text(quote(CANARY, safe=""))
-        assert CANARY_CORE not in observe.redact_text(quote_plus(CANARY))
-        assert observe.redact_text(f"vault {CANARY!r} not found") == "vault '****' not found"
+            assert CANARY_CORE not in redaction.redact_text(f"error: {form}!"), form
+        assert CANARY_CORE not in redaction.redact_text(quote(CANARY, safe=""))
+        assert CANARY_CORE not in redaction.redact_text(quote_plus(CANARY))
+        assert redaction.redact_text(f"vault {CANARY!r} not found") == "vault '****' not found"
     finally:
-        observe.clear_registered_secrets()
+        redaction.clear_registered_secrets()
 
 
 @pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)  # the dump reads SQLite
@@ -128,7 +129,7 @@ def test_a_secret_canary_reaches_no_sink(deploy: Callable[..., Deployment]) -> N
 
 def test_the_systemd_status_line_masks_a_secret() -> None:
     """STATUS= is shown by ``systemctl status`` to any user: it may quote an error."""
-    from daemon.service import _notify_quietly
+    from daemon.service.work import notify_quietly
 
     class Recorder:
         def __init__(self) -> None:
@@ -138,9 +139,9 @@ def test_the_systemd_status_line_masks_a_secret() -> None:
             self.sent.append(fields)
 
     recorder = Recorder()
-    observe.register_secrets([CANARY])
+    redaction.register_secrets([CANARY])
     try:
-        _notify_quietly(recorder, STATUS=f"failed to start: {CANARY!r}", READY=1)
+        notify_quietly(recorder, STATUS=f"failed to start: {CANARY!r}", READY=1)
     finally:
-        observe.clear_registered_secrets()
+        redaction.clear_registered_secrets()
     assert recorder.sent == [{"STATUS": "failed to start: '****'", "READY": 1}]

@@ -10,7 +10,7 @@ import subprocess
 from datetime import datetime
 from typing import Any
 
-from daemon import exitcodes
+from daemon.core import exitcodes
 from tests.engine.harness import CLI
 from tests.service.support import Service, web_south
 

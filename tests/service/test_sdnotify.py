@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from daemon.sdnotify import Notifier
+from daemon.adapters.systemd import Notifier
 
 
 def test_a_socket_nobody_reads_makes_notify_fail_instead_of_blocking() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import time
 
-from daemon import exitcodes
+from daemon.core import exitcodes
 from tests.service.support import DEADLINE, Service, web_south
 
 RELOADS = 6

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.config import load_settings
-from daemon.model import SweepReport
-from daemon.sdnotify import Notifier
-from daemon.service import Daemon
+from daemon.adapters.systemd import Notifier
+from daemon.config.load import load_settings
+from daemon.core.model import SweepReport
+from daemon.service.daemon import Daemon
 from tests.service.support import Service, web_south
 
 HOLDER = "other-host:4242:1700000000"  # an instance of another host: waited out

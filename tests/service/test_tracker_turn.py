@@ -13,10 +13,10 @@ from contextlib import closing
 
 import pytest
 
-from daemon import exitcodes
-from daemon.config import load_settings
-from daemon.sdnotify import Notifier
-from daemon.service import Daemon
+from daemon.adapters.systemd import Notifier
+from daemon.config.load import load_settings
+from daemon.core import exitcodes
+from daemon.service.daemon import Daemon
 from tests.service.support import Service, web_south
 
 

@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.cli import build_parser
+from daemon.cli.parser import build_parser
 from daemon.emulator import build_parser as build_emulator_parser
 from tests.surface.documents import Documented, documented_commands, synopsis_lines
 from tests.surface.surface_support import (

@@ -1,0 +1,1 @@
+"""The cloud adapter: the official SDK behind the core's ``Cloud`` port."""

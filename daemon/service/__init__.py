@@ -1,0 +1,1 @@
+"""The daemon: the scheduler, signals, reload, the watchdog and the notify thread."""
