@@ -6,6 +6,7 @@ decoding, the proxy).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -112,6 +113,7 @@ class SdkClients:
         )
         self._disable_transport_retries(client)
         _keep_raw_body(client)
+        _log_through_root(client)
         return client
 
     def _iam_client(self) -> Any:
@@ -134,6 +136,7 @@ class SdkClients:
                 )
                 self._disable_transport_retries(self._iam)
                 _keep_raw_body(self._iam)
+                _log_through_root(self._iam)
             return self._iam
 
     def _add_token(self, credentials: Any) -> None:
@@ -245,3 +248,11 @@ def _apply_proxy(config: Any, proxy: str) -> None:
     if parts.username:
         config.proxy_user = parts.username
         config.proxy_password = parts.password or ""
+
+
+def _log_through_root(client: Any) -> None:
+    """Building a client turns propagation off on its logger (``HuaweiCloud-SDK-CbrClient``),
+    so its records, having no handler, would be written bare to stderr by logging's last
+    resort: neither JSON nor redacted. Hand them back to the root handlers, where the
+    daemon's logging renders and redacts them (at WARNING and above)."""
+    logging.getLogger(f"HuaweiCloud-SDK-{type(client).__name__}").propagate = True
