@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.core.policy import Loc
+from daemon.core.redaction import mask_url_passwords
 
 MAX_SHOWN_KEY = 40
 
@@ -71,6 +72,9 @@ class Problems:
     files: dict[Path, int] = field(default_factory=dict)
 
     def file(self, path: Path, message: str, line: int | None = None) -> None:
+        # A value is quoted to be found; a URL's password in it (written into any field,
+        # not only the ledger's URL) is not shown, as nothing registered it as a secret yet.
+        message = mask_url_passwords(message)
         self.lines.append(f"{path}:{line}: {message}" if line else f"{path}: {message}")
         self.places.append((self.files.setdefault(path, len(self.files)), line or 0))
 

@@ -16,6 +16,9 @@ SECRET_KEY = re.compile(
     r"(^|_)(sk|secret|password|token|authorization|security_token|access_key)($|_)", re.I
 )
 MASK = "****"
+# A password inside a URL's user information: `scheme://user:PASSWORD@host`. Matched in any
+# text, so that a URL typed into the wrong field is not echoed with it.
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):([^@/\s]+)@")
 
 
 class _Secrets:
@@ -79,6 +82,11 @@ def redact_text(text: str) -> str:
     for secret in _secrets.by_length:
         text = text.replace(secret, MASK)
     return text
+
+
+def mask_url_passwords(text: str) -> str:
+    """``scheme://user:****@host`` for every URL in ``text`` that carries a password."""
+    return _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
 
 
 def redact_value(value: Any) -> Any:

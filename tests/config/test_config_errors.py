@@ -444,3 +444,12 @@ def test_a_config_the_service_user_cannot_read_says_so_and_how_to_let_it(
     monkeypatch.setattr(files, "read_bounded_file", read_bounded)
     err = assert_config_error(check(path), path, "permission denied", f"chmod 640 {path}")
     assert "UTF-8" not in err
+
+
+def test_a_url_with_a_password_in_another_field_is_quoted_without_it(
+    base: dict[str, Any], write: Write, check: Check
+) -> None:
+    policy(base)["traffic_budget_per_day"] = "http://ops:hunter2pass@[::1/x"
+    path = write(base)
+    err = assert_config_error(check(path), path, "traffic_budget_per_day", "http://ops:****@")
+    assert "hunter2pass" not in err
