@@ -103,13 +103,9 @@ def after_record_failure(
     return failed.evolve(replication_record_id=record.id)
 
 
-def requeue(job: Job, now: datetime) -> Job:
-    """The operator's ``retry``: a failed or given-up job starts over with fresh attempts.
-
-    ``now`` is accepted for symmetry with the other transitions; the ledger stamps
-    ``updated_at`` itself when it saves the job.
-    """
-    del now  # see the docstring
+def requeue(job: Job) -> Job:
+    """The operator's ``retry``: a failed or given-up job starts over with fresh attempts (the
+    ledger stamps ``updated_at`` itself when it saves the job)."""
     if job.state not in (JobState.FAILED, JobState.GIVEN_UP):
         raise ValueError(f"only failed or given-up jobs are requeued, not {job.state}")
     return job.evolve(

@@ -250,7 +250,7 @@ def replicate_vault(engine: Engine, request: ManualRequest, vault_name: str) -> 
         raise refuse_bound(vault_name, earlier)
     source_project, destination = resolve_destination(engine, request)
     vault = _vault(engine, request.source_region, source_project, vault_name)
-    if rules.check_source_vault(vault.protect_type, vault.object_type) is not None:
+    if rules.check_source_vault(vault.protect_type) is not None:
         raise RefusedError(
             Reason.SOURCE_IS_REPLICATION_VAULT,
             f"vault {vault.name} is a replication vault; replicas are never replicated again",
@@ -363,4 +363,4 @@ def retry_job(engine: Engine, backup_id: str, region: str) -> Job:
             f"backup {backup_id} to {region} {_STATE_PHRASES[job.state]}; "
             "only failed or given-up jobs are retried"
         )
-    return engine.ledger.save_jobs([retrying.requeue(job, engine.now())], engine.now())[0]
+    return engine.ledger.save_jobs([retrying.requeue(job)], engine.now())[0]

@@ -114,7 +114,7 @@ def _find_vault(
 
 def _source_vault(engine: Engine, policy: Policy, project_id: str, name_or_id: str) -> Vault:
     vault = _find_vault(engine, policy.source.region, project_id, name_or_id, policy)
-    refusal = rules.check_source_vault(vault.protect_type, vault.object_type)
+    refusal = rules.check_source_vault(vault.protect_type)
     if refusal is not None:
         raise RefusedError(
             refusal,

@@ -160,7 +160,7 @@ def test_requeue_starts_over(state: JobState) -> None:
         last_error="quota",
         replication_record_id="rec-1",
     )
-    again = retrying.requeue(stuck, NOW)
+    again = retrying.requeue(stuck)
     assert again.state == JobState.QUEUED
     assert again.attempts == 0
     assert again.next_attempt_at is None
@@ -174,7 +174,7 @@ def test_requeue_starts_over(state: JobState) -> None:
 )
 def test_requeue_refuses_other_states(state: JobState) -> None:
     with pytest.raises(ValueError, match="failed or given-up"):
-        retrying.requeue(job(state), NOW)
+        retrying.requeue(job(state))
 
 
 # -- properties ----------------------------------------------------------------------------
