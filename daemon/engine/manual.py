@@ -7,13 +7,12 @@ policy jobs, so a crash leaves something a later run reconciles.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
 
-from daemon.core import retrying, rules
+from daemon.core import naming, retrying, rules
 from daemon.core.errors import (
     AmbiguousError,
     BusyError,
@@ -39,7 +38,6 @@ from daemon.engine.context import Engine, Target
 log = structlog.get_logger("cbr_replicator")
 
 MANUAL = "manual"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_DESCRIPTION = "Manual replica of {backup_name} ({backup_id}) from {source_region}"
 
 
@@ -112,9 +110,9 @@ def replicate_backup(
     name: str | None = None,
     description: str | None = None,
 ) -> ManualResult:
-    if name is not None and not NAME_PATTERN.match(name):
+    if name is not None and not naming.VALID_NAME.match(name):
         raise ValueError(f"--name {name!r}: use 1-64 letters, digits, '_' or '-'")
-    if description is not None and (len(description) > 255 or set(description) & {"<", ">"}):
+    if description is not None and not naming.valid_description(description):
         raise ValueError("--description: at most 255 characters, without '<' or '>'")
     source_project, destination = resolve_destination(engine, request)
     try:
