@@ -11,10 +11,15 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
 
 from daemon.core import retrying
-from daemon.core.model import Destination
+from daemon.core.model import Destination, Job
 from daemon.core.ports import Cloud, Ledger
+
+log = structlog.get_logger("cbr_replicator")
 
 CRASH_ENV = "CBR_REPLICATOR_TEST_CRASH_AT"  # test-only: kill this process at a named point
 RECHECK_MARGIN = timedelta(seconds=5)
@@ -85,3 +90,8 @@ def crash_point(name: str) -> None:
     wanted = os.environ.get(CRASH_ENV)
     if wanted and name in wanted.split(","):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def job_log(job: Job, policy: str | None) -> Any:
+    """The engine's logger bound to one job: its policy, source backup and destination region."""
+    return log.bind(policy=policy, backup=job.source_backup_id, region=job.destination_region)

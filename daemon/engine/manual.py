@@ -34,6 +34,7 @@ from daemon.core.model import (
 )
 from daemon.engine import submit
 from daemon.engine.context import Engine, Target
+from daemon.engine.track import MANUAL_RETRY
 
 log = structlog.get_logger("cbr_replicator")
 
@@ -209,7 +210,7 @@ def _manual_target(
         source_region=request.source_region,
         source_project_id=source_project,
         destination=destination,
-        retry=retrying.RetryPolicy(max_attempts=1),
+        retry=MANUAL_RETRY,
         name_template=name or "{backup_name}",
         description_template=description if description is not None else DEFAULT_DESCRIPTION,
         enable_acceleration=request.enable_acceleration,

@@ -28,7 +28,7 @@ from daemon.core.errors import (
 )
 from daemon.core.model import Destination, Job, JobState, ReplicaSpec
 from daemon.engine.budget import SlotBudget, defer_to_next_day, free_slots, traffic_left
-from daemon.engine.context import Engine, Target, crash_point
+from daemon.engine.context import Engine, Target, crash_point, job_log
 from daemon.engine.outcomes import attempt_row, defer, release, save, uncertain_delay, unleased
 from daemon.engine.track import apply_record
 
@@ -176,9 +176,7 @@ def _store_finished(
 
 
 def _submit_one(engine: Engine, target: Target, job: Job, budget: SlotBudget) -> tuple[str, Job]:
-    bound = log.bind(
-        policy=target.policy, backup=job.source_backup_id, region=job.destination_region
-    )
+    bound = job_log(job, target.policy)
     try:
         return _submit_claimed(engine, target, job, budget)
     except (PermissionDeniedError, ThrottledError):
@@ -343,9 +341,7 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
     destination = Destination(
         job.destination_region, job.destination_project_id, job.destination_vault_id
     )
-    bound = log.bind(
-        policy=target.policy, backup=job.source_backup_id, region=job.destination_region
-    )
+    bound = job_log(job, target.policy)
     try:
         accepted = engine.cloud.replicate_backup(
             job.source_region, job.source_project_id, job.source_backup_id, destination, replica

@@ -15,9 +15,11 @@ from daemon.core import retrying, rules
 from daemon.core.errors import MalformedAnswerError, NotFoundError
 from daemon.core.model import Attempt, Backup, Job, JobState, RecordStatus, ReplicationRecord
 from daemon.core.ports import Ledger
-from daemon.engine.context import Engine
+from daemon.engine.context import Engine, job_log
 
 log = structlog.get_logger("cbr_replicator")
+# A manual job is tried once: replicate-backup submits it so, and whoever tracks it agrees.
+MANUAL_RETRY = retrying.RetryPolicy(max_attempts=1)
 TRACK_BATCH = 500  # replicating jobs read from the ledger at once by a tracking round
 
 
@@ -128,9 +130,7 @@ def log_finished(changes: Iterable[tuple[Job, Job]]) -> None:
     for before, after in changes:
         if not _finished(before, after):
             continue
-        bound = log.bind(
-            policy=after.policy, backup=after.source_backup_id, region=after.destination_region
-        )
+        bound = job_log(after, after.policy)
         if after.state == JobState.SUCCEEDED:
             bound.info(
                 "replication_succeeded",

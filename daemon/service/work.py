@@ -24,7 +24,6 @@ from daemon.core.errors import CloudError, ConfigError, LedgerError, LedgerGoneE
 from daemon.core.model import Job, SweepReport
 from daemon.core.policy import Policy, Settings
 from daemon.core.redaction import redact_text
-from daemon.core.retrying import RetryPolicy
 from daemon.engine import alerting, submit, track
 from daemon.engine.context import Engine
 from daemon.engine.resolve import ResolvedPolicy, retry_policy
@@ -217,7 +216,7 @@ class DaemonWork:
 
     def _track_replicating(self, app: App) -> None:
         retries = {policy.name: retry_policy(policy) for policy in app.settings.policies}
-        manual = RetryPolicy(max_attempts=1)
+        manual = track.MANUAL_RETRY
         for jobs in track.replicating_batches(self.engine.ledger):
             by_policy: dict[str | None, list[Job]] = {}
             for job in jobs:
