@@ -20,6 +20,7 @@ from daemon.core.errors import (
     RefusedError,
     TransientError,
 )
+from daemon.core.jobs import Event, create
 from daemon.core.model import (
     Attempt,
     Backup,
@@ -177,10 +178,11 @@ def _manual_job(
     """A fresh manual job; an old row for the same pair (e.g. a success whose replica was
     deleted since) is reset, keeping its id and attempt history."""
     existing = engine.ledger.get_job(backup.id, destination.region)
-    fresh = Job(
+    fresh = create(
+        Event.MANUAL,
+        JobState.QUEUED,
         source_backup_id=backup.id,
         destination_region=destination.region,
-        state=JobState.QUEUED,
         origin=Origin.MANUAL,
         policy=existing.policy if existing else None,
         source_region=request.source_region,
@@ -316,10 +318,11 @@ def _vault_jobs(
 ) -> tuple[Job, ...]:
     started = dict(records)
     jobs = [
-        Job(
+        create(
+            Event.MANUAL,
+            JobState.REPLICATING,
             source_backup_id=backup_id,
             destination_region=destination.region,
-            state=JobState.REPLICATING,
             origin=Origin.MANUAL,
             policy=None,
             source_region=request.source_region,

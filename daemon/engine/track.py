@@ -13,6 +13,7 @@ import structlog
 
 from daemon.core import retrying, rules
 from daemon.core.errors import MalformedAnswerError, NotFoundError
+from daemon.core.jobs import Event, advance
 from daemon.core.model import Attempt, Backup, Job, JobState, RecordStatus, ReplicationRecord
 from daemon.core.ports import Ledger
 from daemon.engine.context import Engine, job_log
@@ -23,18 +24,21 @@ MANUAL_RETRY = retrying.RetryPolicy(max_attempts=1)
 TRACK_BATCH = 500  # replicating jobs read from the ledger at once by a tracking round
 
 
-def apply_record(job: Job, record: ReplicationRecord, now: datetime) -> Job:
-    """The job as the cloud's replication record says it is (live records only)."""
+def apply_record(job: Job, record: ReplicationRecord, now: datetime, event: Event) -> Job:
+    """The job as the cloud's replication record says it is (live records only); ``event``
+    says how the record was learned (adopted, reconciled, tracked)."""
     if record.status == RecordStatus.SUCCESS:
-        return job.evolve(
-            state=JobState.SUCCEEDED,
+        return advance(
+            job,
+            event,
+            JobState.SUCCEEDED,
             replication_record_id=record.id,
             replica_backup_id=record.destination_backup_id,
             finished_at=job.finished_at or now,
             last_error_code=None,
             last_error=None,
         )
-    return job.evolve(state=JobState.REPLICATING, replication_record_id=record.id)
+    return advance(job, event, JobState.REPLICATING, replication_record_id=record.id)
 
 
 # -- tracking ------------------------------------------------------------------------------
@@ -176,10 +180,13 @@ def track_from_backup(
     record = _job_record(job, backup)
     if record is None:
         return None
+    # A sweep reads a submitting job's backup too (a live record proves its POST landed):
+    # for such a job the read is a reconcile read.
+    event = Event.RECONCILED if job.state == JobState.SUBMITTING else Event.TRACKED
     if record.status == RecordStatus.SUCCESS:
-        return apply_record(job, record, now)
+        return apply_record(job, record, now, event)
     if record.status in (RecordStatus.FAIL, RecordStatus.SKIP):
-        return retrying.after_record_failure(job, retry, now, record=record, rng=rng)
+        return retrying.after_record_failure(job, retry, now, record=record, rng=rng, event=event)
     if job.replication_record_id != record.id:
         return job.evolve(replication_record_id=record.id)
     return None
