@@ -134,14 +134,9 @@ class Notification:
     id: int | None = None
 
 
-class Ledger(Protocol):
-    """Durable state: jobs, attempts, vault bindings, sweeps and leases.
+class JobsLedger(Protocol):
+    """The jobs: a page's jobs at once, decisions saved, intents written, claims and releases."""
 
-    Every method is one transaction. Writes that must survive a crash (the intent before a
-    POST) are committed before the method returns.
-    """
-
-    # -- jobs ------------------------------------------------------------------------------
     def get_jobs(self, destination_region: str, backup_ids: Collection[str]) -> dict[str, Job]:
         """Jobs for these backups to that region, keyed by source backup id (one query)."""
         ...
@@ -228,7 +223,10 @@ class Ledger(Protocol):
         the jobs of no policy."""
         ...
 
-    # -- vault bindings ----------------------------------------------------------------------
+
+class BindingsLedger(Protocol):
+    """The vault bindings, one for each (source vault, destination region), kept for good."""
+
     def get_binding(self, source_vault_id: str, destination_region: str) -> VaultBinding | None: ...
 
     def get_bindings(
@@ -259,7 +257,10 @@ class Ledger(Protocol):
 
     def list_bindings(self) -> list[VaultBinding]: ...
 
-    # -- leases ------------------------------------------------------------------------------
+
+class LeasesLedger(Protocol):
+    """Policy leases (one sweeper per policy) and the instances sharing the ledger."""
+
     def acquire_lease(
         self,
         name: str,
@@ -279,7 +280,22 @@ class Ledger(Protocol):
         """Who holds the named lease past ``now``, if anyone."""
         ...
 
-    # -- sweeps and reports --------------------------------------------------------------------
+    def heartbeat(self, owner: str, *, role: str, now: datetime) -> None:
+        """Record that ``owner`` is alive (several instances may share one ledger)."""
+        ...
+
+    def instances(self, now: datetime) -> list[InstanceInfo]:
+        """Every instance seen, newest first, with the leases it holds at ``now``."""
+        ...
+
+    def forget_instance(self, owner: str) -> None:
+        """``owner`` exits cleanly: it is no longer listed among the instances."""
+        ...
+
+
+class SweepsLedger(Protocol):
+    """Sweeps and what is reported from the ledger (counts, traffic, history, the RPO window)."""
+
     def start_sweep(self, policy: str, now: datetime) -> int: ...
 
     def finish_sweep(self, sweep_id: int, report: SweepReport) -> None: ...
@@ -332,7 +348,10 @@ class Ledger(Protocol):
         ``next_attempt_at`` after ``now``), or None when none waits for it."""
         ...
 
-    # -- alerts and notifications ----------------------------------------------------------
+
+class AlertsLedger(Protocol):
+    """Alert states and the notification outbox."""
+
     def alert_states(self, policy: str) -> dict[str, StoredAlert]:
         """The recorded alert states of the policy's subjects, by subject."""
         ...
@@ -368,17 +387,13 @@ class Ledger(Protocol):
         """The newest alert changes, newest first (``status``)."""
         ...
 
-    # -- instances -----------------------------------------------------------------------------
-    def heartbeat(self, owner: str, *, role: str, now: datetime) -> None:
-        """Record that ``owner`` is alive (several instances may share one ledger)."""
-        ...
 
-    def instances(self, now: datetime) -> list[InstanceInfo]:
-        """Every instance seen, newest first, with the leases it holds at ``now``."""
-        ...
+class Ledger(JobsLedger, BindingsLedger, LeasesLedger, SweepsLedger, AlertsLedger, Protocol):
+    """Durable state: jobs, attempts, vault bindings, sweeps and leases; the roles above, each of
+    which a part of the engine may ask for alone.
 
-    def forget_instance(self, owner: str) -> None:
-        """``owner`` exits cleanly: it is no longer listed among the instances."""
-        ...
+    Every method is one transaction. Writes that must survive a crash (the intent before a
+    POST) are committed before the method returns.
+    """
 
     def close(self) -> None: ...

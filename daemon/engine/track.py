@@ -15,7 +15,7 @@ from daemon.core import retrying, rules
 from daemon.core.errors import MalformedAnswerError, NotFoundError
 from daemon.core.jobs import Event, advance
 from daemon.core.model import Attempt, Backup, Job, JobState, RecordStatus, ReplicationRecord
-from daemon.core.ports import Ledger
+from daemon.core.ports import JobsLedger
 from daemon.engine.context import Engine, job_log
 
 log = structlog.get_logger("cbr_replicator")
@@ -45,7 +45,7 @@ def apply_record(job: Job, record: ReplicationRecord, now: datetime, event: Even
 
 
 def replicating_batches(
-    ledger: Ledger, policy: str | None = None, *, manual: bool = False
+    ledger: JobsLedger, policy: str | None = None, *, manual: bool = False
 ) -> Iterator[list[Job]]:
     """Every replicating job (of one policy, of none with ``manual``, or all),
     ``TRACK_BATCH`` at a time, by id: a job saved while its batch is tracked is not read

@@ -13,7 +13,7 @@ import structlog
 
 from daemon.adapters.webhook import Delivery, WebhookClient, url_label
 from daemon.core.policy import Settings
-from daemon.core.ports import Ledger, Notification
+from daemon.core.ports import AlertsLedger, Notification
 from daemon.core.settings import HeartbeatSettings, NotifySettings, WebhookSettings
 from daemon.engine.alerting import Clock
 
@@ -50,7 +50,7 @@ class DeliveryReport:
 class Outbox:
     """Delivers the ledger's pending notifications to the webhooks of the settings."""
 
-    ledger: Ledger
+    ledger: AlertsLedger
     settings: Settings
     client: WebhookClient
     owner: str
