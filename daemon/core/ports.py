@@ -134,6 +134,39 @@ class Notification:
     id: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of one delivery round."""
+
+    ok: bool
+    tries: int
+    status: int | None = None  # the last HTTP status, if any answer came
+    error: str | None = None  # why it failed (never holds the secret or the URL's path)
+    permanent: bool = False  # the receiver refused it (4xx): retrying will not help
+
+
+class Notifier(Protocol):
+    """Where operators' notifications go: webhook events and heartbeat pings. A failed
+    delivery is an outcome (``Delivery``), never an exception: replication never waits on it."""
+
+    def post_event(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        secret: str | None,
+        timeout: float,
+        event: str,
+        delivery_id: str,
+    ) -> Delivery:
+        """POST one JSON event (signed with ``secret`` when there is one)."""
+        ...
+
+    def ping(self, url: str, *, timeout: float) -> Delivery:
+        """Ping a heartbeat URL."""
+        ...
+
+
 class JobsLedger(Protocol):
     """The jobs: a page's jobs at once, decisions saved, intents written, claims and releases."""
 

@@ -17,7 +17,7 @@ from apscheduler.triggers.date import DateTrigger
 
 from daemon.adapters.logs import bound_context
 from daemon.adapters.metrics import AlertFacts, LedgerSnapshot, Metrics
-from daemon.adapters.systemd import Notifier
+from daemon.adapters.systemd import SystemdNotifier
 from daemon.app import App
 from daemon.core import exitcodes
 from daemon.core.errors import CloudError, ConfigError, LedgerError, LedgerGoneError, TransientError
@@ -46,7 +46,7 @@ def _enabled_policy(app: App, name: str) -> Policy | None:
 log = structlog.get_logger("cbr_replicator")
 
 
-def notify_quietly(notifier: Notifier, **fields: str | int) -> None:
+def notify_quietly(notifier: SystemdNotifier, **fields: str | int) -> None:
     # STATUS= is shown by systemctl status to anyone: it may quote an error.
     fields = {k: redact_text(v) if isinstance(v, str) else v for k, v in fields.items()}
     try:
@@ -62,7 +62,7 @@ class DaemonWork:
     engine: Engine
     courier: Courier
     metrics: Metrics
-    notifier: Notifier
+    notifier: SystemdNotifier
     scheduler: BackgroundScheduler
     _stopping: threading.Event
     _work_lock: threading.Lock

@@ -11,9 +11,9 @@ from datetime import timedelta
 
 import structlog
 
-from daemon.adapters.webhook import Delivery, WebhookClient, url_label
 from daemon.core.policy import Settings
-from daemon.core.ports import AlertsLedger, Notification
+from daemon.core.ports import AlertsLedger, Delivery, Notification, Notifier
+from daemon.core.redaction import url_label
 from daemon.core.settings import HeartbeatSettings, NotifySettings, WebhookSettings
 from daemon.engine.alerting import Clock
 
@@ -52,7 +52,7 @@ class Outbox:
 
     ledger: AlertsLedger
     settings: Settings
-    client: WebhookClient
+    client: Notifier
     owner: str
     clock: Clock
 
