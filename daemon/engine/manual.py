@@ -35,6 +35,7 @@ from daemon.core.model import (
 )
 from daemon.engine import submit
 from daemon.engine.context import Engine, Target
+from daemon.engine.resolve import project_in, vault_in
 from daemon.engine.track import MANUAL_RETRY
 
 log = structlog.get_logger("cbr_replicator")
@@ -65,7 +66,7 @@ class ManualResult:
 def resolve_destination(engine: Engine, request: ManualRequest) -> tuple[str, Destination]:
     """Source project and destination, with the capability and vault checks of policies."""
     cloud = engine.cloud
-    source_project = _project(engine, request.source_region, None)
+    source_project = project_in(engine, request.source_region, None)
     destinations = cloud.replication_destinations(request.source_region, source_project)
     refusal = rules.check_destination(
         destinations, request.destination_region, request.source_region
@@ -75,30 +76,14 @@ def resolve_destination(engine: Engine, request: ManualRequest) -> tuple[str, De
             refusal,
             f"{request.source_region} cannot replicate to {request.destination_region}",
         )
-    project_id = _project(engine, request.destination_region, request.destination_project)
-    vault = _vault(engine, request.destination_region, project_id, request.destination_vault)
+    project_id = project_in(engine, request.destination_region, request.destination_project)
+    vault = vault_in(engine, request.destination_region, project_id, request.destination_vault)
     if rules.check_destination_vault(vault.protect_type) is not None:
         raise RefusedError(
             Reason.DESTINATION_NOT_REPLICATION_VAULT,
             f"vault {vault.name} in {request.destination_region} is not a replication vault",
         )
     return source_project, Destination(request.destination_region, project_id, vault.id)
-
-
-def _project(engine: Engine, region: str, project: str | None) -> str:
-    try:
-        return engine.cloud.resolve_project(region, project)
-    except NotFoundError as error:
-        raise RefusedError(Reason.PROJECT_NOT_FOUND, str(error)) from None
-
-
-def _vault(engine: Engine, region: str, project_id: str, name_or_id: str) -> Vault:
-    try:
-        return engine.cloud.find_vault(region, project_id, name_or_id)
-    except NotFoundError:
-        raise RefusedError(
-            Reason.VAULT_NOT_FOUND, f"vault {name_or_id!r} not found in {region}"
-        ) from None
 
 
 # -- replicate-backup ----------------------------------------------------------------------
@@ -250,7 +235,7 @@ def replicate_vault(engine: Engine, request: ManualRequest, vault_name: str) -> 
     if earlier is not None:
         raise refuse_bound(vault_name, earlier)
     source_project, destination = resolve_destination(engine, request)
-    vault = _vault(engine, request.source_region, source_project, vault_name)
+    vault = vault_in(engine, request.source_region, source_project, vault_name)
     if rules.check_source_vault(vault.protect_type) is not None:
         raise RefusedError(
             Reason.SOURCE_IS_REPLICATION_VAULT,
