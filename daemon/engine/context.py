@@ -64,7 +64,7 @@ class Engine:
         the slots fuller while some threads signed or parsed, but the process is bound by one
         core (the GIL) in a catch-up, and the extra threads' contention cost more than they
         gained: 10-15 % more CPU and a catch-up ratio of 1.52-1.55 against 1.38-1.42 (1,000
-        vaults, 10,000 POSTs, one batch; issue 7)."""
+        vaults, 10,000 POSTs, one batch)."""
         return self.concurrency
 
 
@@ -86,7 +86,7 @@ class Target:
 
 
 def crash_point(name: str) -> None:
-    """Test-only: die like ``kill -9`` at a named point of the protocol (issue 6, T1)."""
+    """Test-only: die like ``kill -9`` at a named point of the protocol (docs/design.md §13)."""
     wanted = os.environ.get(CRASH_ENV)
     if wanted and name in wanted.split(","):
         os.kill(os.getpid(), signal.SIGKILL)

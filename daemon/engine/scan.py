@@ -211,7 +211,7 @@ def decide_pages(
 
     A backup whose job is settled is skipped for a reason its job's state alone gives, so
     without a sink (which shows every decision) it is only counted: its model is never built
-    (issue 7: nearly every backup of a steady sweep)."""
+    (nearly every backup of a steady sweep)."""
     region = resolved.target.destination.region
     known = engine.ledger.get_page_jobs(
         region, [backup_id for _, page in pages for backup_id in page.ids]
