@@ -197,14 +197,3 @@ def bound_context(**values: object) -> Iterator[None]:
     present = {key: value for key, value in values.items() if value is not None}
     with structlog.contextvars.bound_contextvars(**present):
         yield
-
-
-def job_context(
-    *,
-    policy: str | None,
-    vault: str | None = None,
-    backup: str | None = None,
-    region: str | None = None,
-) -> Any:
-    """The context of one job (docs/design.md: policy, vault, backup, destination region)."""
-    return bound_context(policy=policy, vault=vault, backup=backup, region=region)

@@ -21,7 +21,7 @@ WATCHDOG_PID = "WATCHDOG_PID"
 SEND_TIMEOUT = 2.0
 
 
-class Notifier:
+class SystemdNotifier:
     """Sends state changes to the service manager; ``enabled`` is False outside systemd."""
 
     def __init__(

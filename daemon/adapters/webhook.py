@@ -16,12 +16,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from daemon import __version__
 from daemon.adapters.deadlines import GUARD
+from daemon.core.ports import Delivery
 
 SIGNATURE_HEADER = "X-CBR-Replicator-Signature"
 TIMESTAMP_HEADER = "X-CBR-Replicator-Timestamp"
@@ -33,27 +33,10 @@ MAX_RETRY_AFTER = 30.0  # a receiver asking for longer is retried in a later rou
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """The outcome of one delivery round."""
-
-    ok: bool
-    tries: int
-    status: int | None = None  # the last HTTP status, if any answer came
-    error: str | None = None  # why it failed (never holds the secret or the URL's path)
-    permanent: bool = False  # the receiver refused it (4xx): retrying will not help
-
-
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The signature header's value for ``body`` sent at ``timestamp``."""
     message = timestamp.encode() + b"." + body
     return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def url_label(url: str) -> str:
-    """What logs may say about a URL: its scheme and host (paths of ping URLs are tokens)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
 
 
 class WebhookClient:

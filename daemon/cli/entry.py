@@ -174,10 +174,6 @@ def _app(
         app.close()
 
 
-def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2, default=str, sort_keys=True))
-
-
 # -- commands ------------------------------------------------------------------------------
 
 

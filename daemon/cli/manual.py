@@ -115,8 +115,6 @@ def _job_dict(job: Job) -> dict[str, Any]:
 
 def _wait_jobs(app: App, jobs: Iterable[Job], timeout: timedelta) -> list[Job]:
     """Poll the manual jobs until they succeed or fail, or the timeout passes."""
-    from daemon.core.retrying import RetryPolicy
-
     deadline = time.monotonic() + timeout.total_seconds()
     keys = [job.key for job in jobs]
     while True:
@@ -125,7 +123,7 @@ def _wait_jobs(app: App, jobs: Iterable[Job], timeout: timedelta) -> list[Job]:
         if all(job.state != JobState.REPLICATING for job in live) or time.monotonic() >= deadline:
             return live
         try:
-            track.track_jobs(app.engine, live, RetryPolicy(max_attempts=1))
+            track.track_jobs(app.engine, live, track.MANUAL_RETRY)
         except PermissionDeniedError:
             raise
         except CloudError as error:

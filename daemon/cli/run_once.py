@@ -20,8 +20,8 @@ from daemon.core.errors import Interrupted, LedgerError, PermissionDeniedError
 from daemon.core.model import LEASED, Backup, Decision, JobState, Reason, SweepReport, Vault
 from daemon.core.policy import Policy
 from daemon.core.redaction import redact_text
+from daemon.engine.outbox import Outbox
 from daemon.engine.run import RunReport, count_outcomes, run_policies, wait_for_run
-from daemon.service.outbox import Outbox
 
 # -- --run-once ----------------------------------------------------------------------------
 

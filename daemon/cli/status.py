@@ -16,7 +16,7 @@ from daemon.core.ports import Notification
 from daemon.core.traffic import GroupBy, group_traffic
 from daemon.engine import alerting, manual
 from daemon.engine.budget import day_bounds
-from daemon.service.outbox import NO_WEBHOOK
+from daemon.engine.outbox import NO_WEBHOOK
 from daemon.service.scheduling import next_sweep
 
 # -- status and history --------------------------------------------------------------------

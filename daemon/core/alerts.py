@@ -295,11 +295,6 @@ def _subject_parts(subject: str) -> tuple[str, str]:
     return (parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else "")
 
 
-def backup_of(subject: str) -> str | None:
-    parts = subject.split(":")
-    return parts[3] if len(parts) > 3 else None
-
-
 def rpo_log_fields(status: RpoStatus) -> dict[str, object]:
     """The RPO figures of the sweep's log line."""
 

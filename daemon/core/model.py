@@ -2,7 +2,7 @@
 
 Slotted dataclasses and named tuples rather than pydantic models: a sweep builds a ``Backup``
 for every listed backup it must decide, and their construction cost is part of the per-backup
-budget (issue 7). ``BackupPage`` builds them only when read.
+budget. ``BackupPage`` builds them only when read.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ LIVE_RECORD_STATUSES = frozenset(
 
 # The two types a listing makes one of per backup are named tuples, immutable like the other
 # models: a frozen dataclass took 3-4 us to build (a setattr per field), a third of a steady
-# sweep's parsing (issue 7).
+# sweep's parsing.
 class ReplicationRecord(NamedTuple):
     """One replication of a backup to a destination, as the source region reports it."""
 
@@ -131,7 +131,7 @@ class Backup(NamedTuple):
 class BackupPage(Sequence[Backup]):
     """One page of a listing (a vault's or a project's). Its backup ids are at hand; each
     ``Backup`` is built the first time it is read. A steady sweep reads only the ids of the
-    backups its ledger has settled (most of them), so it builds no model for them (issue 7)."""
+    backups its ledger has settled (most of them), so it builds no model for them."""
 
     __slots__ = ("_build", "_built", "_items", "ids")
 
@@ -292,7 +292,7 @@ class Job:
         Not ``dataclasses.replace``: a job is copied several times on its way from the
         listing to the ledger (queued, claimed, submitting, submitted), and replace's generic
         pass over 26 fields and the frozen ``__init__`` took 10-13 us a copy, about a tenth of
-        a catch-up sweep's ledger work (issue 7). The slots are copied through their own
+        a catch-up sweep's ledger work. The slots are copied through their own
         descriptors instead (the frozen ``__setattr__`` is for callers, not for this copy)."""
         copy = object.__new__(Job)
         for store, value in zip(_JOB_SLOT_SETTERS, _job_fields(self), strict=True):

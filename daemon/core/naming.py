@@ -1,8 +1,10 @@
-"""Render replica names and descriptions from templates (docs/design.md §2). Pure: no clock, no I/O.
+"""Replica names and descriptions (docs/design.md §2): their templates checked when the
+configuration loads, then rendered. Pure: no clock, no I/O.
 
-Templates are checked when the configuration loads (``core.templates``); rendering only has to
-make substituted values fit the API's limits: a name of 1 to 64 letters, digits, ``_`` or ``-``,
-and a description of at most 255 characters without ``<`` or ``>``.
+Because templates are checked at load, rendering only has to make substituted values fit the
+API's limits: a name of 1 to 64 letters, digits, ``_`` or ``-``, and a description of at most
+255 characters without ``<`` or ``>``. A name or description given by hand (``--name``,
+``--description``) is checked against the same limits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ PLACEHOLDERS: frozenset[str] = frozenset(
 NAME_MAX = 64
 DESCRIPTION_MAX = 255
 FALLBACK_PREFIX = "replica"
+NAME_CHARS = re.compile(r"[A-Za-z0-9_-]")
+# A whole name as the API takes it (a hand-given one: ``replicate-backup --name``).
+VALID_NAME = re.compile(rf"^[A-Za-z0-9_-]{{1,{NAME_MAX}}}$")
 
 # A run of characters that are not letters, digits or "_": hyphens and forbidden characters.
 _NON_WORD_RUN = re.compile(r"[^A-Za-z0-9_]+")
@@ -93,3 +98,62 @@ def replica_values(
         "destination_region": destination_region,
         "date": now.astimezone(UTC).strftime("%Y%m%d"),
     }
+
+
+def valid_description(text: str) -> bool:
+    """Whether a hand-given description fits the API: at most 255 characters, no ``<``/``>``."""
+    return not (len(text) > DESCRIPTION_MAX or set(text) & {"<", ">"})
+
+
+# A placeholder, a stray brace, or a run of literal text: the three things a template holds.
+_TOKEN = re.compile(r"\{(?P<field>[^{}]*)\}|(?P<brace>[{}])|(?P<text>[^{}]+)")
+
+
+def _split(template: str) -> tuple[list[str], list[str], list[str]]:
+    """Return (placeholders, literal runs, problems about braces) of ``template``."""
+    fields: list[str] = []
+    literals: list[str] = []
+    problems: list[str] = []
+    for match in _TOKEN.finditer(template):
+        if match["brace"] is not None:
+            problems.append(f"unbalanced {match['brace']!r}; write placeholders as {{name}}")
+        elif match["field"] is not None:
+            fields.append(match["field"])
+        else:
+            literals.append(match["text"])
+    return fields, literals, problems
+
+
+def _placeholder_problems(fields: list[str]) -> list[str]:
+    allowed = ", ".join("{" + name + "}" for name in sorted(PLACEHOLDERS))
+    return [
+        f"unknown placeholder {{{field}}}; use one of {allowed}"
+        for field in fields
+        if field not in PLACEHOLDERS
+    ]
+
+
+def check_name_template(template: str) -> list[str]:
+    """Problems of a replica name template; empty when it is valid."""
+    fields, literals, problems = _split(template)
+    problems += _placeholder_problems(fields)
+    literal = "".join(literals)
+    bad = sorted({char for char in literal if not NAME_CHARS.fullmatch(char)})
+    if bad:
+        shown = " ".join(repr(char) for char in bad)
+        problems.append(f"characters {shown} are not allowed; use letters, digits, '_' or '-'")
+    if len(literal) > NAME_MAX:
+        problems.append(f"literal text is {len(literal)} characters; keep it to {NAME_MAX}")
+    if not template:
+        problems.append("the name is empty; use e.g. '{backup_name}'")
+    return problems
+
+
+def check_description_template(template: str) -> list[str]:
+    """Problems of a replica description template; empty when it is valid."""
+    fields, literals, problems = _split(template)
+    problems += _placeholder_problems(fields)
+    length = sum(len(text) for text in literals)
+    if length > DESCRIPTION_MAX:
+        problems.append(f"literal text is {length} characters; keep it to {DESCRIPTION_MAX}")
+    return problems

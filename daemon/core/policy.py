@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from daemon.core.naming import check_description_template, check_name_template
 from daemon.core.settings import (
     CloudSettings,
     LedgerSettings,
@@ -22,7 +23,6 @@ from daemon.core.settings import (
     Model,
     NotifySettings,
 )
-from daemon.core.templates import check_description_template, check_name_template
 from daemon.core.units import (
     Backoff,
     ByteSize,

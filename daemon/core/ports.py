@@ -134,14 +134,42 @@ class Notification:
     id: int | None = None
 
 
-class Ledger(Protocol):
-    """Durable state: jobs, attempts, vault bindings, sweeps and leases.
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of one delivery round."""
 
-    Every method is one transaction. Writes that must survive a crash (the intent before a
-    POST) are committed before the method returns.
-    """
+    ok: bool
+    tries: int
+    status: int | None = None  # the last HTTP status, if any answer came
+    error: str | None = None  # why it failed (never holds the secret or the URL's path)
+    permanent: bool = False  # the receiver refused it (4xx): retrying will not help
 
-    # -- jobs ------------------------------------------------------------------------------
+
+class Notifier(Protocol):
+    """Where operators' notifications go: webhook events and heartbeat pings. A failed
+    delivery is an outcome (``Delivery``), never an exception: replication never waits on it."""
+
+    def post_event(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        secret: str | None,
+        timeout: float,
+        event: str,
+        delivery_id: str,
+    ) -> Delivery:
+        """POST one JSON event (signed with ``secret`` when there is one)."""
+        ...
+
+    def ping(self, url: str, *, timeout: float) -> Delivery:
+        """Ping a heartbeat URL."""
+        ...
+
+
+class JobsLedger(Protocol):
+    """The jobs: a page's jobs at once, decisions saved, intents written, claims and releases."""
+
     def get_jobs(self, destination_region: str, backup_ids: Collection[str]) -> dict[str, Job]:
         """Jobs for these backups to that region, keyed by source backup id (one query)."""
         ...
@@ -228,7 +256,10 @@ class Ledger(Protocol):
         the jobs of no policy."""
         ...
 
-    # -- vault bindings ----------------------------------------------------------------------
+
+class BindingsLedger(Protocol):
+    """The vault bindings, one for each (source vault, destination region), kept for good."""
+
     def get_binding(self, source_vault_id: str, destination_region: str) -> VaultBinding | None: ...
 
     def get_bindings(
@@ -259,7 +290,10 @@ class Ledger(Protocol):
 
     def list_bindings(self) -> list[VaultBinding]: ...
 
-    # -- leases ------------------------------------------------------------------------------
+
+class LeasesLedger(Protocol):
+    """Policy leases (one sweeper per policy) and the instances sharing the ledger."""
+
     def acquire_lease(
         self,
         name: str,
@@ -279,7 +313,22 @@ class Ledger(Protocol):
         """Who holds the named lease past ``now``, if anyone."""
         ...
 
-    # -- sweeps and reports --------------------------------------------------------------------
+    def heartbeat(self, owner: str, *, role: str, now: datetime) -> None:
+        """Record that ``owner`` is alive (several instances may share one ledger)."""
+        ...
+
+    def instances(self, now: datetime) -> list[InstanceInfo]:
+        """Every instance seen, newest first, with the leases it holds at ``now``."""
+        ...
+
+    def forget_instance(self, owner: str) -> None:
+        """``owner`` exits cleanly: it is no longer listed among the instances."""
+        ...
+
+
+class SweepsLedger(Protocol):
+    """Sweeps and what is reported from the ledger (counts, traffic, history, the RPO window)."""
+
     def start_sweep(self, policy: str, now: datetime) -> int: ...
 
     def finish_sweep(self, sweep_id: int, report: SweepReport) -> None: ...
@@ -332,7 +381,10 @@ class Ledger(Protocol):
         ``next_attempt_at`` after ``now``), or None when none waits for it."""
         ...
 
-    # -- alerts and notifications ----------------------------------------------------------
+
+class AlertsLedger(Protocol):
+    """Alert states and the notification outbox."""
+
     def alert_states(self, policy: str) -> dict[str, StoredAlert]:
         """The recorded alert states of the policy's subjects, by subject."""
         ...
@@ -368,17 +420,13 @@ class Ledger(Protocol):
         """The newest alert changes, newest first (``status``)."""
         ...
 
-    # -- instances -----------------------------------------------------------------------------
-    def heartbeat(self, owner: str, *, role: str, now: datetime) -> None:
-        """Record that ``owner`` is alive (several instances may share one ledger)."""
-        ...
 
-    def instances(self, now: datetime) -> list[InstanceInfo]:
-        """Every instance seen, newest first, with the leases it holds at ``now``."""
-        ...
+class Ledger(JobsLedger, BindingsLedger, LeasesLedger, SweepsLedger, AlertsLedger, Protocol):
+    """Durable state: jobs, attempts, vault bindings, sweeps and leases; the roles above, each of
+    which a part of the engine may ask for alone.
 
-    def forget_instance(self, owner: str) -> None:
-        """``owner`` exits cleanly: it is no longer listed among the instances."""
-        ...
+    Every method is one transaction. Writes that must survive a crash (the intent before a
+    POST) are committed before the method returns.
+    """
 
     def close(self) -> None: ...

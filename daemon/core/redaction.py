@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 SECRET_KEY = re.compile(
     r"(^|_)(sk|secret|password|token|authorization|security_token|access_key)($|_)", re.I
@@ -103,3 +103,9 @@ def redact_value(value: Any) -> Any:
 
 def secret_key(key: object) -> bool:
     return isinstance(key, str) and SECRET_KEY.search(key) is not None
+
+
+def url_label(url: str) -> str:
+    """What logs may say about a URL: its scheme and host (paths of ping URLs are tokens)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from daemon.core.jobs import Event, advance
 from daemon.core.model import Job, JobState, ReplicationRecord
 
 
@@ -71,6 +72,7 @@ def after_failure(
     code: str | None,
     message: str,
     rng: random.Random,
+    event: Event,
     count_attempt: bool = True,
 ) -> Job:
     """The job after a failed attempt: FAILED with its next attempt time, or GIVEN_UP.
@@ -82,9 +84,11 @@ def after_failure(
     # Leases are the caller's business: it releases the claim when it saves the job.
     failed = job.evolve(last_error_code=code, last_error=message)
     if count_attempt and job.attempts >= policy.max_attempts:
-        return failed.evolve(state=JobState.GIVEN_UP, next_attempt_at=None, finished_at=now)
-    return failed.evolve(
-        state=JobState.FAILED,
+        return advance(failed, event, JobState.GIVEN_UP, next_attempt_at=None, finished_at=now)
+    return advance(
+        failed,
+        event,
+        JobState.FAILED,
         next_attempt_at=now + backoff(policy, job.attempts, rng),
     )
 
@@ -96,24 +100,25 @@ def after_record_failure(
     *,
     record: ReplicationRecord,
     rng: random.Random,
+    event: Event = Event.TRACKED,
 ) -> Job:
     """The job after the cloud's replication record ended in ``fail`` or ``skip``."""
     message = record.fail_reason or f"replication record {record.id} ended {record.status}"
-    failed = after_failure(job, policy, now, code=record.fail_code, message=message, rng=rng)
+    failed = after_failure(
+        job, policy, now, code=record.fail_code, message=message, rng=rng, event=event
+    )
     return failed.evolve(replication_record_id=record.id)
 
 
-def requeue(job: Job, now: datetime) -> Job:
-    """The operator's ``retry``: a failed or given-up job starts over with fresh attempts.
-
-    ``now`` is accepted for symmetry with the other transitions; the ledger stamps
-    ``updated_at`` itself when it saves the job.
-    """
-    del now  # see the docstring
+def requeue(job: Job) -> Job:
+    """The operator's ``retry``: a failed or given-up job starts over with fresh attempts (the
+    ledger stamps ``updated_at`` itself when it saves the job)."""
     if job.state not in (JobState.FAILED, JobState.GIVEN_UP):
         raise ValueError(f"only failed or given-up jobs are requeued, not {job.state}")
-    return job.evolve(
-        state=JobState.QUEUED,
+    return advance(
+        job,
+        Event.RETRY,
+        JobState.QUEUED,
         attempts=0,
         next_attempt_at=None,
         finished_at=None,

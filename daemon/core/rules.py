@@ -211,13 +211,12 @@ def check_destination(
     return None
 
 
-def check_source_vault(protect_type: str, object_type: str | None) -> Reason | None:
+def check_source_vault(protect_type: str) -> Reason | None:
     """SOURCE_IS_REPLICATION_VAULT for a replication vault: replicas are never replicated.
 
-    ``object_type`` is accepted but not refused on: a vault of disks or files has no server
+    The vault's object type is not refused on: a vault of disks or files has no server
     backups, and each of its backups is skipped as ``not_server_backup`` where it is seen.
     """
-    del object_type  # see the docstring
     if protect_type == REPLICATION_PROTECT_TYPE:
         return Reason.SOURCE_IS_REPLICATION_VAULT
     return None

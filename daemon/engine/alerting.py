@@ -18,7 +18,7 @@ from daemon.core import alerts
 from daemon.core.alerts import AlertChange, AlertKind, Observation, RpoStatus
 from daemon.core.model import Job, JobState, SweepReport
 from daemon.core.policy import Policy
-from daemon.core.ports import Ledger, Notification
+from daemon.core.ports import JobsLedger, Ledger, Notification, SweepsLedger
 from daemon.core.redaction import redact_text
 
 log = structlog.get_logger("cbr_replicator")
@@ -40,13 +40,13 @@ class Evaluation:
 # -- evaluating ----------------------------------------------------------------------------------
 
 
-def rpo_now(ledger: Ledger, policy: Policy, now: datetime) -> RpoStatus:
+def rpo_now(ledger: SweepsLedger, policy: Policy, now: datetime) -> RpoStatus:
     return alerts.rpo_status(ledger.replication_window(policy.name), policy.rpo, now)
 
 
-def stuck_now(ledger: Ledger, policy: Policy, now: datetime) -> list[Job]:
+def stuck_now(ledger: JobsLedger, policy: Policy, now: datetime) -> list[Job]:
     # Only the candidates are read: after a catch-up, thousands of jobs are replicating and
-    # none of them stuck yet (reading them all was 0.45 s per evaluation at 10,000, issue 7).
+    # none of them stuck yet (reading them all was 0.45 s per evaluation at 10,000).
     candidates = _all_jobs(
         ledger, JobState.REPLICATING, policy.name, unchanged_since=now - policy.stuck_after
     )
@@ -91,7 +91,7 @@ def evaluate_policy(
 
 
 def _all_jobs(
-    ledger: Ledger, state: JobState, policy: str, *, unchanged_since: datetime | None = None
+    ledger: JobsLedger, state: JobState, policy: str, *, unchanged_since: datetime | None = None
 ) -> list[Job]:
     found: list[Job] = []
     after_id = 0

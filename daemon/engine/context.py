@@ -11,10 +11,15 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
 
 from daemon.core import retrying
-from daemon.core.model import Destination
+from daemon.core.model import Destination, Job
 from daemon.core.ports import Cloud, Ledger
+
+log = structlog.get_logger("cbr_replicator")
 
 CRASH_ENV = "CBR_REPLICATOR_TEST_CRASH_AT"  # test-only: kill this process at a named point
 RECHECK_MARGIN = timedelta(seconds=5)
@@ -59,7 +64,7 @@ class Engine:
         the slots fuller while some threads signed or parsed, but the process is bound by one
         core (the GIL) in a catch-up, and the extra threads' contention cost more than they
         gained: 10-15 % more CPU and a catch-up ratio of 1.52-1.55 against 1.38-1.42 (1,000
-        vaults, 10,000 POSTs, one batch; issue 7)."""
+        vaults, 10,000 POSTs, one batch)."""
         return self.concurrency
 
 
@@ -81,7 +86,12 @@ class Target:
 
 
 def crash_point(name: str) -> None:
-    """Test-only: die like ``kill -9`` at a named point of the protocol (issue 6, T1)."""
+    """Test-only: die like ``kill -9`` at a named point of the protocol (docs/design.md §13)."""
     wanted = os.environ.get(CRASH_ENV)
     if wanted and name in wanted.split(","):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def job_log(job: Job, policy: str | None) -> Any:
+    """The engine's logger bound to one job: its policy, source backup and destination region."""
+    return log.bind(policy=policy, backup=job.source_backup_id, region=job.destination_region)

@@ -7,13 +7,12 @@ policy jobs, so a crash leaves something a later run reconciles.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import structlog
 
-from daemon.core import retrying, rules
+from daemon.core import naming, retrying, rules
 from daemon.core.errors import (
     AmbiguousError,
     BusyError,
@@ -21,6 +20,7 @@ from daemon.core.errors import (
     RefusedError,
     TransientError,
 )
+from daemon.core.jobs import Event, create
 from daemon.core.model import (
     Attempt,
     Backup,
@@ -35,11 +35,12 @@ from daemon.core.model import (
 )
 from daemon.engine import submit
 from daemon.engine.context import Engine, Target
+from daemon.engine.resolve import project_in, vault_in
+from daemon.engine.track import MANUAL_RETRY
 
 log = structlog.get_logger("cbr_replicator")
 
 MANUAL = "manual"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_DESCRIPTION = "Manual replica of {backup_name} ({backup_id}) from {source_region}"
 
 
@@ -65,7 +66,7 @@ class ManualResult:
 def resolve_destination(engine: Engine, request: ManualRequest) -> tuple[str, Destination]:
     """Source project and destination, with the capability and vault checks of policies."""
     cloud = engine.cloud
-    source_project = _project(engine, request.source_region, None)
+    source_project = project_in(engine, request.source_region, None)
     destinations = cloud.replication_destinations(request.source_region, source_project)
     refusal = rules.check_destination(
         destinations, request.destination_region, request.source_region
@@ -75,30 +76,14 @@ def resolve_destination(engine: Engine, request: ManualRequest) -> tuple[str, De
             refusal,
             f"{request.source_region} cannot replicate to {request.destination_region}",
         )
-    project_id = _project(engine, request.destination_region, request.destination_project)
-    vault = _vault(engine, request.destination_region, project_id, request.destination_vault)
+    project_id = project_in(engine, request.destination_region, request.destination_project)
+    vault = vault_in(engine, request.destination_region, project_id, request.destination_vault)
     if rules.check_destination_vault(vault.protect_type) is not None:
         raise RefusedError(
             Reason.DESTINATION_NOT_REPLICATION_VAULT,
             f"vault {vault.name} in {request.destination_region} is not a replication vault",
         )
     return source_project, Destination(request.destination_region, project_id, vault.id)
-
-
-def _project(engine: Engine, region: str, project: str | None) -> str:
-    try:
-        return engine.cloud.resolve_project(region, project)
-    except NotFoundError as error:
-        raise RefusedError(Reason.PROJECT_NOT_FOUND, str(error)) from None
-
-
-def _vault(engine: Engine, region: str, project_id: str, name_or_id: str) -> Vault:
-    try:
-        return engine.cloud.find_vault(region, project_id, name_or_id)
-    except NotFoundError:
-        raise RefusedError(
-            Reason.VAULT_NOT_FOUND, f"vault {name_or_id!r} not found in {region}"
-        ) from None
 
 
 # -- replicate-backup ----------------------------------------------------------------------
@@ -112,9 +97,9 @@ def replicate_backup(
     name: str | None = None,
     description: str | None = None,
 ) -> ManualResult:
-    if name is not None and not NAME_PATTERN.match(name):
+    if name is not None and not naming.VALID_NAME.match(name):
         raise ValueError(f"--name {name!r}: use 1-64 letters, digits, '_' or '-'")
-    if description is not None and (len(description) > 255 or set(description) & {"<", ">"}):
+    if description is not None and not naming.valid_description(description):
         raise ValueError("--description: at most 255 characters, without '<' or '>'")
     source_project, destination = resolve_destination(engine, request)
     try:
@@ -178,10 +163,11 @@ def _manual_job(
     """A fresh manual job; an old row for the same pair (e.g. a success whose replica was
     deleted since) is reset, keeping its id and attempt history."""
     existing = engine.ledger.get_job(backup.id, destination.region)
-    fresh = Job(
+    fresh = create(
+        Event.MANUAL,
+        JobState.QUEUED,
         source_backup_id=backup.id,
         destination_region=destination.region,
-        state=JobState.QUEUED,
         origin=Origin.MANUAL,
         policy=existing.policy if existing else None,
         source_region=request.source_region,
@@ -211,7 +197,7 @@ def _manual_target(
         source_region=request.source_region,
         source_project_id=source_project,
         destination=destination,
-        retry=retrying.RetryPolicy(max_attempts=1),
+        retry=MANUAL_RETRY,
         name_template=name or "{backup_name}",
         description_template=description if description is not None else DEFAULT_DESCRIPTION,
         enable_acceleration=request.enable_acceleration,
@@ -249,8 +235,8 @@ def replicate_vault(engine: Engine, request: ManualRequest, vault_name: str) -> 
     if earlier is not None:
         raise refuse_bound(vault_name, earlier)
     source_project, destination = resolve_destination(engine, request)
-    vault = _vault(engine, request.source_region, source_project, vault_name)
-    if rules.check_source_vault(vault.protect_type, vault.object_type) is not None:
+    vault = vault_in(engine, request.source_region, source_project, vault_name)
+    if rules.check_source_vault(vault.protect_type) is not None:
         raise RefusedError(
             Reason.SOURCE_IS_REPLICATION_VAULT,
             f"vault {vault.name} is a replication vault; replicas are never replicated again",
@@ -317,10 +303,11 @@ def _vault_jobs(
 ) -> tuple[Job, ...]:
     started = dict(records)
     jobs = [
-        Job(
+        create(
+            Event.MANUAL,
+            JobState.REPLICATING,
             source_backup_id=backup_id,
             destination_region=destination.region,
-            state=JobState.REPLICATING,
             origin=Origin.MANUAL,
             policy=None,
             source_region=request.source_region,
@@ -363,4 +350,4 @@ def retry_job(engine: Engine, backup_id: str, region: str) -> Job:
             f"backup {backup_id} to {region} {_STATE_PHRASES[job.state]}; "
             "only failed or given-up jobs are retried"
         )
-    return engine.ledger.save_jobs([retrying.requeue(job, engine.now())], engine.now())[0]
+    return engine.ledger.save_jobs([retrying.requeue(job)], engine.now())[0]

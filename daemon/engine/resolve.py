@@ -45,7 +45,7 @@ def resolve_policy(engine: Engine, policy: Policy) -> ResolvedPolicy:
     destination_region = policy.destination.region
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="resolve") as pool:
         destination = pool.submit(_destination, engine, policy)
-        source_project = _project(engine, source_region, None)
+        source_project = project_in(engine, source_region, None)
         source_vaults = pool.submit(_source_vaults, engine, policy, source_project)
         destinations = engine.cloud.replication_destinations(source_region, source_project)
         refusal = rules.check_destination(destinations, destination_region, source_region)
@@ -81,8 +81,8 @@ def _source_vaults(engine: Engine, policy: Policy, project_id: str) -> tuple[Vau
 def _destination(engine: Engine, policy: Policy) -> tuple[str, Vault]:
     """The destination project and vault; refused unless it is a replication vault."""
     region = policy.destination.region
-    project_id = _project(engine, region, policy.destination.project)
-    vault = _find_vault(engine, region, project_id, policy.destination.vault, policy)
+    project_id = project_in(engine, region, policy.destination.project)
+    vault = vault_in(engine, region, project_id, policy.destination.vault, policy)
     refusal = rules.check_destination_vault(vault.protect_type)
     if refusal is not None:
         raise RefusedError(
@@ -93,28 +93,32 @@ def _destination(engine: Engine, policy: Policy) -> tuple[str, Vault]:
     return project_id, vault
 
 
-def _project(engine: Engine, region: str, project: str | None) -> str:
+def project_in(engine: Engine, region: str, project: str | None) -> str:
+    """The project id (the region's default when ``project`` is None); refused when unknown.
+    Policies and manual commands resolve through here, so both refuse alike."""
     try:
         return engine.cloud.resolve_project(region, project)
     except NotFoundError as error:
         raise RefusedError(Reason.PROJECT_NOT_FOUND, str(error)) from None
 
 
-def _find_vault(
-    engine: Engine, region: str, project_id: str, name_or_id: str, policy: Policy
+def vault_in(
+    engine: Engine, region: str, project_id: str, name_or_id: str, policy: Policy | None = None
 ) -> Vault:
+    """The vault by name or id; refused when not found (the message names the policy when
+    there is one)."""
     try:
         return engine.cloud.find_vault(region, project_id, name_or_id)
     except NotFoundError:
+        whose = f"policy {policy.name}: " if policy is not None else ""
         raise RefusedError(
-            Reason.VAULT_NOT_FOUND,
-            f"policy {policy.name}: vault {name_or_id!r} not found in {region}",
+            Reason.VAULT_NOT_FOUND, f"{whose}vault {name_or_id!r} not found in {region}"
         ) from None
 
 
 def _source_vault(engine: Engine, policy: Policy, project_id: str, name_or_id: str) -> Vault:
-    vault = _find_vault(engine, policy.source.region, project_id, name_or_id, policy)
-    refusal = rules.check_source_vault(vault.protect_type, vault.object_type)
+    vault = vault_in(engine, policy.source.region, project_id, name_or_id, policy)
+    refusal = rules.check_source_vault(vault.protect_type)
     if refusal is not None:
         raise RefusedError(
             refusal,

@@ -100,16 +100,13 @@ def run_policies(
     return run
 
 
-MANUAL_RETRY = RetryPolicy(max_attempts=1)  # as replicate-backup submits them
-
-
 def follow_manual(engine: Engine) -> int:
     """Track the replicating jobs of no policy (``replicate-backup`` or ``-vault`` without
     ``--wait``): no sweep lists them, so without a daemon only a run brings them to an end.
     Returns how many still replicate; a cloud failure is logged and leaves them for later."""
     try:
         for jobs in track.replicating_batches(engine.ledger, manual=True):
-            track.track_jobs(engine, jobs, MANUAL_RETRY)
+            track.track_jobs(engine, jobs, track.MANUAL_RETRY)
     except PermissionDeniedError:
         raise
     except CloudError as error:

@@ -17,6 +17,7 @@ import structlog
 
 from daemon.core import rules
 from daemon.core.errors import CloudError, MalformedAnswerError, PermanentError
+from daemon.core.jobs import Event, create
 from daemon.core.model import Action, Backup, BackupPage, Decision, Job, JobState, Origin, Vault
 from daemon.core.policy import Policy
 from daemon.engine import track
@@ -210,7 +211,7 @@ def decide_pages(
 
     A backup whose job is settled is skipped for a reason its job's state alone gives, so
     without a sink (which shows every decision) it is only counted: its model is never built
-    (issue 7: nearly every backup of a steady sweep)."""
+    (nearly every backup of a steady sweep)."""
     region = resolved.target.destination.region
     known = engine.ledger.get_page_jobs(
         region, [backup_id for _, page in pages for backup_id in page.ids]
@@ -280,7 +281,7 @@ def plan_write(
         return None  # queued or failed-and-due: the claim picks it up as it is
     if decision.action == Action.ADOPT and decision.record is not None:
         base = job or new_job(resolved, vault, backup, JobState.QUEUED, Origin.ADOPTED)
-        adopted = track.apply_record(base, decision.record, now)
+        adopted = track.apply_record(base, decision.record, now, Event.ADOPTED)
         return adopted if adopted != job else None
     if decision.action == Action.TRACK and job is not None and decision.record is not None:
         return track.track_from_backup(
@@ -290,7 +291,7 @@ def plan_write(
             now,
             engine.rng,
         ) or (
-            track.apply_record(job, decision.record, now)
+            track.apply_record(job, decision.record, now, Event.RECONCILED)
             if job.state == JobState.SUBMITTING and decision.record.is_live
             else None
         )
@@ -310,10 +311,11 @@ def new_job(
     resolved: ResolvedPolicy, vault: Vault, backup: Backup, state: JobState, origin: Origin
 ) -> Job:
     target = resolved.target
-    return Job(
+    return create(
+        Event.ELIGIBLE,
+        state,
         source_backup_id=backup.id,
         destination_region=target.destination.region,
-        state=state,
         origin=origin,
         policy=target.policy,
         source_region=target.source_region,

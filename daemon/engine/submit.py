@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
@@ -26,9 +26,10 @@ from daemon.core.errors import (
     ThrottledError,
     TransientError,
 )
+from daemon.core.jobs import Event, advance
 from daemon.core.model import Destination, Job, JobState, ReplicaSpec
 from daemon.engine.budget import SlotBudget, defer_to_next_day, free_slots, traffic_left
-from daemon.engine.context import Engine, Target, crash_point
+from daemon.engine.context import Engine, Target, crash_point, job_log
 from daemon.engine.outcomes import attempt_row, defer, release, save, uncertain_delay, unleased
 from daemon.engine.track import apply_record
 
@@ -44,21 +45,16 @@ class SubmitReport:
     submitted: int = 0
     reconciled: int = 0
     failed: int = 0
-    given_up: int = 0
     deferred: int = 0
-    job_keys: list[tuple[str, str]] = field(default_factory=list)
 
-    def add(self, outcome: str, job: Job) -> None:
-        self.job_keys.append(job.key)
+    def add(self, outcome: str) -> None:
         if outcome == "submitted":
             self.submitted += 1
         elif outcome == "reconciled":
             self.reconciled += 1
-        elif outcome == "given_up":
-            self.given_up += 1
         elif outcome == "failed":
             self.failed += 1
-        else:
+        elif outcome != "given_up":  # no field counts the given-up: nothing read one
             self.deferred += 1
 
 
@@ -90,8 +86,8 @@ def submit_due(engine: Engine, target: Target, *, limit: int | None = None) -> S
         workers = max(1, min(engine.worker_threads, len(claimed)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
             outcomes = _submit_round(engine, target, claimed, budget, pool=pool, workers=workers)
-        for outcome, job in outcomes:
-            report.add(outcome, job)
+        for outcome, _job in outcomes:
+            report.add(outcome)
         # A job released for want of a slot is due again: with no slot left, stop here.
         if len(claimed) < wanted or budget.slots_left() <= 0:
             break
@@ -181,9 +177,7 @@ def _store_finished(
 
 
 def _submit_one(engine: Engine, target: Target, job: Job, budget: SlotBudget) -> tuple[str, Job]:
-    bound = log.bind(
-        policy=target.policy, backup=job.source_backup_id, region=job.destination_region
-    )
+    bound = job_log(job, target.policy)
     try:
         return _submit_claimed(engine, target, job, budget)
     except (PermissionDeniedError, ThrottledError):
@@ -199,11 +193,13 @@ def _submit_one(engine: Engine, target: Target, job: Job, budget: SlotBudget) ->
 def _submit_claimed(
     engine: Engine, target: Target, job: Job, budget: SlotBudget
 ) -> tuple[str, Job]:
+    event = Event.INTENT
     if job.state == JobState.SUBMITTING:
         reconciled = reconcile(engine, job)
         crash_point("after_reconcile")
         if reconciled is not None:
             return "reconciled", reconciled
+        event = Event.RESUBMIT
     # A submitting job was counted in flight when the slots were computed: it keeps its slot
     # (and was admitted to the traffic budget when its intent was written). Asking again would
     # starve it for good once every slot is held by such jobs.
@@ -211,7 +207,7 @@ def _submit_claimed(
         refused = _admit(engine, target, job, budget)
         if refused is not None:
             return refused
-    intents = _write_intents(engine, target, [job])
+    intents = _write_intents(engine, target, [job], event)
     if not intents:
         return "deferred", job  # another process claimed it meanwhile
     crash_point("after_intent")
@@ -241,8 +237,10 @@ def reconcile(engine: Engine, job: Job) -> Job | None:
             job.source_region, job.source_project_id, job.source_backup_id
         )
     except NotFoundError as error:
-        gone = job.evolve(
-            state=JobState.GIVEN_UP,
+        gone = advance(
+            job,
+            Event.RECONCILED,
+            JobState.GIVEN_UP,
             last_error_code="source_backup_deleted",
             last_error=f"the source backup no longer exists ({error.code})",
             finished_at=engine.now(),
@@ -253,18 +251,24 @@ def reconcile(engine: Engine, job: Job) -> Job | None:
     record = rules.live_record(backup, job.destination_region)
     if record is None:
         return None
-    updated = apply_record(job, record, engine.now())
+    updated = apply_record(job, record, engine.now(), Event.RECONCILED)
     return save(engine, updated.evolve(lease_owner=None, lease_expires_at=None), "reconciled")
 
 
-def _write_intents(engine: Engine, target: Target, jobs: list[Job]) -> list[Job]:
+def _write_intents(
+    engine: Engine, target: Target, claimed: list[Job], event: Event = Event.INTENT
+) -> list[Job]:
+    """The intents of ``claimed`` (``event``: a first intent, or one written again after a
+    reconcile read found no record), committed before any of their POSTs."""
     now = engine.now()
     intents = []
-    for job in jobs:
+    for job in claimed:
         replica = job_replica(target, job, now)
         intents.append(
-            job.evolve(
-                state=JobState.SUBMITTING,
+            advance(
+                job,
+                event,
+                JobState.SUBMITTING,
                 attempts=job.attempts + 1,
                 replica_name=replica.name,
                 replica_description=replica.description,
@@ -348,9 +352,7 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
     destination = Destination(
         job.destination_region, job.destination_project_id, job.destination_vault_id
     )
-    bound = log.bind(
-        policy=target.policy, backup=job.source_backup_id, region=job.destination_region
-    )
+    bound = job_log(job, target.policy)
     try:
         accepted = engine.cloud.replicate_backup(
             job.source_region, job.source_project_id, job.source_backup_id, destination, replica
@@ -381,13 +383,21 @@ def _post_only(engine: Engine, target: Target, job: Job) -> _Posted:
     except PermanentError as error:
         bound.warning("replicate_refused", error=str(error), code=error.code)
         failed = retrying.after_failure(
-            job, target.retry, engine.now(), code=error.code, message=str(error), rng=engine.rng
+            job,
+            target.retry,
+            engine.now(),
+            code=error.code,
+            message=str(error),
+            rng=engine.rng,
+            event=Event.REFUSED,
         )
         label = "given_up" if failed.state == JobState.GIVEN_UP else "failed"
         return _Posted(label, unleased(failed), "refused", error)
     crash_point("after_post")
-    replicating = job.evolve(
-        state=JobState.REPLICATING,
+    replicating = advance(
+        job,
+        Event.ACCEPTED,
+        JobState.REPLICATING,
         replication_record_id=accepted.replication_record_id,
         next_attempt_at=None,
         last_error_code=None,

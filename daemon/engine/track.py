@@ -13,33 +13,39 @@ import structlog
 
 from daemon.core import retrying, rules
 from daemon.core.errors import MalformedAnswerError, NotFoundError
+from daemon.core.jobs import Event, advance
 from daemon.core.model import Attempt, Backup, Job, JobState, RecordStatus, ReplicationRecord
-from daemon.core.ports import Ledger
-from daemon.engine.context import Engine
+from daemon.core.ports import JobsLedger
+from daemon.engine.context import Engine, job_log
 
 log = structlog.get_logger("cbr_replicator")
+# A manual job is tried once: replicate-backup submits it so, and whoever tracks it agrees.
+MANUAL_RETRY = retrying.RetryPolicy(max_attempts=1)
 TRACK_BATCH = 500  # replicating jobs read from the ledger at once by a tracking round
 
 
-def apply_record(job: Job, record: ReplicationRecord, now: datetime) -> Job:
-    """The job as the cloud's replication record says it is (live records only)."""
+def apply_record(job: Job, record: ReplicationRecord, now: datetime, event: Event) -> Job:
+    """The job as the cloud's replication record says it is (live records only); ``event``
+    says how the record was learned (adopted, reconciled, tracked)."""
     if record.status == RecordStatus.SUCCESS:
-        return job.evolve(
-            state=JobState.SUCCEEDED,
+        return advance(
+            job,
+            event,
+            JobState.SUCCEEDED,
             replication_record_id=record.id,
             replica_backup_id=record.destination_backup_id,
             finished_at=job.finished_at or now,
             last_error_code=None,
             last_error=None,
         )
-    return job.evolve(state=JobState.REPLICATING, replication_record_id=record.id)
+    return advance(job, event, JobState.REPLICATING, replication_record_id=record.id)
 
 
 # -- tracking ------------------------------------------------------------------------------
 
 
 def replicating_batches(
-    ledger: Ledger, policy: str | None = None, *, manual: bool = False
+    ledger: JobsLedger, policy: str | None = None, *, manual: bool = False
 ) -> Iterator[list[Job]]:
     """Every replicating job (of one policy, of none with ``manual``, or all),
     ``TRACK_BATCH`` at a time, by id: a job saved while its batch is tracked is not read
@@ -128,9 +134,7 @@ def log_finished(changes: Iterable[tuple[Job, Job]]) -> None:
     for before, after in changes:
         if not _finished(before, after):
             continue
-        bound = log.bind(
-            policy=after.policy, backup=after.source_backup_id, region=after.destination_region
-        )
+        bound = job_log(after, after.policy)
         if after.state == JobState.SUCCEEDED:
             bound.info(
                 "replication_succeeded",
@@ -176,10 +180,13 @@ def track_from_backup(
     record = _job_record(job, backup)
     if record is None:
         return None
+    # A sweep reads a submitting job's backup too (a live record proves its POST landed):
+    # for such a job the read is a reconcile read.
+    event = Event.RECONCILED if job.state == JobState.SUBMITTING else Event.TRACKED
     if record.status == RecordStatus.SUCCESS:
-        return apply_record(job, record, now)
+        return apply_record(job, record, now, event)
     if record.status in (RecordStatus.FAIL, RecordStatus.SKIP):
-        return retrying.after_record_failure(job, retry, now, record=record, rng=rng)
+        return retrying.after_record_failure(job, retry, now, record=record, rng=rng, event=event)
     if job.replication_record_id != record.id:
         return job.evolve(replication_record_id=record.id)
     return None

@@ -12,7 +12,7 @@ import structlog
 from daemon.adapters.metrics import Metrics
 from daemon.adapters.webhook import WebhookClient
 from daemon.app import App
-from daemon.service.outbox import Outbox
+from daemon.engine.outbox import Outbox
 
 log = structlog.get_logger("cbr_replicator")
 

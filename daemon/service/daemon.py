@@ -33,7 +33,7 @@ from daemon.adapters.cloud.watched import WatchedCloud
 from daemon.adapters.instance_lock import InstanceLock
 from daemon.adapters.logs import configure_logging
 from daemon.adapters.metrics import LedgerSnapshot, Metrics, MetricsServer
-from daemon.adapters.systemd import Notifier
+from daemon.adapters.systemd import SystemdNotifier
 from daemon.app import App, build_app
 from daemon.config.load import LoadedConfig, load_settings
 from daemon.core import exitcodes
@@ -66,7 +66,7 @@ def run_daemon(config_path: Path, *, log_format: str | None = None) -> int:
     configure_logging(log_format or log_settings.format, log_settings.level, stream=sys.stdout)
     for warning in loaded.warnings:
         log.warning("config_warning", problem=warning)
-    notifier = Notifier()
+    notifier = SystemdNotifier()
     lock = None
     try:
         lock = InstanceLock.acquire(loaded.settings.ledger.url)
@@ -85,7 +85,7 @@ class Daemon(DaemonWork, SignalFlags):
         self,
         config_path: Path,
         loaded: LoadedConfig,
-        notifier: Notifier,
+        notifier: SystemdNotifier,
         *,
         log_format: str | None = None,
         instance_lock: InstanceLock | None = None,

@@ -17,14 +17,13 @@ from apscheduler.triggers.date import DateTrigger
 
 from daemon.adapters.logs import bound_context
 from daemon.adapters.metrics import AlertFacts, LedgerSnapshot, Metrics
-from daemon.adapters.systemd import Notifier
+from daemon.adapters.systemd import SystemdNotifier
 from daemon.app import App
 from daemon.core import exitcodes
 from daemon.core.errors import CloudError, ConfigError, LedgerError, LedgerGoneError, TransientError
 from daemon.core.model import Job, SweepReport
 from daemon.core.policy import Policy, Settings
 from daemon.core.redaction import redact_text
-from daemon.core.retrying import RetryPolicy
 from daemon.engine import alerting, submit, track
 from daemon.engine.context import Engine
 from daemon.engine.resolve import ResolvedPolicy, retry_policy
@@ -47,7 +46,7 @@ def _enabled_policy(app: App, name: str) -> Policy | None:
 log = structlog.get_logger("cbr_replicator")
 
 
-def notify_quietly(notifier: Notifier, **fields: str | int) -> None:
+def notify_quietly(notifier: SystemdNotifier, **fields: str | int) -> None:
     # STATUS= is shown by systemctl status to anyone: it may quote an error.
     fields = {k: redact_text(v) if isinstance(v, str) else v for k, v in fields.items()}
     try:
@@ -63,7 +62,7 @@ class DaemonWork:
     engine: Engine
     courier: Courier
     metrics: Metrics
-    notifier: Notifier
+    notifier: SystemdNotifier
     scheduler: BackgroundScheduler
     _stopping: threading.Event
     _work_lock: threading.Lock
@@ -217,7 +216,7 @@ class DaemonWork:
 
     def _track_replicating(self, app: App) -> None:
         retries = {policy.name: retry_policy(policy) for policy in app.settings.policies}
-        manual = RetryPolicy(max_attempts=1)
+        manual = track.MANUAL_RETRY
         for jobs in track.replicating_batches(self.engine.ledger):
             by_policy: dict[str | None, list[Job]] = {}
             for job in jobs:

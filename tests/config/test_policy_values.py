@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 
+from daemon.core.naming import PLACEHOLDERS, check_description_template, check_name_template
 from daemon.core.policy import ScheduleSettings
-from daemon.core.templates import PLACEHOLDERS, check_description_template, check_name_template
 from daemon.core.units import (
     apscheduler_crontab,
     cron_longest_gap,

@@ -150,3 +150,19 @@ def test_render_description_is_always_short_and_free_of_angle_brackets(
     assert len(rendered) <= 255
     assert "<" not in rendered
     assert ">" not in rendered
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("web-01_copy", True), ("x" * 64, True), ("x" * 65, False), ("", False), ("a b", False)],
+)
+def test_a_hand_given_name_is_held_to_the_apis_limits(name: str, valid: bool) -> None:
+    assert bool(naming.VALID_NAME.match(name)) is valid
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [("nightly copy", True), ("x" * 255, True), ("x" * 256, False), ("<b>", False)],
+)
+def test_a_hand_given_description_is_held_to_the_apis_limits(text: str, valid: bool) -> None:
+    assert naming.valid_description(text) is valid

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.core import retrying
+from daemon.core.jobs import Event
 from daemon.core.model import JobState, RecordStatus
 from daemon.core.retrying import RetryPolicy
 
@@ -65,7 +66,13 @@ def test_retry_policy_refuses_out_of_range_settings(fields: dict[str, object]) -
 def test_after_failure_backs_off_with_error_kept() -> None:
     submitted = job(JobState.SUBMITTING, attempts=2)
     failed = retrying.after_failure(
-        submitted, NO_JITTER, NOW, code="BackupService.6301", message="quota", rng=random.Random()
+        submitted,
+        NO_JITTER,
+        NOW,
+        code="BackupService.6301",
+        message="quota",
+        rng=random.Random(),
+        event=Event.REFUSED,
     )
     assert failed.state == JobState.FAILED
     assert failed.next_attempt_at == NOW + timedelta(minutes=10)
@@ -83,6 +90,7 @@ def test_after_failure_gives_up_at_max_attempts(attempts: int, state: JobState) 
         code=None,
         message="refused",
         rng=random.Random(0),
+        event=Event.REFUSED,
     )
     assert failed.state == state
     if state == JobState.GIVEN_UP:
@@ -98,6 +106,7 @@ def test_a_single_attempt_policy_gives_up_after_the_first_failure() -> None:
         code="x",
         message="refused",
         rng=random.Random(0),
+        event=Event.REFUSED,
     )
     assert failed.state == JobState.GIVEN_UP
 
@@ -111,6 +120,7 @@ def test_an_uncounted_failure_never_gives_up() -> None:
         message="throttled",
         rng=random.Random(0),
         count_attempt=False,
+        event=Event.REFUSED,
     )
     assert failed.state == JobState.FAILED
     assert failed.next_attempt_at == NOW + timedelta(hours=6)
@@ -160,7 +170,7 @@ def test_requeue_starts_over(state: JobState) -> None:
         last_error="quota",
         replication_record_id="rec-1",
     )
-    again = retrying.requeue(stuck, NOW)
+    again = retrying.requeue(stuck)
     assert again.state == JobState.QUEUED
     assert again.attempts == 0
     assert again.next_attempt_at is None
@@ -174,7 +184,7 @@ def test_requeue_starts_over(state: JobState) -> None:
 )
 def test_requeue_refuses_other_states(state: JobState) -> None:
     with pytest.raises(ValueError, match="failed or given-up"):
-        retrying.requeue(job(state), NOW)
+        retrying.requeue(job(state))
 
 
 # -- properties ----------------------------------------------------------------------------
@@ -216,6 +226,7 @@ def test_after_failure_is_failed_in_the_future_or_given_up(
         code=None,
         message="x",
         rng=random.Random(seed),
+        event=Event.REFUSED,
     )
     if attempts >= policy.max_attempts:
         assert failed.state == JobState.GIVEN_UP

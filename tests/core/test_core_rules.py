@@ -347,19 +347,14 @@ def test_check_destination(
 
 
 @pytest.mark.parametrize(
-    ("protect_type", "object_type", "expected"),
+    ("protect_type", "expected"),
     [
-        pytest.param("backup", "server", None, id="server_backup_vault"),
-        pytest.param("backup", None, None, id="object_type_unknown"),
-        pytest.param(
-            "replication", "server", Reason.SOURCE_IS_REPLICATION_VAULT, id="replication_vault"
-        ),
+        pytest.param("backup", None, id="server_backup_vault"),
+        pytest.param("replication", Reason.SOURCE_IS_REPLICATION_VAULT, id="replication_vault"),
     ],
 )
-def test_check_source_vault(
-    protect_type: str, object_type: str | None, expected: Reason | None
-) -> None:
-    assert rules.check_source_vault(protect_type, object_type) == expected
+def test_check_source_vault(protect_type: str, expected: Reason | None) -> None:
+    assert rules.check_source_vault(protect_type) == expected
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,8 @@ from daemon.config.load import load_settings
 from daemon.core.model import GIB, JobState, SweepReport
 from daemon.core.policy import DestinationSettings, Policy
 from daemon.engine import manual
+from daemon.engine.outbox import DeliveryReport, Outbox
 from daemon.engine.run import run_policies
-from daemon.service.outbox import DeliveryReport, Outbox
 from tests.engine.harness import Deployment, policy, server_backup
 from tests.engine.webhooks import Receiver, receiving
 

@@ -9,14 +9,14 @@ import uuid
 
 import pytest
 
-from daemon.adapters.systemd import Notifier
+from daemon.adapters.systemd import SystemdNotifier
 
 
 def test_a_socket_nobody_reads_makes_notify_fail_instead_of_blocking() -> None:
     name = f"cbr-replicator-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unread:
         unread.bind(b"\0" + name.encode())
-        notifier = Notifier({"NOTIFY_SOCKET": f"@{name}"}, send_timeout=0.05)
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": f"@{name}"}, send_timeout=0.05)
         outcome: list[BaseException] = []
 
         def report_until_refused() -> None:
@@ -36,6 +36,6 @@ def test_a_socket_nobody_reads_makes_notify_fail_instead_of_blocking() -> None:
 
 @pytest.mark.parametrize("environ", [{}, {"NOTIFY_SOCKET": ""}])
 def test_without_a_notify_socket_notify_does_nothing(environ: dict[str, str]) -> None:
-    notifier = Notifier(environ)
+    notifier = SystemdNotifier(environ)
     assert not notifier.enabled
     notifier.notify(READY=1)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.adapters.systemd import Notifier
+from daemon.adapters.systemd import SystemdNotifier
 from daemon.config.load import load_settings
 from daemon.core.model import SweepReport
 from daemon.service.daemon import Daemon
@@ -28,7 +28,7 @@ def daemon(service: Service) -> Iterator[Daemon]:
     service.write_config(
         [web_south("1h")], cloud={"lease": "3s", "connect_timeout": "1s", "timeout": "1s"}
     )
-    made = Daemon(service.config, load_settings(service.config), Notifier(environ={}))
+    made = Daemon(service.config, load_settings(service.config), SystemdNotifier(environ={}))
     yield made
     made._close()
 

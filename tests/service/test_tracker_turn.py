@@ -13,7 +13,7 @@ from contextlib import closing
 
 import pytest
 
-from daemon.adapters.systemd import Notifier
+from daemon.adapters.systemd import SystemdNotifier
 from daemon.config.load import load_settings
 from daemon.core import exitcodes
 from daemon.service.daemon import Daemon
@@ -23,7 +23,7 @@ from tests.service.support import Service, web_south
 @pytest.fixture
 def daemon(service: Service) -> Iterator[Daemon]:
     service.write_config([web_south("1m")])
-    made = Daemon(service.config, load_settings(service.config), Notifier(environ={}))
+    made = Daemon(service.config, load_settings(service.config), SystemdNotifier(environ={}))
     yield made
     made._close()
 

@@ -76,7 +76,7 @@ def parse_timestamp(value: object) -> datetime | None:
     if parsed.tzinfo is None:
         if "T" in value or " " in value:
             # Parsing again with the zone is four times cheaper than datetime.replace, which
-            # every zoneless CBR timestamp needs (issue 7).
+            # every zoneless CBR timestamp needs.
             return datetime.fromisoformat(value + "+00:00")
         return parsed.replace(tzinfo=UTC)  # a date alone
     return parsed if parsed.tzinfo is UTC else _in_utc(parsed)
@@ -209,7 +209,7 @@ def parse_backup_page(
 # -- listing pages, decoded straight into the fields we read --------------------------------
 # A listing page holds ~1.6 KB of JSON per backup, of which the rules read a tenth. Decoding
 # it into dicts cost ~10 us per backup (orjson) before any check; msgspec decodes into these
-# structs, skipping every other field, and checks the types on the way (issue 7). A page it
+# structs, skipping every other field, and checks the types on the way. A page it
 # refuses (a missing or mistyped field anywhere) goes the plain way below, which names the
 # field and skips only the malformed backup: both ways give the same result for any page.
 

@@ -39,7 +39,7 @@ NOT_SUCCEEDED = sorted(state.value for state in JobState if state is not JobStat
 
 
 # A sweep reads one listing page's jobs per query, on a plain connection rather than an ORM
-# session (issue 7: 0.79 -> 0.50 ms per page of 100 backups). The states of a page's jobs, which
+# session (0.79 -> 0.50 ms per page of 100 backups). The states of a page's jobs, which
 # is all a sweep reads of most of them, go as SQL of the driver's own: SQLAlchemy renders an
 # expanding IN list again on every run, 3 of the 5 us per backup the read cost. PostgreSQL
 # takes the ids as one array; SQLite one placeholder per id, in chunks.
@@ -78,7 +78,7 @@ def _jobs_in(
 
 def _job_from_values(values: Mapping[Any, Any]) -> Job:
     """A job from a plain (Core) result row: the sweep reads one page's jobs at a time, and
-    building ORM objects for them was most of a steady-state sweep's CPU (issue 7)."""
+    building ORM objects for them was most of a steady-state sweep's CPU."""
     return Job(
         **{name: values[name] for name in _JOB_PLAIN_FIELDS},
         state=JobState(values["state"]),
@@ -99,7 +99,7 @@ class _StoredJob(NamedTuple):
 
 
 # Jobs are written with one executemany per statement kind, through Core: building and
-# flushing an ORM row per job was a quarter of a catch-up sweep's CPU (issue 7).
+# flushing an ORM row per job was a quarter of a catch-up sweep's CPU.
 _UPDATE_JOB = (
     update(_JOBS_TABLE)
     .where(_JOBS_TABLE.c.id == bindparam("row_id"))

@@ -147,7 +147,7 @@ class LeaseRow(SQLModel, table=True):
 
 
 class InstanceRow(SQLModel, table=True):
-    """Added in schema version 2: which processes use this ledger (issue 8, ``status``)."""
+    """Added in schema version 2: which processes use this ledger (``status``)."""
 
     __tablename__: ClassVar[str] = "instances"
 
@@ -158,7 +158,7 @@ class InstanceRow(SQLModel, table=True):
 
 
 class AlertRow(SQLModel, table=True):
-    """Added in schema version 3: the last recorded state of each alert subject (issue 9).
+    """Added in schema version 3: the last recorded state of each alert subject.
 
     A subject in state ``ok`` has no row, except a policy's health (``policy:<name>``),
     which stays to mark that the policy was evaluated once."""

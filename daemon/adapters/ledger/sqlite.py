@@ -110,7 +110,7 @@ def _is_busy(error: BaseException) -> bool:
 
 # SQLite answers "database is locked" at once, without its busy handler, to a connection that
 # asks for WAL while another converts the file: six instances opening a new ledger together
-# failed 10 % of the time (issue 8). Retried within the busy timeout; once the file is in WAL
+# failed 10 % of the time. Retried within the busy timeout; once the file is in WAL
 # mode, the first query finds it so and needs no lock.
 @retry(
     retry=retry_if_exception(_is_busy),

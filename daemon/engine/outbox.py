@@ -11,9 +11,9 @@ from datetime import timedelta
 
 import structlog
 
-from daemon.adapters.webhook import Delivery, WebhookClient, url_label
 from daemon.core.policy import Settings
-from daemon.core.ports import Ledger, Notification
+from daemon.core.ports import AlertsLedger, Delivery, Notification, Notifier
+from daemon.core.redaction import url_label
 from daemon.core.settings import HeartbeatSettings, NotifySettings, WebhookSettings
 from daemon.engine.alerting import Clock
 
@@ -50,9 +50,9 @@ class DeliveryReport:
 class Outbox:
     """Delivers the ledger's pending notifications to the webhooks of the settings."""
 
-    ledger: Ledger
+    ledger: AlertsLedger
     settings: Settings
-    client: WebhookClient
+    client: Notifier
     owner: str
     clock: Clock
 
