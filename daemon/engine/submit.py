@@ -272,6 +272,9 @@ def _write_intents(
                 attempts=job.attempts + 1,
                 replica_name=replica.name,
                 replica_description=replica.description,
+                # A new POST makes a new record: an earlier attempt's (failed) one must not
+                # be followed in its place while this answer is unknown.
+                replication_record_id=None,
                 next_attempt_at=now + engine.recheck,
                 # The lease restarts with the intent: it must outlast this POST (the lease
                 # exceeds connect + read timeout), however long the job waited for its turn.

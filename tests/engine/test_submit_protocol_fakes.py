@@ -187,3 +187,24 @@ def test_the_daily_traffic_budget_defers_the_rest_to_the_next_local_day() -> Non
     clock.now = local_midnight
     assert submit.submit_due(engine, target).submitted == 1
     assert len(cloud.posts) == 2
+
+
+def test_a_new_post_forgets_the_record_of_the_attempt_before() -> None:
+    """Retried after its record failed, a job's intent holds no record id: otherwise, with the
+    new POST's answer lost, a sweep would follow the old failed record and fail the job while
+    the new replication runs."""
+    engine, target, cloud, ledger, _ = setup(max_in_flight=5)
+    failed = job_for(
+        "web-1",
+        state=JobState.FAILED,
+        attempts=1,
+        replication_record_id="record-of-the-failed-attempt",
+        next_attempt_at=START - timedelta(seconds=1),
+    )
+    ledger.save_jobs([failed], START)
+    cloud.answer = lambda _backup_id: AmbiguousError("connection reset after sending")
+    assert submit.submit_due(engine, target).deferred == 1
+    kept = ledger.get_job("id-web-1", DEST)
+    assert kept is not None
+    assert (kept.state, kept.attempts) == (JobState.SUBMITTING, 2)
+    assert kept.replication_record_id is None
