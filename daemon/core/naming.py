@@ -100,6 +100,12 @@ def replica_values(
     }
 
 
+def valid_name(name: str) -> bool:
+    """Whether a hand-given replica name fits the API: 1-64 of ``[A-Za-z0-9_-]``, the whole
+    string (``$`` alone would let a trailing line break through)."""
+    return VALID_NAME.fullmatch(name) is not None
+
+
 def valid_description(text: str) -> bool:
     """Whether a hand-given description fits the API: at most 255 characters, no ``<``/``>``."""
     return not (len(text) > DESCRIPTION_MAX or set(text) & {"<", ">"})

@@ -97,7 +97,7 @@ def replicate_backup(
     name: str | None = None,
     description: str | None = None,
 ) -> ManualResult:
-    if name is not None and not naming.VALID_NAME.match(name):
+    if name is not None and not naming.valid_name(name):
         raise ValueError(f"--name {name!r}: use 1-64 letters, digits, '_' or '-'")
     if description is not None and not naming.valid_description(description):
         raise ValueError("--description: at most 255 characters, without '<' or '>'")

@@ -154,10 +154,17 @@ def test_render_description_is_always_short_and_free_of_angle_brackets(
 
 @pytest.mark.parametrize(
     ("name", "valid"),
-    [("web-01_copy", True), ("x" * 64, True), ("x" * 65, False), ("", False), ("a b", False)],
+    [
+        ("web-01_copy", True),
+        ("x" * 64, True),
+        ("x" * 65, False),
+        ("", False),
+        ("a b", False),
+        ("web\n", False),
+    ],
 )
 def test_a_hand_given_name_is_held_to_the_apis_limits(name: str, valid: bool) -> None:
-    assert bool(naming.VALID_NAME.match(name)) is valid
+    assert naming.valid_name(name) is valid
 
 
 @pytest.mark.parametrize(
